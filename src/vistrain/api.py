@@ -1,0 +1,233 @@
+"""The library's front door: train, evaluate and predict, each one call returning plain results.
+
+The CLI is a thin layer over these functions; they compose the stages (data -> models -> train ->
+evaluate) and write the run folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vistrain import __version__
+from vistrain.data.dataset import DataConfig, DatasetIndex, build_eval_index, build_index
+from vistrain.data.split import write_split
+from vistrain.evaluate.metrics import classification_metrics
+from vistrain.evaluate.predictor import Prediction, Predictor, collect_images
+from vistrain.models.classifier import save_model
+from vistrain.progress import Reporter, SilentReporter
+from vistrain.train.checkpoint import remove_checkpoint
+from vistrain.train.trainer import TrainConfig, TrainResult, run_training
+
+
+@dataclass
+class Run:
+    """A trained model and what is known about it; ``predict`` works straight away."""
+
+    path: Path
+    predictor: Predictor
+    metrics: dict = field(default_factory=dict)
+    result: TrainResult | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return self.predictor.classes
+
+    def predict(self, inputs: list[str | Path] | str | Path, top_k: int = 3, unsure: float | None = None) -> list[dict]:
+        paths = collect_images([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
+        threshold = unsure if unsure is not None else self.predictor.config.unsure_threshold
+        return [prediction_row(p, self.classes, top_k, threshold) for p in self.predictor.predict_paths(paths)]
+
+    def save(self, folder: Path | str) -> Path:
+        """Copy the run's files to ``folder`` (the run is already saved where it was trained)."""
+        folder = Path(folder)
+        if folder.resolve() != self.path.resolve():
+            shutil.copytree(self.path, folder, dirs_exist_ok=True)
+        return folder
+
+
+def load(folder: Path | str) -> Run:
+    """Load a run folder (or any folder with model.safetensors + config.json); runs no code from it."""
+    folder = Path(folder)
+    metrics_file = folder / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    return Run(folder, Predictor.from_folder(folder), metrics)
+
+
+def train(
+    data: str | Path,
+    out: str | Path = "runs/latest",
+    reporter: Reporter | None = None,
+    label_from_name: str | None = None,
+    valid_fraction: float = 0.2,
+    cache_dir: Path | None = None,
+    **options,
+) -> Run:
+    """Train on a dataset folder (or CSV) and write the run folder ``out``; see :class:`TrainConfig`."""
+    ui = reporter or SilentReporter()
+    t0 = time.perf_counter()
+    out = Path(out)
+    data_cfg = DataConfig(Path(data), label_from_name, valid_fraction, options.get("seed", 0), cache_dir=cache_dir)
+    cfg = TrainConfig(data=data_cfg, out=out, **options)
+    index = build_index(data_cfg, reporter=ui)
+    ui.log(f"Layout: {index.layout.describe()} ({index.layout.root})")
+    for note in index.layout.notes:
+        ui.log(f"  note: {note}")
+    if index.from_cache:
+        ui.log(f"  scan: {index.from_cache} of {len(index.records) + len(index.skipped)} file(s) known from the cache")
+    for r in index.skipped:
+        ui.log(f"  [yellow]skipped[/yellow] {r.path}: {r.reason}")
+    out.mkdir(parents=True, exist_ok=True)
+    result = run_training(index, cfg, ui)
+    predictor = Predictor(result.model, result.model_config)
+    metrics = _final_metrics(index, result, predictor, ui)
+    _write_run(out, index, cfg, result, metrics, time.perf_counter() - t0)
+    remove_checkpoint(out) if not (result.finetune and result.finetune.interrupted) else None
+    return Run(out, predictor, metrics, result)
+
+
+def _final_metrics(index: DatasetIndex, result: TrainResult, predictor: Predictor, ui: Reporter) -> dict:
+    classes = result.model_config.classes
+    valid = index.split("valid")
+    y_valid = np.array([classes.index(r.label) for r in valid])
+    metrics = {"valid": classification_metrics(y_valid, result.valid_logits.argmax(1), classes)}
+    metrics["valid"]["note"] = (
+        "validation images chose the kept stage and the best epoch: a slightly optimistic estimate"
+        if result.finetune else "validation images were not used for fitting"
+    )
+    test = index.split("test")
+    if test:
+        with ui.stage("test", len(test)) as advance:
+            preds = predictor.predict_paths([r.path for r in test], progress=advance)
+        y_test = np.array([classes.index(r.label) for r in test])
+        y_hat = np.array([int(np.argmax(p.probabilities)) for p in preds])
+        metrics["test"] = classification_metrics(y_test, y_hat, classes)
+    return metrics
+
+
+def _write_run(out: Path, index: DatasetIndex, cfg: TrainConfig, result: TrainResult, metrics: dict, seconds: float) -> None:
+    import torch
+
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("data", "out")}
+    settings["data"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg.data).items()}
+    result.model_config.extra = {
+        "vistrain_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "stage": result.stage,
+        "training": settings,
+        "validation_accuracy": metrics["valid"]["accuracy"],
+    }
+    save_model(out, result.model, result.model_config)
+    (out / "metrics.json").write_text(json.dumps({
+        **metrics,
+        "stage": result.stage,
+        "probe_valid_accuracy": result.probe_accuracy,
+        "finetune_best_valid_accuracy": result.finetune.best_accuracy if result.finetune and result.finetune.history else None,
+        "seconds": round(seconds, 1),
+        "notes": result.notes,
+    }, indent=2) + "\n")
+    with (out / "history.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "seconds", "lr"])
+        for h in result.finetune.history if result.finetune else []:
+            w.writerow([h.epoch, f"{h.train_loss:.5f}", f"{h.train_accuracy:.5f}", f"{h.valid_loss:.5f}",
+                        f"{h.valid_accuracy:.5f}", f"{h.seconds:.1f}", f"{h.lr:.3g}"])
+    write_split(index.records, out / "split.csv")
+    (out / "data_report.json").write_text(json.dumps(index.report(), indent=2) + "\n")
+
+
+def evaluate(run: str | Path | Run, data: str | Path, label_from_name: str | None = None,
+             reporter: Reporter | None = None, cache_dir: Path | None = None) -> dict:
+    """Metrics of a saved model on a labelled folder (class folders, flat with a regex, or CSV)."""
+    ui = reporter or SilentReporter()
+    run = run if isinstance(run, Run) else load(run)
+    index = build_eval_index(DataConfig(Path(data), label_from_name, cache_dir=cache_dir),
+                             reporter=ui)
+    unknown = sorted({r.label for r in index.records} - set(run.classes))
+    if unknown:
+        raise ValueError(f"{data}: label(s) the model does not know: {', '.join(unknown)} "
+                         f"(model classes: {', '.join(run.classes)})")
+    with ui.stage("predict", len(index.records)) as advance:
+        preds = run.predictor.predict_paths([r.path for r in index.records], progress=advance)
+    y_true = np.array([run.classes.index(r.label) for r in index.records])
+    y_pred = np.array([int(np.argmax(p.probabilities)) for p in preds])
+    metrics = classification_metrics(y_true, y_pred, run.classes)
+    metrics["skipped"] = [{"path": r.path, "reason": r.reason} for r in index.skipped]
+    metrics["notes"] = index.layout.notes
+    return metrics
+
+
+def prediction_row(p: Prediction, classes: list[str], top_k: int, unsure: float | None) -> dict:
+    if p.probabilities is None:
+        return {"path": p.path, "label": None, "probability": None, "unsure": None, "top": [], "error": p.error}
+    order = np.argsort(-p.probabilities)[:top_k]
+    best = float(p.probabilities[order[0]])
+    return {
+        "path": p.path,
+        "label": classes[order[0]],
+        "probability": best,
+        "unsure": bool(unsure is not None and best < unsure),
+        "top": [(classes[i], float(p.probabilities[i])) for i in order],
+        "error": None,
+    }
+
+
+def predict(run: str | Path | Run, inputs: list[str | Path], top_k: int = 3, unsure: float | None = None,
+            csv_path: Path | None = None, into: Path | None = None, reporter: Reporter | None = None) -> list[dict]:
+    """Classify files and folders; optionally write a CSV and sort copies into class folders."""
+    ui = reporter or SilentReporter()
+    run = run if isinstance(run, Run) else load(run)
+    paths = collect_images(inputs)
+    threshold = unsure if unsure is not None else run.predictor.config.unsure_threshold
+    with ui.stage("predict", len(paths)) as advance:
+        preds = run.predictor.predict_paths(paths, progress=advance)
+    rows = [prediction_row(p, run.classes, top_k, threshold) for p in preds]
+    if csv_path is not None:
+        write_predictions_csv(rows, Path(csv_path), top_k)
+    if into is not None:
+        sort_into(rows, Path(into))
+    return rows
+
+
+def write_predictions_csv(rows: list[dict], path: Path, top_k: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        header = ["path", "label", "probability", "unsure"]
+        for i in range(1, top_k + 1):
+            header += [f"top{i}", f"top{i}_probability"]
+        w.writerow(header + ["error"])
+        for r in rows:
+            line = [r["path"], r["label"] or "", "" if r["probability"] is None else f"{r['probability']:.6f}",
+                    "" if r["unsure"] is None else str(r["unsure"]).lower()]
+            for i in range(top_k):
+                line += [r["top"][i][0], f"{r['top'][i][1]:.6f}"] if i < len(r["top"]) else ["", ""]
+            w.writerow(line + [r["error"] or ""])
+
+
+def sort_into(rows: list[dict], folder: Path) -> list[Path]:
+    """Copy (never move) each image into ``folder/<label>/`` (or ``unsure/``); names never collide."""
+    written = []
+    for r in rows:
+        if r["label"] is None:
+            continue
+        dest_dir = folder / ("unsure" if r["unsure"] else r["label"])
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        src = Path(r["path"])
+        dest = dest_dir / src.name
+        n = 1
+        while dest.exists():
+            dest = dest_dir / f"{src.stem}_{n}{src.suffix}"
+            n += 1
+        shutil.copy2(src, dest)
+        written.append(dest)
+    return written

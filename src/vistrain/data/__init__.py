@@ -1,0 +1,1 @@
+"""Scanning, checking, splitting and preprocessing images."""

@@ -1,0 +1,126 @@
+"""The dataset index: a folder (or CSV) turned into checked, labelled, split records."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vistrain.data.images import DEFAULT_MAX_PIXELS
+from vistrain.data.layout import DataError, Layout, discover
+from vistrain.data.scan import Record, scan
+from vistrain.data.split import stratified_split
+from vistrain.progress import Reporter, SilentReporter
+
+
+def default_cache_dir() -> Path:
+    """``$VISTRAIN_CACHE_DIR``, else ``$XDG_CACHE_HOME/vistrain``, else ``~/.cache/vistrain``."""
+    env = os.environ.get("VISTRAIN_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vistrain"
+
+
+@dataclass
+class DataConfig:
+    """How to read a dataset; validated when an index is built."""
+
+    root: Path
+    label_from_name: str | None = None
+    valid_fraction: float = 0.2
+    seed: int = 0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    cache_dir: Path | None = None  # None: no scan cache
+
+
+@dataclass
+class DatasetIndex:
+    layout: Layout
+    records: list[Record]  # usable files
+    skipped: list[Record]  # files that could not be used, with the reason
+    classes: list[str]
+    from_cache: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def split(self, name: str) -> list[Record]:
+        return [r for r in self.records if r.split == name]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per split and class."""
+        out: dict[str, dict[str, int]] = {}
+        for s in ("train", "valid", "test"):
+            c = Counter(r.label for r in self.split(s))
+            if c:
+                out[s] = {k: c.get(k, 0) for k in self.classes}
+        return out
+
+    def report(self) -> dict:
+        return {
+            "root": str(self.layout.root),
+            "layout": self.layout.kind,
+            "layout_description": self.layout.describe(),
+            "classes": self.classes,
+            "counts": self.counts(),
+            "n_usable": len(self.records),
+            "n_skipped": len(self.skipped),
+            "skipped": [{"path": r.path, "label": r.label, "reason": r.reason} for r in self.skipped],
+            "notes": self.layout.notes + self.notes,
+        }
+
+
+def scan_entries(cfg: DataConfig, layout: Layout, reporter: Reporter | None):
+    cache_file = cfg.cache_dir / "scan.json" if cfg.cache_dir else None
+    with (reporter or SilentReporter()).stage("scan", len(layout.entries), unit="file") as advance:
+        records, hits = scan(layout.entries, cache_file, cfg.max_pixels, advance)
+    ok = [r for r in records if r.ok]
+    bad = [r for r in records if not r.ok]
+    return ok, bad, hits
+
+
+def build_index(
+    cfg: DataConfig,
+    reporter: Reporter | None = None,
+    require_train: bool = True,
+) -> DatasetIndex:
+    """Discover, scan and check a training dataset, and split it when it is not pre-split."""
+    layout = discover(cfg.root, cfg.label_from_name)
+    if not layout.entries:
+        raise DataError(f"{layout.root}: no files found")
+    ok, bad, hits = scan_entries(cfg, layout, reporter)
+    if not ok:
+        raise DataError(f"{layout.root}: none of the {len(layout.entries)} file(s) is a usable image")
+    classes = sorted({r.label for r in ok if r.split != "test"})
+    if require_train:
+        if len(classes) < 2:
+            only = f" (only {classes[0]!r})" if classes else ""
+            raise DataError(f"{layout.root}: a classifier needs at least 2 classes{only}")
+        test_only = sorted({r.label for r in ok if r.split == "test"} - set(classes))
+        if test_only:
+            raise DataError(f"{layout.root}: test labels not among the training classes: {', '.join(test_only)}")
+        if any(r.split is None for r in ok):
+            stratified_split(ok, cfg.valid_fraction, cfg.seed)
+        for name in ("train", "valid"):
+            empty = [c for c in classes if not any(r.label == c and r.split == name for r in ok)]
+            if empty:
+                raise DataError(f"{layout.root}: no usable {name} images for class(es) {', '.join(empty)}")
+    return DatasetIndex(layout, ok, bad, classes, from_cache=hits)
+
+
+def build_eval_index(cfg: DataConfig, reporter: Reporter | None = None) -> DatasetIndex:
+    """Index a labelled folder to evaluate on: every usable file counts, whatever its split."""
+    layout = discover(cfg.root, cfg.label_from_name)
+    if not layout.entries:
+        raise DataError(f"{layout.root}: no files found")
+    if layout.kind == "split-folders":
+        # Evaluate on the held-out part: test if it has labels, else valid.
+        splits = {e.split for e in layout.entries}
+        keep = "test" if "test" in splits else "valid"
+        layout.entries = [e for e in layout.entries if e.split == keep]
+        layout.notes.append(f"evaluating on the {keep} images of {layout.root}")
+    ok, bad, hits = scan_entries(cfg, layout, reporter)
+    if not ok:
+        raise DataError(f"{layout.root}: none of the {len(layout.entries)} file(s) is a usable image")
+    classes = sorted({r.label for r in ok})
+    return DatasetIndex(layout, ok, bad, classes, from_cache=hits)

@@ -1,0 +1,106 @@
+"""Decoding one image file into an upright RGB picture, the same way everywhere.
+
+Training, evaluation, predict and the scan all call :func:`load_rgb`, so a photo is seen
+identically by every stage (orientation, colour mode, draft scale).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow's own default (about 89 Mpx); larger files are treated as decompression bombs.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
+)
+
+
+class ImageError(Exception):
+    """A file that cannot be used as an image; the message names the file and the reason."""
+
+    def __init__(self, path: Path | str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def load_rgb(path: Path | str, min_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open, fully decode and return ``path`` as an upright 8-bit RGB image.
+
+    ``min_side``: the caller needs at least this many pixels on the shorter side, which lets
+    JPEGs decode at 1/2, 1/4 or 1/8 scale (draft mode) -- several times faster on big photos.
+    Raises :class:`ImageError` for empty, unreadable, truncated or oversized files.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise ImageError(path, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (not raises) between 1x and 2x its limit; we enforce our own limit below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise ImageError(
+                        path,
+                        f"decompression bomb: {width}x{height} = {width * height:,} pixels "
+                        f"exceeds the limit of {max_pixels:,}",
+                    )
+                if min_side and img.format == "JPEG":
+                    # draft() keeps both sides >= the requested size, so the shorter side stays >= min_side.
+                    img.draft("RGB", (min_side, min_side))
+                img.load()
+                return _to_upright_rgb(img)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(path, f"decompression bomb: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(path, "not an image (unrecognised format)") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        text = str(exc)
+        if "truncated" in text:
+            raise ImageError(path, "truncated file (image data ends early)") from exc
+        raise ImageError(path, f"corrupt image ({text or type(exc).__name__})") from exc
+
+
+def _to_upright_rgb(img: Image.Image) -> Image.Image:
+    img = ImageOps.exif_transpose(img)
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit (or 32-bit int) grey: scale the full range to 8 bits instead of clipping at 255.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo or 1.0) * 255.0
+        return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent areas become white, as an image viewer shows them, not arbitrary hidden colours.
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    if mode != "RGB":
+        return img.convert("RGB")
+    return img
+
+
+def is_candidate(path: Path) -> bool:
+    """Files the scan looks at: anything not hidden. Non-images are reported, not silently dropped."""
+    return path.is_file() and not path.name.startswith(".")

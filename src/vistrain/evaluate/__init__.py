@@ -1,0 +1,1 @@
+"""Metrics and prediction with a trained model."""

@@ -1,0 +1,1 @@
+"""Training: linear probe, fine-tuning, checkpoints."""

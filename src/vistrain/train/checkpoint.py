@@ -1,0 +1,79 @@
+"""Resumable fine-tuning state in safetensors + JSON (optimizer included), never pickle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from vistrain.train.finetune import EpochResult, FinetuneState
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for name, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{name}"] = value.detach().contiguous()
+            else:
+                scalars[f"{idx}.{name}"] = value
+    return tensors, {"param_groups": [{k: v for k, v in g.items()} for g in sd["param_groups"]], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: FinetuneState, extra: dict) -> None:
+    d = run_dir / CHECKPOINT_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "last.safetensors"))
+    if state.best_state is not None:
+        save_file({k: v.contiguous() for k, v in state.best_state.items()}, str(d / "best.safetensors"))
+    tensors, meta = _flatten_optimizer(optimizer.state_dict())
+    save_file(tensors, str(d / "optimizer.safetensors"))
+    info = {
+        "planned_epochs": state.planned_epochs,
+        "history": [asdict(h) for h in state.history],
+        "best_accuracy": state.best_accuracy,
+        "best_loss": state.best_loss,
+        "best_epoch": state.best_epoch,
+        "optimizer": meta,
+        **extra,
+    }
+    tmp = d / "state.json.tmp"
+    tmp.write_text(json.dumps(info, indent=1))
+    tmp.replace(d / "state.json")  # the JSON is written last: it marks the checkpoint complete
+
+
+def load_checkpoint(run_dir: Path) -> tuple[dict, dict, FinetuneState, dict] | None:
+    """(last model weights, optimizer state, fine-tune state, extra) or None when there is none."""
+    d = run_dir / CHECKPOINT_DIR
+    if not (d / "state.json").exists():
+        return None
+    info = json.loads((d / "state.json").read_text())
+    state = FinetuneState(
+        planned_epochs=info.pop("planned_epochs"),
+        history=[EpochResult(**h) for h in info.pop("history")],
+        best_accuracy=info.pop("best_accuracy"),
+        best_loss=info.pop("best_loss"),
+        best_epoch=info.pop("best_epoch"),
+    )
+    if (d / "best.safetensors").exists():
+        state.best_state = load_file(str(d / "best.safetensors"))
+    opt = _unflatten_optimizer(load_file(str(d / "optimizer.safetensors")), info.pop("optimizer"))
+    return load_file(str(d / "last.safetensors")), opt, state, info
+
+
+def remove_checkpoint(run_dir: Path) -> None:
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)

@@ -1,0 +1,194 @@
+"""Fine-tuning the whole network: discriminative learning rates, one-cycle AdamW, label smoothing.
+
+The head starts from the linear probe (that is the warm-up), BatchNorm statistics stay frozen
+(small CPU batches would make them noisy), and the best epoch by validation accuracy is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from vistrain.data.augment import AugmentConfig, augment_batch
+from vistrain.data.transforms import Preprocessing, normalize
+from vistrain.models.classifier import ImageClassifier
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 8  # the most epochs; the time budget may plan fewer
+    time_budget: float | None = None  # seconds available for fine-tuning, None: no limit
+    batch_size: int = 32
+    lr: float = 1e-3  # the head's; the backbone's groups get lr/3, lr/10, lr/30 from top to bottom
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.1
+    patience: int = 3  # epochs without a better validation score before stopping
+    freeze_bn: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    seed: int = 0
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    valid_loss: float
+    valid_accuracy: float
+    seconds: float
+    lr: float
+
+
+@dataclass
+class FinetuneState:
+    """What survives between epochs (and an interruption)."""
+
+    planned_epochs: int
+    history: list[EpochResult] = field(default_factory=list)
+    best_accuracy: float = -1.0
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    best_state: dict | None = None
+    interrupted: bool = False
+    stop_reason: str = ""
+
+
+def param_groups(model: ImageClassifier, lr: float) -> list[dict]:
+    """Backbone parameters in three contiguous depth groups (lr/30, lr/10, lr/3) plus the head (lr)."""
+    body = [p for p in model.backbone.parameters() if p.requires_grad]
+    thirds = np.array_split(np.arange(len(body)), 3)
+    groups = [{"params": [body[i] for i in idx], "lr": lr / f} for idx, f in zip(thirds, (30, 10, 3)) if len(idx)]
+    groups.append({"params": list(model.head.parameters()), "lr": lr})
+    return groups
+
+
+def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+@torch.inference_mode()
+def evaluate_logits(model: nn.Module, pixels: np.ndarray, prep: Preprocessing, batch_size: int = 64) -> np.ndarray:
+    model.eval()
+    outs = [model(normalize(np.ascontiguousarray(pixels[i : i + batch_size]), prep)).float().numpy()
+            for i in range(0, len(pixels), batch_size)]
+    return np.concatenate(outs)
+
+
+def _ce(logits: np.ndarray, y: np.ndarray) -> float:
+    z = logits - logits.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(y)), y].mean())
+
+
+def measure_step_seconds(model: ImageClassifier, canvases, labels, prep, cfg: FinetuneConfig, steps: int = 2) -> float:
+    """Seconds for one training step (forward + backward), measured after one warm-up step."""
+    rng = np.random.default_rng(cfg.seed)
+    loss_fn = nn.CrossEntropyLoss()
+    set_train_mode(model, cfg.freeze_bn)
+    n = min(cfg.batch_size, len(canvases))
+    times = []
+    for _ in range(steps + 1):
+        idx = rng.choice(len(canvases), n, replace=False)
+        t = time.perf_counter()
+        x = augment_batch([canvases[i] for i in idx], prep, cfg.augment, rng)
+        loss = loss_fn(model(x), torch.as_tensor(labels[idx]))
+        loss.backward()
+        times.append(time.perf_counter() - t)
+    model.zero_grad(set_to_none=True)
+    return float(np.median(times[1:])) * cfg.batch_size / n
+
+
+def plan_epochs(cfg: FinetuneConfig, n_train: int, step_seconds: float, eval_seconds: float) -> int:
+    steps = math.ceil(n_train / cfg.batch_size)
+    epoch_seconds = steps * step_seconds + eval_seconds
+    if cfg.time_budget is None:
+        return cfg.epochs
+    return max(0, min(cfg.epochs, int(cfg.time_budget // epoch_seconds)))
+
+
+def finetune(
+    model: ImageClassifier,
+    canvases: list[np.ndarray],
+    train_labels: np.ndarray,
+    valid_pixels: np.ndarray,
+    valid_labels: np.ndarray,
+    prep: Preprocessing,
+    cfg: FinetuneConfig,
+    state: FinetuneState,
+    optimizer_state: dict | None = None,
+    on_epoch: Callable[[FinetuneState, torch.optim.Optimizer], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> FinetuneState:
+    """Train for ``state.planned_epochs`` (continuing after ``len(state.history)`` on resume)."""
+    torch.manual_seed(cfg.seed)
+    groups = param_groups(model, cfg.lr)
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(canvases) / cfg.batch_size)
+    total = steps_per_epoch * state.planned_epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=[g["lr"] for g in groups], total_steps=max(1, total), pct_start=0.25,
+        div_factor=10.0, final_div_factor=100.0,
+    )
+    done = len(state.history)
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
+        for _ in range(done * steps_per_epoch):
+            sched.step()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    labels_t = torch.as_tensor(train_labels)
+    try:
+        for epoch in range(done + 1, state.planned_epochs + 1):
+            # A fresh generator per epoch: a resumed run sees the same batches it would have.
+            rng = np.random.default_rng([cfg.seed, epoch])
+            t0 = time.perf_counter()
+            set_train_mode(model, cfg.freeze_bn)
+            order = rng.permutation(len(canvases))
+            total_loss, correct = 0.0, 0
+            for s in range(steps_per_epoch):
+                idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+                x = augment_batch([canvases[i] for i in idx], prep, cfg.augment, rng)
+                y = labels_t[idx]
+                logits = model(x)
+                loss = loss_fn(logits, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if not torch.isfinite(loss):
+                    state.stop_reason = f"training diverged (loss {loss.item()}) in epoch {epoch}"
+                    return state
+                opt.step()
+                sched.step()
+                total_loss += loss.item() * len(idx)
+                correct += int((logits.argmax(1) == y).sum())
+                if progress:
+                    progress(len(idx))
+            vlog = evaluate_logits(model, valid_pixels, prep)
+            vacc = float((vlog.argmax(1) == valid_labels).mean())
+            vloss = _ce(vlog, valid_labels)
+            state.history.append(EpochResult(
+                epoch, total_loss / len(canvases), correct / len(canvases), vloss, vacc,
+                time.perf_counter() - t0, float(opt.param_groups[-1]["lr"]),
+            ))
+            # Ties on accuracy (common on small validation sets) go to the lower loss.
+            if vacc > state.best_accuracy or (vacc == state.best_accuracy and vloss < state.best_loss):
+                state.best_accuracy, state.best_loss, state.best_epoch = vacc, vloss, epoch
+                state.best_state = copy.deepcopy(model.state_dict())
+            if on_epoch:
+                on_epoch(state, opt)
+            if epoch - state.best_epoch >= cfg.patience:
+                state.stop_reason = f"early stop: no better validation score for {cfg.patience} epochs"
+                break
+    except KeyboardInterrupt:
+        state.interrupted = True
+        state.stop_reason = "interrupted (Ctrl-C): kept the best model so far"
+    return state

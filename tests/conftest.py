@@ -1,0 +1,76 @@
+"""Tiny synthetic image folders, made with Pillow in tmp_path; no test reads a real dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+# Classes a frozen ImageNet backbone separates easily: colour and shape differ.
+STYLES = {
+    "circles": ((220, 40, 40), "ellipse"),
+    "squares": ((40, 90, 220), "rectangle"),
+    "stripes": ((40, 170, 60), "stripes"),
+}
+
+
+def make_image(kind: str, seed: int, size: tuple[int, int] = (56, 48)) -> Image.Image:
+    """A photo-like synthetic image of ``kind``: noisy background, one coloured shape."""
+    rng = np.random.default_rng(seed)
+    colour, shape = STYLES[kind]
+    w, h = size
+    bg = rng.integers(150, 230, size=(h, w, 3), dtype=np.uint8)
+    img = Image.fromarray(bg)
+    d = ImageDraw.Draw(img)
+    jitter = [int(v) for v in rng.integers(-20, 20, size=3)]
+    c = tuple(max(0, min(255, a + b)) for a, b in zip(colour, jitter))
+    x0, y0 = int(rng.integers(2, w // 4)), int(rng.integers(2, h // 4))
+    x1, y1 = int(rng.integers(3 * w // 4, w - 2)), int(rng.integers(3 * h // 4, h - 2))
+    if shape == "ellipse":
+        d.ellipse((x0, y0, x1, y1), fill=c)
+    elif shape == "rectangle":
+        d.rectangle((x0, y0, x1, y1), fill=c)
+    else:
+        for x in range(0, w, 8):
+            d.rectangle((x, 0, x + 3, h), fill=c)
+    return img
+
+
+def write_class_folders(root: Path, per_class: int = 8, classes=tuple(STYLES), start: int = 0, fmt: str = "png") -> Path:
+    for ci, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            make_image(name, seed=1000 * ci + start + i).save(folder / f"{name}_{start + i}.{fmt}")
+    return root
+
+
+@pytest.fixture
+def class_folders(tmp_path: Path) -> Path:
+    """Layout (b): root/<class>/*.png, 8 images in each of 3 classes."""
+    return write_class_folders(tmp_path / "photos")
+
+
+@pytest.fixture
+def split_folders(tmp_path: Path) -> Path:
+    """Layout (a): train/ and valid/ class folders, plus a flat test/ with labels in file names."""
+    root = tmp_path / "split"
+    write_class_folders(root / "train", per_class=6)
+    write_class_folders(root / "valid", per_class=3, start=50)
+    test = root / "test"
+    test.mkdir()
+    for ci, name in enumerate(STYLES):
+        for i in range(2):
+            make_image(name, seed=9000 + 10 * ci + i).save(test / f"{name}_{i + 1}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+# Small inputs keep tests fast; the pipeline is the same at any size.
+FAST = {"image_size": 64, "time_budget": None}

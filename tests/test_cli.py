@@ -1,0 +1,139 @@
+"""The command line: train, evaluate (table and --json), predict (table, --csv, --into, --unsure), errors."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import make_image
+
+from vistrain.cli import main
+from vistrain.evaluate.metrics import classification_metrics
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One small probe run shared by the CLI tests (training is the slow part)."""
+    from conftest import write_class_folders
+
+    base = tmp_path_factory.mktemp("cli")
+    data = write_class_folders(base / "photos", per_class=8)
+    run = base / "run"
+    code = main(["train", str(data), "--out", str(run), "--mode", "probe", "--image-size", "64",
+                 "--cache-dir", str(base / "cache")])
+    assert code == 0
+    return data, run
+
+
+def test_train_prints_a_summary(trained, tmp_path, capsys):
+    data, _ = trained
+    code = main(["train", str(data), "--out", str(tmp_path / "r"), "--mode", "probe", "--image-size", "64", "--no-cache"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "validation accuracy" in out and "Kept: linear probe" in out and "macro average" in out
+    assert str(tmp_path / "r") in out.replace("\n", "")
+
+
+def test_evaluate_json_has_the_documented_keys(trained, tmp_path, capsys):
+    data, run = trained
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("circles", "squares", "stripes"):
+        for i in range(2):
+            make_image(name, 7000 + i).save(flat / f"{name}_{i}.jpg")
+    code = main(["evaluate", str(run), str(flat), "--label-from-name", r"(.+)_\d+", "--json"])
+    m = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert {"accuracy", "per_class", "confusion_matrix", "classes", "n"} <= set(m)
+    assert m["n"] == 6 and m["accuracy"] >= 5 / 6
+    assert set(m["per_class"]["squares"]) == {"precision", "recall", "f1", "support"}
+
+
+def test_evaluate_table(trained, capsys):
+    data, run = trained
+    assert main(["evaluate", str(run), str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "Confusion matrix" in out and "accuracy" in out and "stripes" in out
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_predict_csv_into_and_unsure(trained, tmp_path):
+    data, run = trained
+    new = tmp_path / "new"
+    new.mkdir()
+    for i, name in enumerate(["circles", "squares", "stripes"]):
+        make_image(name, 8000 + i).save(new / f"photo{i}.png")
+    shutil.copy(new / "photo0.png", new / "sub_copy.png")
+    (new / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    before = _digest(new)
+
+    csv_path = tmp_path / "preds.csv"
+    sorted_dir = tmp_path / "sorted"
+    assert main(["predict", str(run), str(new), "--csv", str(csv_path), "--into", str(sorted_dir), "--top-k", "2"]) == 0
+    with csv_path.open() as f:
+        rows = {r["path"].split("/")[-1]: r for r in csv.DictReader(f)}
+    assert rows["photo0.png"]["label"] == "circles" and rows["photo1.png"]["label"] == "squares"
+    assert float(rows["photo2.png"]["probability"]) > 0.5 and rows["photo2.png"]["top2"]
+    assert rows["broken.jpg"]["label"] == "" and rows["broken.jpg"]["error"]
+    # Copies, sorted by predicted class; originals untouched.
+    assert (sorted_dir / "circles" / "photo0.png").exists() and (sorted_dir / "squares" / "photo1.png").exists()
+    assert _digest(new) == before
+
+    # A threshold above every probability makes every answer "unsure".
+    assert main(["predict", str(run), str(new), "--unsure", "0.999999", "--csv", str(csv_path), "--into", str(sorted_dir)]) == 0
+    with csv_path.open() as f:
+        good = [r for r in csv.DictReader(f) if not r["error"]]
+    assert good and all(r["unsure"] == "true" for r in good)
+    assert len(list((sorted_dir / "unsure").iterdir())) == 4
+    # A second sort into the same folder never overwrites: new names instead.
+    assert (sorted_dir / "circles" / "photo0.png").exists()
+
+
+def test_predict_json_to_stdout(trained, capsys):
+    data, run = trained
+    assert main(["predict", str(run), str(data / "stripes" / "stripes_0.png"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["label"] == "stripes" and len(rows[0]["top"]) == 3
+    assert abs(sum(p for _, p in rows[0]["top"]) - 1.0) < 1e-5
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["train", "/nonexistent/photos"], "/nonexistent/photos: no such file or folder"),
+    (["predict", "/nonexistent/run", "x.jpg"], "/nonexistent/run"),
+    (["train", ".", "--backbone", "vgg16"], "unknown backbone 'vgg16'"),
+])
+def test_errors_are_one_clear_line_and_exit_2(argv, fragment, capsys):
+    assert main(argv) == 2
+    out = capsys.readouterr().out
+    assert "error:" in out and fragment in out.replace("\n", "")
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "vistrain", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("vistrain ")
+
+
+def test_metrics_match_scikit_learn():
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    rng = np.random.default_rng(0)
+    y, p = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    p[:5] = 0  # class 3 never predicted for some rows: zero-division handling matters
+    m = classification_metrics(y, p, ["a", "b", "c", "d"])
+    prec, rec, f1, sup = precision_recall_fscore_support(y, p, labels=[0, 1, 2, 3], zero_division=0)
+    for i, c in enumerate("abcd"):
+        assert m["per_class"][c]["precision"] == pytest.approx(prec[i])
+        assert m["per_class"][c]["recall"] == pytest.approx(rec[i])
+        assert m["per_class"][c]["f1"] == pytest.approx(f1[i])
+        assert m["per_class"][c]["support"] == sup[i]
+    assert m["confusion_matrix"] == confusion_matrix(y, p).tolist()
+    assert m["accuracy"] == pytest.approx((y == p).mean())

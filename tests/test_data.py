@@ -1,0 +1,147 @@
+"""Layouts, scanning, the scan cache, splits and the clear errors for unusable data."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from conftest import make_image, write_class_folders
+
+from vistrain.data.dataset import DataConfig, build_eval_index, build_index
+from vistrain.data.layout import DataError
+
+
+def _index(root, cache=None, **kw):
+    return build_index(DataConfig(root, cache_dir=cache, **kw))
+
+
+def test_split_folders_with_flat_test_labelled_from_names(split_folders):
+    idx = _index(split_folders)
+    assert idx.layout.kind == "split-folders"
+    assert idx.classes == ["circles", "squares", "stripes"]
+    counts = idx.counts()
+    assert counts["train"] == {"circles": 6, "squares": 6, "stripes": 6}
+    assert counts["valid"] == {"circles": 3, "squares": 3, "stripes": 3}
+    assert counts["test"] == {"circles": 2, "squares": 2, "stripes": 2}
+    assert any("file names" in n for n in idx.layout.notes)
+
+
+def test_class_folders_are_split_stratified_and_reproducibly(class_folders):
+    a = _index(class_folders, seed=1)
+    b = _index(class_folders, seed=1)
+    c = _index(class_folders, seed=2)
+    assert a.layout.kind == "class-folders"
+    assert a.counts()["valid"] == {"circles": 2, "squares": 2, "stripes": 2}  # round(8 * 0.2)
+    split = lambda i: {r.path: r.split for r in i.records}  # noqa: E731
+    assert split(a) == split(b)
+    assert split(a) != split(c)
+
+
+def test_flat_folder_with_regex_and_csv(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(3):
+        make_image("circles", i).save(flat / f"circles_{i}.png")
+        make_image("squares", 50 + i).save(flat / f"squares_{i}.png")
+    idx = build_eval_index(DataConfig(flat, label_from_name=r"(.+)_\d+"))
+    assert idx.layout.kind == "flat"
+    assert sorted({r.label for r in idx.records}) == ["circles", "squares"]
+
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("path,label\n" + "".join(f"flat/circles_{i}.png,round\nflat/squares_{i}.png,box\n" for i in range(3)))
+    idx = _index(csv_path)
+    assert idx.layout.kind == "csv"
+    assert idx.classes == ["box", "round"]
+    assert {r.split for r in idx.records} == {"train", "valid"}
+
+
+def test_flat_folder_without_regex_is_a_clear_error(tmp_path):
+    (tmp_path / "flat").mkdir()
+    make_image("circles", 0).save(tmp_path / "flat" / "a.png")
+    with pytest.raises(DataError, match="--label-from-name"):
+        _index(tmp_path / "flat")
+
+
+def test_regex_that_does_not_match_names_the_file(tmp_path):
+    (tmp_path / "flat").mkdir()
+    make_image("circles", 0).save(tmp_path / "flat" / "IMG0001.png")
+    with pytest.raises(DataError, match="IMG0001"):
+        build_eval_index(DataConfig(tmp_path / "flat", label_from_name=r"([a-z]+)_\d+"))
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda root: None, "no such file or folder"),
+        (lambda root: (root / "a").mkdir(parents=True), "no files found"),
+        (lambda root: write_class_folders(root, per_class=3, classes=("circles",)), "at least 2 classes"),
+        (lambda root: (write_class_folders(root, per_class=3, classes=("circles", "squares")),
+                       write_class_folders(root, per_class=1, classes=("stripes",))), "'stripes' (1 image)"),
+    ],
+)
+def test_unusable_datasets_fail_with_the_path_and_reason(tmp_path, setup, message):
+    root = tmp_path / "data"
+    setup(root)
+    with pytest.raises(DataError) as info:
+        _index(root)
+    assert message in str(info.value)
+    assert str(root) in str(info.value) or "stripes" in str(info.value)
+
+
+def test_train_and_valid_classes_must_agree(tmp_path):
+    root = tmp_path / "d"
+    write_class_folders(root / "train", per_class=2)
+    write_class_folders(root / "valid", per_class=2, classes=("circles", "squares"))
+    with pytest.raises(DataError, match=r"only in .*train: stripes"):
+        _index(root)
+
+
+def test_no_usable_images_is_an_error(tmp_path):
+    root = tmp_path / "d"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        (root / c / "x.jpg").write_text("not an image")
+    with pytest.raises(DataError, match="none of the 2 file"):
+        _index(root)
+
+
+def _tree_digest(root):
+    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_bad_files_are_skipped_listed_and_left_in_place(class_folders, cache_dir):
+    (class_folders / "circles" / "empty.jpg").write_bytes(b"")
+    (class_folders / "squares" / "readme.txt").write_text("hello")
+    good = (class_folders / "stripes" / "stripes_0.png").read_bytes()
+    (class_folders / "stripes" / "cut.png").write_bytes(good[: len(good) // 3])
+    before = _tree_digest(class_folders)
+
+    idx = _index(class_folders, cache_dir)
+    reasons = {r.path.split("/")[-1]: r.reason for r in idx.skipped}
+    assert set(reasons) == {"empty.jpg", "readme.txt", "cut.png"}
+    assert "empty" in reasons["empty.jpg"]
+    assert "not an image" in reasons["readme.txt"]
+    assert "truncated" in reasons["cut.png"] or "corrupt" in reasons["cut.png"]
+    assert len(idx.records) == 24
+    report = idx.report()
+    assert report["n_skipped"] == 3 and all(s["reason"] for s in report["skipped"])
+    assert _tree_digest(class_folders) == before  # nothing deleted, moved or rewritten
+
+
+def test_scan_cache_is_reused_and_invalidated_by_changes(class_folders, cache_dir):
+    first = _index(class_folders, cache_dir)
+    assert first.from_cache == 0
+    second = _index(class_folders, cache_dir)
+    assert second.from_cache == 24
+    # Rewriting a file changes its size/mtime: it is scanned again, and now found corrupt.
+    (class_folders / "circles" / "circles_0.png").write_bytes(b"garbage")
+    third = _index(class_folders, cache_dir)
+    assert third.from_cache == 23
+    assert [r.path.split("/")[-1] for r in third.skipped] == ["circles_0.png"]
+
+
+def test_records_know_size_format_and_hash(class_folders):
+    idx = _index(class_folders)
+    r = idx.records[0]
+    assert (r.width, r.height) == (56, 48)
+    assert r.format == "PNG" and r.mode == "RGB" and len(r.sha1) == 40

@@ -1,0 +1,86 @@
+"""Decoding: every colour mode becomes upright RGB; every bad file kind gets a clear reason."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vistrain.data.images import ImageError, load_rgb
+
+
+def test_modes_become_rgb(tmp_path):
+    grey = Image.new("L", (20, 10), 128)
+    grey.save(tmp_path / "grey.png")
+    pal = Image.new("P", (20, 10), 3)
+    pal.putpalette([0, 0, 0] * 3 + [10, 200, 30] + [0, 0, 0] * 252)
+    pal.save(tmp_path / "palette.png")
+    rgba = Image.new("RGBA", (20, 10), (255, 0, 0, 0))  # fully transparent red
+    rgba.save(tmp_path / "rgba.png")
+    Image.new("CMYK", (20, 10), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
+    arr16 = np.full((10, 20), 65535 // 2, dtype=np.uint16)
+    Image.fromarray(arr16).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+
+    for name in ["grey.png", "palette.png", "rgba.png", "cmyk.jpg", "deep.png"]:
+        img = load_rgb(tmp_path / name)
+        assert img.mode == "RGB" and img.size == (20, 10), name
+
+    assert load_rgb(tmp_path / "grey.png").getpixel((0, 0)) == (128, 128, 128)
+    assert load_rgb(tmp_path / "palette.png").getpixel((0, 0)) == (10, 200, 30)
+    # Transparent pixels show as white, not as the hidden red.
+    assert load_rgb(tmp_path / "rgba.png").getpixel((0, 0)) == (255, 255, 255)
+    r, g, b = load_rgb(tmp_path / "cmyk.jpg").getpixel((5, 5))
+    assert r > 200 and g < 60 and b < 60  # CMYK (0,255,255,0) is red
+    # 16-bit mid grey maps to 8-bit mid grey instead of clipping to white.
+    assert abs(load_rgb(tmp_path / "deep.png").getpixel((0, 0))[0] - 128) <= 1
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("RGB", (40, 20), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 10, 20))  # red band on the left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    img.save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    out = load_rgb(tmp_path / "rotated.jpg")
+    assert out.size == (20, 40)
+    r, g, b = out.getpixel((10, 3))  # the left band is now on top
+    assert r > 200 and b < 60
+
+
+def test_draft_mode_decodes_big_jpeg_smaller_but_enough(tmp_path):
+    Image.new("RGB", (1600, 1200), (9, 99, 199)).save(tmp_path / "big.jpg")
+    out = load_rgb(tmp_path / "big.jpg", min_side=200)
+    assert min(out.size) >= 200 and out.size[0] < 1600
+
+
+def _truncated_jpeg(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(buf, "JPEG")
+    data = buf.getvalue()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    return tmp_path / "cut.jpg"
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda p: (p / "empty.jpg").write_bytes(b"") and None or p / "empty.jpg", "empty file"),
+        (lambda p: (p / "notes.jpg").write_text("not a picture") and None or p / "notes.jpg", "not an image"),
+        (_truncated_jpeg, "truncated"),
+    ],
+)
+def test_bad_files_raise_with_path_and_reason(tmp_path, make, reason):
+    path = make(tmp_path)
+    with pytest.raises(ImageError) as info:
+        load_rgb(path)
+    assert reason in info.value.reason
+    assert str(path) in str(info.value)
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path):
+    Image.new("RGB", (300, 300)).save(tmp_path / "bomb.png")
+    with pytest.raises(ImageError, match="decompression bomb"):
+        load_rgb(tmp_path / "bomb.png", max_pixels=10_000)

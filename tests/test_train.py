@@ -1,0 +1,133 @@
+"""Training end to end on tiny synthetic folders: artifacts, reproducibility, resume, round trip."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from conftest import FAST
+from safetensors import safe_open
+
+import vistrain
+from vistrain.progress import SilentReporter
+from vistrain.train.trainer import TrainError
+
+
+def test_probe_run_writes_every_artifact_and_learns(split_folders, tmp_path, cache_dir):
+    out = tmp_path / "run"
+    run = vistrain.train(split_folders, out=out, cache_dir=cache_dir, mode="probe", **FAST)
+    for name in ["model.safetensors", "config.json", "metrics.json", "history.csv", "split.csv", "data_report.json"]:
+        assert (out / name).exists(), name
+    assert not (out / "checkpoint").exists()
+
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["classes"] == ["circles", "squares", "stripes"]
+    assert cfg["backbone"] == "efficientnet_lite0"
+    assert cfg["preprocessing"]["size"] == 64 and cfg["preprocessing"]["resize"] == "crop"
+    assert cfg["vistrain_version"] == vistrain.__version__
+    assert cfg["training"]["mode"] == "probe" and cfg["training"]["seed"] == 0
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["valid"]["n"] == 9 and metrics["test"]["n"] == 6
+    assert metrics["valid"]["accuracy"] >= 8 / 9  # colour + shape classes are easy for ImageNet features
+    assert metrics["test"]["accuracy"] >= 5 / 6
+    assert set(metrics["valid"]["per_class"]["circles"]) == {"precision", "recall", "f1", "support"}
+    assert np.array(metrics["valid"]["confusion_matrix"]).sum() == 9
+    assert run.result.stage == "probe"
+
+    with (out / "split.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["split"] for r in rows} == {"train", "valid", "test"} and len(rows) == 33
+
+    # Weights are plain tensors (safetensors), config is JSON: nothing to execute on load.
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert "head.weight" in f.keys()
+    assert (out / "model.safetensors").read_bytes()[:8] != b"\x80\x02\x8a\x0a"  # not a pickle
+
+
+def test_loaded_run_predicts_exactly_like_the_trained_one(class_folders, tmp_path, cache_dir):
+    run = vistrain.train(class_folders, out=tmp_path / "run", cache_dir=cache_dir, mode="probe", **FAST)
+    images = sorted(class_folders.rglob("*.png"))[:5]
+    fresh = vistrain.load(tmp_path / "run")
+    a = run.predictor.predict_paths(images)
+    b = fresh.predictor.predict_paths(images)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x.probabilities, y.probabilities, atol=1e-5)
+    rows = fresh.predict(class_folders / "circles")
+    assert len(rows) == 8 and sum(r["label"] == "circles" for r in rows) >= 7
+
+
+def test_same_seed_same_split_and_metrics(class_folders, tmp_path, cache_dir):
+    runs = [vistrain.train(class_folders, out=tmp_path / f"r{i}", cache_dir=cache_dir, mode="probe", seed=7, **FAST)
+            for i in range(2)]
+    assert (tmp_path / "r0" / "split.csv").read_text() == (tmp_path / "r1" / "split.csv").read_text()
+    assert runs[0].metrics["valid"] == runs[1].metrics["valid"]
+    other = vistrain.train(class_folders, out=tmp_path / "r2", cache_dir=cache_dir, mode="probe", seed=8, **FAST)
+    assert (tmp_path / "r2" / "split.csv").read_text() != (tmp_path / "r0" / "split.csv").read_text()
+    assert other.metrics["valid"]["n"] == 6
+
+
+def test_finetune_records_history_and_keeps_the_best_epoch(split_folders, tmp_path, cache_dir):
+    out = tmp_path / "ft"
+    run = vistrain.train(split_folders, out=out, cache_dir=cache_dir, mode="finetune", epochs=2, batch_size=8, **FAST)
+    with (out / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    best = max(float(r["valid_accuracy"]) for r in rows)
+    assert run.result.stage == "finetune"
+    assert run.metrics["valid"]["accuracy"] == pytest.approx(best, abs=1e-6)
+    assert json.loads((out / "config.json").read_text())["stage"] == "finetune"
+
+
+class InterruptAfterFirstEpoch(SilentReporter):
+    """Acts like a user pressing Ctrl-C once the first epoch has been checkpointed."""
+
+    def log(self, message: str) -> None:
+        if "epoch 1/" in message:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_keeps_the_best_model_and_resume_finishes(split_folders, tmp_path, cache_dir):
+    out = tmp_path / "ft"
+    opts = dict(cache_dir=cache_dir, mode="finetune", epochs=2, batch_size=8, **FAST)
+    first = vistrain.train(split_folders, out=out, reporter=InterruptAfterFirstEpoch(), **opts)
+    assert first.result.finetune.interrupted
+    assert len(first.result.finetune.history) == 1
+    assert (out / "model.safetensors").exists() and (out / "checkpoint" / "state.json").exists()
+    split_before = (out / "split.csv").read_text()
+
+    resumed = vistrain.train(split_folders, out=out, resume=True, **opts)
+    assert [h.epoch for h in resumed.result.finetune.history] == [1, 2]
+    assert not resumed.result.finetune.interrupted
+    assert (out / "split.csv").read_text() == split_before
+    assert not (out / "checkpoint").exists()
+
+    # The same two epochs without interruption give the same result: resuming loses nothing.
+    straight = vistrain.train(split_folders, out=tmp_path / "straight", **opts)
+    assert [round(h.valid_loss, 4) for h in straight.result.finetune.history] == \
+        [round(h.valid_loss, 4) for h in resumed.result.finetune.history]
+
+
+def test_resume_without_checkpoint_is_a_clear_error(class_folders, tmp_path, cache_dir):
+    with pytest.raises(TrainError, match="nothing to resume"):
+        vistrain.train(class_folders, out=tmp_path / "none", cache_dir=cache_dir, resume=True, **FAST)
+
+
+def test_auto_mode_skips_finetuning_that_cannot_fit_the_budget(class_folders, tmp_path, cache_dir):
+    run = vistrain.train(class_folders, out=tmp_path / "r", cache_dir=cache_dir, mode="auto", image_size=64,
+                         time_budget=0.5)
+    assert run.result.stage == "probe"
+    assert any("does not fit the time budget" in n for n in run.result.notes)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("mode", "deep", "mode 'deep'"),
+    ("epochs", 0, "epochs must be at least 1"),
+    ("backbone", "vgg", "unknown backbone 'vgg'"),
+    ("lr", 5.0, "learning rate 5.0"),
+])
+def test_bad_settings_name_the_value(class_folders, tmp_path, option, value, message):
+    with pytest.raises(ValueError, match=message):
+        vistrain.train(class_folders, out=tmp_path / "r", **{option: value})
