@@ -115,6 +115,8 @@ def _pad_colour(prep: Preprocessing) -> tuple[int, int, int]:
 
 def normalize(batch: np.ndarray | torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     """``N x H x W x 3`` uint8 -> ``N x 3 x H x W`` float32 in channels_last memory layout."""
+    if isinstance(batch, np.ndarray) and not batch.flags.writeable:
+        batch = batch.copy()  # torch refuses to share read-only memory (e.g. a view of a PIL image)
     t = torch.as_tensor(batch)
     if t.ndim == 3:
         t = t.unsqueeze(0)

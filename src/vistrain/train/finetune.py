@@ -31,6 +31,7 @@ class FinetuneConfig:
     label_smoothing: float = 0.1
     patience: int = 3  # epochs without a better validation score before stopping
     freeze_bn: bool = True
+    freeze_bottom: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
 
@@ -60,11 +61,22 @@ class FinetuneState:
     stop_reason: str = ""
 
 
-def param_groups(model: ImageClassifier, lr: float) -> list[dict]:
-    """Backbone parameters in three contiguous depth groups (lr/30, lr/10, lr/3) plus the head (lr)."""
-    body = [p for p in model.backbone.parameters() if p.requires_grad]
+def param_groups(model: ImageClassifier, lr: float, freeze_bottom: bool) -> list[dict]:
+    """Backbone parameters in three contiguous depth groups (lr/30, lr/10, lr/3) plus the head (lr).
+
+    With ``freeze_bottom`` the lowest group (stem and first blocks: generic edges and textures,
+    and the most expensive layers to back-propagate through, at full resolution) stays frozen.
+    """
+    body = list(model.backbone.parameters())
     thirds = np.array_split(np.arange(len(body)), 3)
-    groups = [{"params": [body[i] for i in idx], "lr": lr / f} for idx, f in zip(thirds, (30, 10, 3)) if len(idx)]
+    groups = []
+    for k, (idx, f) in enumerate(zip(thirds, (30, 10, 3))):
+        params = [body[i] for i in idx]
+        frozen = freeze_bottom and k == 0
+        for p in params:
+            p.requires_grad_(not frozen)
+        if params and not frozen:
+            groups.append({"params": params, "lr": lr / f})
     groups.append({"params": list(model.head.parameters()), "lr": lr})
     return groups
 
@@ -95,6 +107,7 @@ def measure_step_seconds(model: ImageClassifier, canvases, labels, prep, cfg: Fi
     """Seconds for one training step (forward + backward), measured after one warm-up step."""
     rng = np.random.default_rng(cfg.seed)
     loss_fn = nn.CrossEntropyLoss()
+    param_groups(model, cfg.lr, cfg.freeze_bottom)  # same frozen layers as training: same cost
     set_train_mode(model, cfg.freeze_bn)
     n = min(cfg.batch_size, len(canvases))
     times = []
@@ -132,7 +145,7 @@ def finetune(
 ) -> FinetuneState:
     """Train for ``state.planned_epochs`` (continuing after ``len(state.history)`` on resume)."""
     torch.manual_seed(cfg.seed)
-    groups = param_groups(model, cfg.lr)
+    groups = param_groups(model, cfg.lr, cfg.freeze_bottom)
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(canvases) / cfg.batch_size)
     total = steps_per_epoch * state.planned_epochs
