@@ -1,6 +1,6 @@
 """Train vistrain with default settings on a real dataset; print validation error, test score and wall time.
 
-    python benchmarks/climbing.py [DATASET] [--out runs/bench-climbing] [extra train options as key=value]
+    python benchmarks/climbing.py [DATASET] [--out DIR] [--set KEY=VALUE ...]
 
 DATASET defaults to ../shared/datasets/climbing (train/valid/test, test flat with labels in names).
 Targets on a 2-core CPU (issue #2): validation error <= 7%, >= 11 of 12 test images, <= 10 minutes.
@@ -26,7 +26,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", nargs="?", type=Path, default=HERE.parent.parent / "shared" / "datasets" / "climbing")
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("options", nargs="*", help="train options, e.g. mode=probe time_budget=300")
+    ap.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                    help="a train option, e.g. --set mode=probe --set time_budget=300 (repeatable)")
     args = ap.parse_args()
     options = {}
     for item in args.options:

@@ -74,3 +74,9 @@ def cache_dir(tmp_path: Path) -> Path:
 
 # Small inputs keep tests fast; the pipeline is the same at any size.
 FAST = {"image_size": 64, "time_budget": None}
+
+
+@pytest.fixture(autouse=True)
+def _private_user_cache(tmp_path, monkeypatch):
+    """Tests never read or write the real user cache."""
+    monkeypatch.setenv("VISTRAIN_CACHE_DIR", str(tmp_path / "user-cache"))

@@ -14,7 +14,7 @@ import pytest
 from conftest import make_image
 
 from vistrain.cli import main
-from vistrain.evaluate.metrics import classification_metrics
+from vistrain.evaluation.metrics import classification_metrics
 
 
 @pytest.fixture(scope="module")

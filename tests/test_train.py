@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 import vistrain
 from vistrain.progress import SilentReporter
-from vistrain.train.trainer import TrainError
+from vistrain.training.trainer import TrainError
 
 
 def test_probe_run_writes_every_artifact_and_learns(split_folders, tmp_path, cache_dir):
@@ -131,3 +131,29 @@ def test_auto_mode_skips_finetuning_that_cannot_fit_the_budget(class_folders, tm
 def test_bad_settings_name_the_value(class_folders, tmp_path, option, value, message):
     with pytest.raises(ValueError, match=message):
         vistrain.train(class_folders, out=tmp_path / "r", **{option: value})
+
+
+class StageRecorder(SilentReporter):
+    def __init__(self):
+        self.stages: dict[str, int] = {}
+
+    def stage(self, name, total, unit="img"):
+        self.stages[name] = self.stages.get(name, 0) + total
+        return super().stage(name, total, unit)
+
+
+def test_second_run_reads_features_from_the_cache(class_folders, tmp_path, cache_dir):
+    first, second = StageRecorder(), StageRecorder()
+    a = vistrain.train(class_folders, out=tmp_path / "a", cache_dir=cache_dir, mode="probe", reporter=first, **FAST)
+    b = vistrain.train(class_folders, out=tmp_path / "b", cache_dir=cache_dir, mode="probe", reporter=second, **FAST)
+    assert first.stages["features"] == 24
+    assert "features" not in second.stages and "decode" not in second.stages
+    assert a.metrics["valid"] == b.metrics["valid"]
+    np.testing.assert_allclose(a.predictor.model.head.weight.detach(), b.predictor.model.head.weight.detach(), atol=1e-5)
+    # One new photo: only its features are computed.
+    from conftest import make_image
+
+    make_image("circles", 4242).save(class_folders / "circles" / "new.png")
+    third = StageRecorder()
+    vistrain.train(class_folders, out=tmp_path / "c", cache_dir=cache_dir, mode="probe", reporter=third, **FAST)
+    assert third.stages["features"] == 1

@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from vistrain import __version__
-from vistrain.data.dataset import DataConfig, DatasetIndex, build_eval_index, build_index
+from vistrain.data.dataset import DataConfig, DatasetIndex, build_eval_index, build_index, default_cache_dir
 from vistrain.data.split import write_split
-from vistrain.evaluate.metrics import classification_metrics
-from vistrain.evaluate.predictor import Prediction, Predictor, collect_images
+from vistrain.evaluation.metrics import classification_metrics
+from vistrain.evaluation.predictor import Prediction, Predictor, collect_images
 from vistrain.models.classifier import save_model
 from vistrain.progress import Reporter, SilentReporter
-from vistrain.train.checkpoint import remove_checkpoint
-from vistrain.train.trainer import TrainConfig, TrainResult, run_training
+from vistrain.training.checkpoint import remove_checkpoint
+from vistrain.training.trainer import TrainConfig, TrainResult, run_training
 
 
 @dataclass
@@ -67,14 +67,18 @@ def train(
     reporter: Reporter | None = None,
     label_from_name: str | None = None,
     valid_fraction: float = 0.2,
-    cache_dir: Path | None = None,
+    cache_dir: Path | str | bool | None = None,
     **options,
 ) -> Run:
-    """Train on a dataset folder (or CSV) and write the run folder ``out``; see :class:`TrainConfig`."""
+    """Train on a dataset folder (or CSV) and write the run folder ``out``; see :class:`TrainConfig`.
+
+    ``cache_dir``: where scan results are cached; None for the default user cache, False for none.
+    """
     ui = reporter or SilentReporter()
     t0 = time.perf_counter()
     out = Path(out)
-    data_cfg = DataConfig(Path(data), label_from_name, valid_fraction, options.get("seed", 0), cache_dir=cache_dir)
+    data_cfg = DataConfig(Path(data), label_from_name, valid_fraction, options.get("seed", 0),
+                          cache_dir=_resolve_cache(cache_dir))
     cfg = TrainConfig(data=data_cfg, out=out, **options)
     index = build_index(data_cfg, reporter=ui)
     ui.log(f"Layout: {index.layout.describe()} ({index.layout.root})")
@@ -91,6 +95,14 @@ def train(
     _write_run(out, index, cfg, result, metrics, time.perf_counter() - t0)
     remove_checkpoint(out) if not (result.finetune and result.finetune.interrupted) else None
     return Run(out, predictor, metrics, result)
+
+
+def _resolve_cache(cache_dir: Path | str | bool | None) -> Path | None:
+    if cache_dir is False:
+        return None
+    if cache_dir is None or cache_dir is True:
+        return default_cache_dir()
+    return Path(cache_dir)
 
 
 def _final_metrics(index: DatasetIndex, result: TrainResult, predictor: Predictor, ui: Reporter) -> dict:
@@ -146,11 +158,11 @@ def _write_run(out: Path, index: DatasetIndex, cfg: TrainConfig, result: TrainRe
 
 
 def evaluate(run: str | Path | Run, data: str | Path, label_from_name: str | None = None,
-             reporter: Reporter | None = None, cache_dir: Path | None = None) -> dict:
+             reporter: Reporter | None = None, cache_dir: Path | str | bool | None = None) -> dict:
     """Metrics of a saved model on a labelled folder (class folders, flat with a regex, or CSV)."""
     ui = reporter or SilentReporter()
     run = run if isinstance(run, Run) else load(run)
-    index = build_eval_index(DataConfig(Path(data), label_from_name, cache_dir=cache_dir),
+    index = build_eval_index(DataConfig(Path(data), label_from_name, cache_dir=_resolve_cache(cache_dir)),
                              reporter=ui)
     unknown = sorted({r.label for r in index.records} - set(run.classes))
     if unknown:

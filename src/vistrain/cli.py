@@ -19,7 +19,8 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vistrain", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="vistrain", description="Train, evaluate and use image classifiers from folders of photos, on a CPU.")
     parser.add_argument("--version", action="version", version=f"vistrain {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -61,15 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cache_dir(args) -> Path | None:
-    from vistrain.data.dataset import default_cache_dir
-
-    return None if args.no_cache else (args.cache_dir or default_cache_dir())
+def _cache_dir(args) -> Path | bool | None:
+    return False if args.no_cache else args.cache_dir
 
 
 def cmd_train(args, console, reporter) -> int:
     from vistrain.api import train
-    from vistrain.evaluate.render import confusion_table, per_class_table, top_confusions, worst_classes
+    from vistrain.evaluation.render import confusion_table, per_class_table, top_confusions, worst_classes
 
     run = train(
         args.data, out=args.out, reporter=reporter, label_from_name=args.label_from_name,
@@ -102,7 +101,7 @@ def cmd_train(args, console, reporter) -> int:
 
 def cmd_evaluate(args, console, reporter) -> int:
     from vistrain.api import evaluate
-    from vistrain.evaluate.render import confusion_table, per_class_table
+    from vistrain.evaluation.render import confusion_table, per_class_table
 
     m = evaluate(args.run, args.data, args.label_from_name, reporter=reporter, cache_dir=_cache_dir(args))
     if args.json:
@@ -120,7 +119,7 @@ def cmd_evaluate(args, console, reporter) -> int:
 
 def cmd_predict(args, console, reporter) -> int:
     from vistrain.api import predict
-    from vistrain.evaluate.render import predictions_table
+    from vistrain.evaluation.render import predictions_table
 
     if args.unsure is not None and not 0 < args.unsure < 1:
         raise ValueError(f"--unsure {args.unsure} must be a probability between 0 and 1")

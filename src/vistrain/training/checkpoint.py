@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from vistrain.train.finetune import EpochResult, FinetuneState
+from vistrain.training.finetune import EpochResult, FinetuneState
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -56,23 +56,47 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
     tmp.replace(d / "state.json")  # the JSON is written last: it marks the checkpoint complete
 
 
-def load_checkpoint(run_dir: Path) -> tuple[dict, dict, FinetuneState, dict] | None:
-    """(last model weights, optimizer state, fine-tune state, extra) or None when there is none."""
+@dataclass
+class Resumable:
+    """An interrupted fine-tuning, as saved after its last finished epoch."""
+
+    model_state: dict
+    optimizer_state: dict
+    state: FinetuneState
+    image_size: int
+    probe_accuracy: float
+    probe_head: dict | None  # head weights of the linear probe, to compare against at the end
+
+
+def save_probe_head(run_dir: Path, head: torch.nn.Module) -> None:
+    d = run_dir / CHECKPOINT_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(d / "probe_head.safetensors"))
+
+
+def load_checkpoint(run_dir: Path) -> Resumable | None:
     d = run_dir / CHECKPOINT_DIR
     if not (d / "state.json").exists():
         return None
     info = json.loads((d / "state.json").read_text())
     state = FinetuneState(
-        planned_epochs=info.pop("planned_epochs"),
-        history=[EpochResult(**h) for h in info.pop("history")],
-        best_accuracy=info.pop("best_accuracy"),
-        best_loss=info.pop("best_loss"),
-        best_epoch=info.pop("best_epoch"),
+        planned_epochs=info["planned_epochs"],
+        history=[EpochResult(**h) for h in info["history"]],
+        best_accuracy=info["best_accuracy"],
+        best_loss=info["best_loss"],
+        best_epoch=info["best_epoch"],
     )
     if (d / "best.safetensors").exists():
         state.best_state = load_file(str(d / "best.safetensors"))
-    opt = _unflatten_optimizer(load_file(str(d / "optimizer.safetensors")), info.pop("optimizer"))
-    return load_file(str(d / "last.safetensors")), opt, state, info
+    head = d / "probe_head.safetensors"
+    return Resumable(
+        model_state=load_file(str(d / "last.safetensors")),
+        optimizer_state=_unflatten_optimizer(load_file(str(d / "optimizer.safetensors")), info["optimizer"]),
+        state=state,
+        image_size=int(info["image_size"]),
+        probe_accuracy=float(info["probe_accuracy"]),
+        probe_head=load_file(str(head)) if head.exists() else None,
+    )
 
 
 def remove_checkpoint(run_dir: Path) -> None:

@@ -21,16 +21,17 @@ def decode_all(
 ) -> tuple[np.ndarray, list[np.ndarray] | None]:
     """Eval pixels (``N x size x size x 3`` uint8) and, optionally, training canvases.
 
-    JPEGs decode in draft mode at just enough resolution for the larger of the two views.
+    JPEGs decode in draft mode at just enough resolution for the eval view, exactly as the
+    predictor decodes them, so eval pixels (and features computed from them) are the same
+    whichever stage made them; canvases are made from that same decoded image.
     """
     n = len(paths)
     pixels = np.empty((n, prep.size, prep.size, 3), dtype=np.uint8)
     out_canvases: list[np.ndarray] | None = [None] * n if canvases else None  # type: ignore[list-item]
-    need = int(prep.size * 1.15) + 1 if canvases else prep.size
     kwargs = {"max_pixels": max_pixels} if max_pixels else {}
 
     def work(i: int) -> int:
-        img = load_rgb(paths[i], min_side=need, **kwargs)
+        img = load_rgb(paths[i], min_side=prep.size, **kwargs)
         pixels[i] = to_model_pixels(img, prep)
         if out_canvases is not None:
             out_canvases[i] = to_train_canvas(img, prep)

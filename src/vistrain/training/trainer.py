@@ -17,12 +17,13 @@ from vistrain.data.transforms import Preprocessing
 from vistrain.models.classifier import ImageClassifier, ModelConfig, build_classifier
 from vistrain.models.registry import get_backbone
 from vistrain.progress import Reporter, SilentReporter
-from vistrain.train.checkpoint import load_checkpoint, save_checkpoint
-from vistrain.train.features import extract_features
-from vistrain.train.finetune import (FinetuneConfig, FinetuneState, evaluate_logits, measure_step_seconds,
+from vistrain.training.checkpoint import load_checkpoint, save_checkpoint, save_probe_head
+from vistrain.training.feature_cache import FeatureCache
+from vistrain.training.features import extract_features
+from vistrain.training.finetune import (FinetuneConfig, FinetuneState, evaluate_logits, measure_step_seconds,
                                      plan_epochs, finetune)
-from vistrain.train.pixels import decode_all
-from vistrain.train.probe import fit_probe, probe_logits
+from vistrain.training.pixels import decode_all
+from vistrain.training.probe import fit_probe, probe_logits
 
 MODES = ("auto", "probe", "finetune")
 
@@ -105,14 +106,14 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     ui = reporter or SilentReporter()
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    checkpoint = load_checkpoint(cfg.out) if cfg.resume else None
-    if cfg.resume and checkpoint is None:
+    resumed = load_checkpoint(cfg.out) if cfg.resume else None
+    if cfg.resume and resumed is None:
         raise TrainError(f"{cfg.out}: nothing to resume (no checkpoint/state.json)")
-    if checkpoint is not None:
+    if resumed is not None:
         _restore_split(index, cfg.out)
 
     spec = get_backbone(cfg.backbone)
-    size = cfg.image_size or (checkpoint[3]["image_size"] if checkpoint else choose_image_size(index, cfg.backbone))
+    size = resumed.image_size if resumed else (cfg.image_size or choose_image_size(index, cfg.backbone))
     prep: Preprocessing = spec.preprocessing(size, cfg.resize)
     classes = index.classes
     train, valid = index.split("train"), index.split("valid")
@@ -121,27 +122,30 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     want_finetune = cfg.mode in ("auto", "finetune")
     ui.log(f"Backbone {cfg.backbone}, input {size} px ({cfg.resize}), {len(train)} train / {len(valid)} valid images")
 
-    with ui.stage("decode", len(train) + len(valid)) as advance:
-        train_pixels, canvases = decode_all([r.path for r in train], prep, canvases=want_finetune, progress=advance)
-        valid_pixels, _ = decode_all([r.path for r in valid], prep, progress=advance)
+    train_pixels = canvases = valid_pixels = None
+    if want_finetune:  # fine-tuning reads every image; the probe alone may need none (cached features)
+        with ui.stage("decode", len(train) + len(valid)) as advance:
+            train_pixels, canvases = decode_all([r.path for r in train], prep, canvases=True, progress=advance)
+            valid_pixels, _ = decode_all([r.path for r in valid], prep, progress=advance)
 
     model_cfg = ModelConfig(cfg.backbone, classes, prep)
-    model = build_classifier(model_cfg, pretrained=checkpoint is None).to(memory_format=torch.channels_last)
-    if checkpoint is None:
-        with ui.stage("features", len(train) + len(valid)) as advance:
-            f_train = extract_features(model.backbone, train_pixels, prep, progress=advance)
-            f_valid = extract_features(model.backbone, valid_pixels, prep, progress=advance)
+    model = build_classifier(model_cfg).to(memory_format=torch.channels_last)
+    if resumed is None:
+        cache = FeatureCache(cfg.data.cache_dir, cfg.backbone, prep)
+        f_train = cached_features(ui, model.backbone, train, prep, cache, train_pixels)
+        f_valid = cached_features(ui, model.backbone, valid, prep, cache, valid_pixels)
         w, b = fit_probe(f_train, y_train, len(classes), C=cfg.probe_c, seed=cfg.seed)
         probe_valid_logits = probe_logits(f_valid, w, b)
         with torch.no_grad():
             model.head.weight.copy_(w)
             model.head.bias.copy_(b)
-        probe_state = {k: v.clone() for k, v in model.state_dict().items()}
+        probe_acc = float((probe_valid_logits.argmax(1) == y_valid).mean())
     else:
-        model.load_state_dict(checkpoint[0])
-        probe_state = None
+        if resumed.probe_head is not None:
+            model.head.load_state_dict(resumed.probe_head)
         probe_valid_logits = None
-    probe_acc = checkpoint[3]["probe_accuracy"] if checkpoint else float((probe_valid_logits.argmax(1) == y_valid).mean())
+        probe_acc = resumed.probe_accuracy
+    probe_state = {k: v.clone() for k, v in model.state_dict().items()}
     ui.log(f"Linear probe: validation accuracy {probe_acc:.1%} ({time.perf_counter() - t_start:.0f} s so far)")
 
     notes: list[str] = []
@@ -151,64 +155,87 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
             epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, label_smoothing=cfg.label_smoothing,
             patience=cfg.patience, augment=cfg.augment, seed=cfg.seed,
         )
-        if checkpoint is not None:
-            ft_state = checkpoint[2]
+        if resumed is not None:
+            ft_state = resumed.state
+            model.load_state_dict(resumed.model_state)
             ui.log(f"Resuming fine-tuning after epoch {len(ft_state.history)} of {ft_state.planned_epochs}")
         else:
-            step_s = measure_step_seconds(model, canvases, y_train, prep, ft_cfg)
-            t_eval = time.perf_counter()
-            evaluate_logits(model, valid_pixels[: min(16, len(valid_pixels))], prep)
-            eval_s = (time.perf_counter() - t_eval) * len(valid_pixels) / min(16, len(valid_pixels))
-            if cfg.time_budget is not None:
-                # Keep a margin for writing the run and the final metrics.
-                ft_cfg.time_budget = cfg.time_budget - (time.perf_counter() - t_start) - 2 * eval_s
-            planned = plan_epochs(ft_cfg, len(train), step_s, eval_s)
-            epoch_s = math.ceil(len(train) / cfg.batch_size) * step_s + eval_s
-            ui.log(f"Fine-tuning: {epoch_s:.0f} s per epoch measured, {planned} epoch(s) planned"
-                   + (f" within the {cfg.time_budget:.0f} s budget" if cfg.time_budget else ""))
-            if planned == 0:
-                notes.append(f"fine-tuning skipped: one epoch (~{epoch_s:.0f} s) does not fit the time budget")
-            ft_state = FinetuneState(planned_epochs=planned)
+            ft_state = _plan(ui, model, canvases, y_train, valid_pixels, prep, ft_cfg, cfg, t_start, notes)
+            save_probe_head(cfg.out, model.head)
         if ft_state.planned_epochs > len(ft_state.history):
             extra = {"image_size": size, "probe_accuracy": probe_acc}
-            ft_state = _finetune_with_progress(
-                ui, model, canvases, y_train, valid_pixels, y_valid, prep, ft_cfg, ft_state,
-                checkpoint[1] if checkpoint else None, cfg.out, extra,
-            )
+            with ui.stage("fine-tune", (ft_state.planned_epochs - len(ft_state.history)) * len(canvases)) as advance:
+                ft_state = finetune(
+                    model, canvases, y_train, valid_pixels, y_valid, prep, ft_cfg, ft_state,
+                    optimizer_state=resumed.optimizer_state if resumed else None,
+                    on_epoch=_epoch_logger(ui, model, cfg.out, extra), progress=advance,
+                )
             if ft_state.stop_reason:
                 notes.append(ft_state.stop_reason)
 
-    stage = "probe"
-    ft_acc = ft_state.best_accuracy if ft_state and ft_state.best_state is not None else -1.0
-    if cfg.mode == "finetune" and ft_state and ft_state.best_state is not None:
+    ft_acc = ft_state.best_accuracy if ft_state and ft_state.best_state is not None else None
+    if ft_acc is not None and (cfg.mode == "finetune" or ft_acc > probe_acc):
         stage = "finetune"
-    elif cfg.mode == "auto" and ft_acc > probe_acc:
-        stage = "finetune"
-    elif cfg.mode == "auto" and ft_acc >= 0:
-        notes.append(f"kept the linear probe: fine-tuning reached {ft_acc:.1%} on validation, not above {probe_acc:.1%}")
-    if stage == "finetune":
         model.load_state_dict(ft_state.best_state)
-    elif probe_state is not None:
+        valid_logits = evaluate_logits(model, valid_pixels, prep)
+    else:
+        stage = "probe"
+        if ft_acc is not None:
+            notes.append(f"kept the linear probe: fine-tuning reached {ft_acc:.1%} on validation, not above {probe_acc:.1%}")
         model.load_state_dict(probe_state)
-    elif cfg.mode != "finetune":
-        notes.append("the resumed run kept fine-tuning's best epoch: the probe weights were not in the checkpoint")
-        stage = "finetune"
-        model.load_state_dict(ft_state.best_state)
-    valid_logits = evaluate_logits(model, valid_pixels, prep) if stage == "finetune" or probe_valid_logits is None else probe_valid_logits
+        valid_logits = probe_valid_logits if probe_valid_logits is not None else evaluate_logits(model, valid_pixels, prep)
     return TrainResult(model.eval(), model_cfg, stage, probe_acc, ft_state, valid_logits,
                        time.perf_counter() - t_start, notes)
 
 
-def _finetune_with_progress(ui, model, canvases, y_train, valid_pixels, y_valid, prep, ft_cfg, state,
-                            optimizer_state, out: Path, extra: dict) -> FinetuneState:
-    remaining = state.planned_epochs - len(state.history)
+def cached_features(ui: Reporter, backbone, records, prep: Preprocessing, cache: FeatureCache,
+                    pixels: np.ndarray | None = None) -> np.ndarray:
+    """Features of ``records``: from the cache where known, else decoded (unless given) and computed."""
+    keys = [r.sha1 for r in records]
+    features, missing = cache.get(keys)
+    if not missing:
+        return features
+    with ui.stage("features", len(missing)) as advance:
+        if pixels is None:
+            pixels, _ = decode_all([records[i].path for i in missing], prep)
+        else:
+            pixels = pixels[missing]
+        new = extract_features(backbone, pixels, prep, progress=advance)
+    cache.put([keys[i] for i in missing], new)
+    if features is None:
+        return new
+    features[missing] = new
+    return features
 
+
+def _plan(ui, model, canvases, y_train, valid_pixels, prep, ft_cfg: FinetuneConfig, cfg: TrainConfig,
+          t_start: float, notes: list[str]) -> FinetuneState:
+    """Measure a training step and an evaluation, then plan the epochs that fit the time budget."""
+    step_s = measure_step_seconds(model, canvases, y_train, prep, ft_cfg)
+    probe = valid_pixels[: min(16, len(valid_pixels))]
+    t_eval = time.perf_counter()
+    evaluate_logits(model, probe, prep)
+    eval_s = (time.perf_counter() - t_eval) * len(valid_pixels) / len(probe)
+    if cfg.time_budget is not None:
+        # Keep a margin for the final evaluation and for writing the run.
+        ft_cfg.time_budget = cfg.time_budget - (time.perf_counter() - t_start) - 2 * eval_s
+    planned = plan_epochs(ft_cfg, len(canvases), step_s, eval_s)
+    if cfg.mode == "finetune" and planned == 0:
+        planned = 1  # asked for explicitly: one epoch even past the budget
+        notes.append("one fine-tuning epoch runs past the time budget: --mode finetune asked for it")
+    epoch_s = math.ceil(len(canvases) / cfg.batch_size) * step_s + eval_s
+    ui.log(f"Fine-tuning: {epoch_s:.0f} s per epoch measured, {planned} epoch(s) planned"
+           + (f" within the {cfg.time_budget:.0f} s budget" if cfg.time_budget else ""))
+    if planned == 0:
+        notes.append(f"fine-tuning skipped: one epoch (~{epoch_s:.0f} s) does not fit the time budget")
+    return FinetuneState(planned_epochs=planned)
+
+
+def _epoch_logger(ui: Reporter, model, out: Path, extra: dict):
     def on_epoch(st: FinetuneState, opt) -> None:
         save_checkpoint(out, model, opt, st, extra)  # first: an interruption while printing loses nothing
         h = st.history[-1]
         ui.log(f"  epoch {h.epoch}/{st.planned_epochs}: train loss {h.train_loss:.3f}, "
                f"valid loss {h.valid_loss:.3f}, valid accuracy {h.valid_accuracy:.1%} ({h.seconds:.0f} s)")
 
-    with ui.stage("fine-tune", remaining * len(canvases)) as advance:
-        return finetune(model, canvases, y_train, valid_pixels, y_valid, prep, ft_cfg, state,
-                        optimizer_state=optimizer_state, on_epoch=on_epoch, progress=advance)
+    return on_epoch

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -156,8 +157,11 @@ def finetune(
     done = len(state.history)
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
-        for _ in range(done * steps_per_epoch):
-            sched.step()
+        with warnings.catch_warnings():
+            # Fast-forwarding the schedule to where the interrupted run stopped, before any step.
+            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+            for _ in range(done * steps_per_epoch):
+                sched.step()
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     labels_t = torch.as_tensor(train_labels)
     try:
