@@ -157,3 +157,23 @@ def test_second_run_reads_features_from_the_cache(class_folders, tmp_path, cache
     third = StageRecorder()
     vistrain.train(class_folders, out=tmp_path / "c", cache_dir=cache_dir, mode="probe", reporter=third, **FAST)
     assert third.stages["features"] == 1
+
+
+def test_early_stopping_waits_for_the_cooling_half(split_folders, tmp_path, cache_dir):
+    """A learning rate too small to change anything: the loss never improves, so training stops
+    after `patience` epochs, but not before half of the planned schedule has passed."""
+    run = vistrain.train(split_folders, out=tmp_path / "r", cache_dir=cache_dir, mode="finetune", epochs=6,
+                         patience=1, lr=1e-12, batch_size=8, **FAST)
+    ft = run.result.finetune
+    assert [h.epoch for h in ft.history] == [1, 2, 3, 4]  # epoch 4 is the first past 6/2 with no gain
+    assert "early stop" in ft.stop_reason
+
+
+def test_training_crops_are_smaller_than_the_evaluation_input():
+    from vistrain.data.transforms import Preprocessing
+    from vistrain.training.finetune import train_preprocessing
+
+    def size(s):
+        return train_preprocessing(Preprocessing(s, (0.5,) * 3, (0.5,) * 3)).size
+
+    assert (size(352), size(224), size(64)) == (288, 192, 64)

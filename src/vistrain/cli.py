@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resize", default="crop", choices=["crop", "pad", "squish"],
                    help="how non-square photos become square (default crop)")
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=1e-3, help="head learning rate for fine-tuning (default 1e-3)")
+    t.add_argument("--lr", type=float, default=3e-4, help="head learning rate for fine-tuning (default 3e-4)")
     t.add_argument("--valid-fraction", type=float, default=0.2, help="share held out when vistrain splits (0.2)")
     t.add_argument("--seed", type=int, default=0, help="fixes the split and the training (default 0)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

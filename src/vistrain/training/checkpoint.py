@@ -48,6 +48,8 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
         "best_accuracy": state.best_accuracy,
         "best_loss": state.best_loss,
         "best_epoch": state.best_epoch,
+        "lowest_loss": state.lowest_loss,
+        "lowest_loss_epoch": state.lowest_loss_epoch,
         "optimizer": meta,
         **extra,
     }
@@ -85,6 +87,8 @@ def load_checkpoint(run_dir: Path) -> Resumable | None:
         best_accuracy=info["best_accuracy"],
         best_loss=info["best_loss"],
         best_epoch=info["best_epoch"],
+        lowest_loss=info["lowest_loss"],
+        lowest_loss_epoch=info["lowest_loss_epoch"],
     )
     if (d / "best.safetensors").exists():
         state.best_state = load_file(str(d / "best.safetensors"))

@@ -10,7 +10,7 @@ import copy
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -27,10 +27,10 @@ class FinetuneConfig:
     epochs: int = 8  # the most epochs; the time budget may plan fewer
     time_budget: float | None = None  # seconds available for fine-tuning, None: no limit
     batch_size: int = 32
-    lr: float = 1e-3  # the head's; the backbone's groups get lr/3, lr/10, lr/30 from top to bottom
+    lr: float = 3e-4  # the head's; the backbone's groups get lr/3, lr/10, lr/30 from top to bottom
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
-    patience: int = 3  # epochs without a better validation score before stopping
+    patience: int = 3  # epochs without a lower validation loss before stopping (annealing half only)
     freeze_bn: bool = True
     freeze_bottom: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -58,6 +58,8 @@ class FinetuneState:
     best_loss: float = math.inf
     best_epoch: int = 0
     best_state: dict | None = None
+    lowest_loss: float = math.inf  # early stopping watches the loss: smoother than accuracy on few images
+    lowest_loss_epoch: int = 0
     interrupted: bool = False
     stop_reason: str = ""
 
@@ -80,6 +82,17 @@ def param_groups(model: ImageClassifier, lr: float, freeze_bottom: bool) -> list
             groups.append({"params": params, "lr": lr / f})
     groups.append({"params": list(model.head.parameters()), "lr": lr})
     return groups
+
+
+def train_preprocessing(prep: Preprocessing) -> Preprocessing:
+    """Random-resized crops at about 0.8x the evaluation size (a multiple of 32).
+
+    Crops enlarge objects, so a network trained on crops at size R sees objects at their training
+    size when tested on whole images at ~1.15-1.3 R (Touvron et al., "Fixing the train-test
+    resolution discrepancy", 2019). Smaller training inputs are also ~1.5x cheaper per step.
+    """
+    size = max(32, 32 * round(0.8 * prep.size / 32))
+    return replace(prep, size=min(size, prep.size))
 
 
 def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
@@ -115,7 +128,7 @@ def measure_step_seconds(model: ImageClassifier, canvases, labels, prep, cfg: Fi
     for _ in range(steps + 1):
         idx = rng.choice(len(canvases), n, replace=False)
         t = time.perf_counter()
-        x = augment_batch([canvases[i] for i in idx], prep, cfg.augment, rng)
+        x = augment_batch([canvases[i] for i in idx], train_preprocessing(prep), cfg.augment, rng)
         loss = loss_fn(model(x), torch.as_tensor(labels[idx]))
         loss.backward()
         times.append(time.perf_counter() - t)
@@ -151,7 +164,7 @@ def finetune(
     steps_per_epoch = math.ceil(len(canvases) / cfg.batch_size)
     total = steps_per_epoch * state.planned_epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=[g["lr"] for g in groups], total_steps=max(1, total), pct_start=0.25,
+        opt, max_lr=[g["lr"] for g in groups], total_steps=max(1, total), pct_start=0.2,
         div_factor=10.0, final_div_factor=100.0,
     )
     done = len(state.history)
@@ -163,6 +176,7 @@ def finetune(
             for _ in range(done * steps_per_epoch):
                 sched.step()
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    train_prep = train_preprocessing(prep)
     labels_t = torch.as_tensor(train_labels)
     try:
         for epoch in range(done + 1, state.planned_epochs + 1):
@@ -174,7 +188,7 @@ def finetune(
             total_loss, correct = 0.0, 0
             for s in range(steps_per_epoch):
                 idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-                x = augment_batch([canvases[i] for i in idx], prep, cfg.augment, rng)
+                x = augment_batch([canvases[i] for i in idx], train_prep, cfg.augment, rng)
                 y = labels_t[idx]
                 logits = model(x)
                 loss = loss_fn(logits, y)
@@ -200,10 +214,13 @@ def finetune(
             if vacc > state.best_accuracy or (vacc == state.best_accuracy and vloss < state.best_loss):
                 state.best_accuracy, state.best_loss, state.best_epoch = vacc, vloss, epoch
                 state.best_state = copy.deepcopy(model.state_dict())
+            if vloss < state.lowest_loss - 1e-4:  # a real improvement, not rounding noise
+                state.lowest_loss, state.lowest_loss_epoch = vloss, epoch
             if on_epoch:
                 on_epoch(state, opt)
-            if epoch - state.best_epoch >= cfg.patience:
-                state.stop_reason = f"early stop: no better validation score for {cfg.patience} epochs"
+            # Only in the annealing half: a one-cycle schedule dips at its peak and recovers as it cools.
+            if epoch > state.planned_epochs / 2 and epoch - state.lowest_loss_epoch >= cfg.patience:
+                state.stop_reason = f"early stop: validation loss not lower for {cfg.patience} epochs"
                 break
     except KeyboardInterrupt:
         state.interrupted = True

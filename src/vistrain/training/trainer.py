@@ -45,7 +45,7 @@ class TrainConfig:
     epochs: int = 8
     time_budget: float | None = 600.0  # seconds for the whole run; None: no limit
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 3e-4
     label_smoothing: float = 0.1
     patience: int = 3
     probe_c: float = 0.3
