@@ -84,3 +84,17 @@ def test_train_canvas_keeps_the_whole_scene_at_a_margin():
 def test_invalid_preprocessing_is_refused_with_the_value():
     with pytest.raises(ValueError, match="'stretch'"):
         Preprocessing(64, (0.5,) * 3, (0.5,) * 3, resize="stretch")
+
+
+def test_onnx_runtime_features_match_pytorch(tmp_path):
+    from vistrain.training.features import extract_features, onnx_session
+
+    prep = get_backbone("efficientnet_lite0").preprocessing(64)
+    backbone = create_backbone("efficientnet_lite0").eval()
+    pixels = np.random.default_rng(0).integers(0, 255, (5, 64, 64, 3), dtype=np.uint8)
+    session = onnx_session(backbone, "efficientnet_lite0", prep, tmp_path)
+    assert session is not None and list((tmp_path / "onnx").glob("*.onnx"))
+    a = extract_features(backbone, pixels, prep, batch_size=2)
+    b = extract_features(backbone, pixels, prep, batch_size=2, session=session)
+    assert a.shape == b.shape == (5, 1280)
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)

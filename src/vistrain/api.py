@@ -93,7 +93,8 @@ def train(
     predictor = Predictor(result.model, result.model_config)
     metrics = _final_metrics(index, result, predictor, ui)
     _write_run(out, index, cfg, result, metrics, time.perf_counter() - t0)
-    remove_checkpoint(out) if not (result.finetune and result.finetune.interrupted) else None
+    if not (result.finetune and result.finetune.interrupted):
+        remove_checkpoint(out)  # finished: the run folder holds the result; keep it for --resume otherwise
     return Run(out, predictor, metrics, result)
 
 

@@ -24,7 +24,7 @@ _MAX_SHARDS = 32
 
 class FeatureCache:
     def __init__(self, root: Path | None, backbone: str, prep: Preprocessing):
-        self.folder = None
+        self.root, self.backbone, self.folder = root, backbone, None
         if root is not None:
             name = f"v{FEATURE_CACHE_VERSION}-{backbone}-{prep.key()}-torch{torch.__version__.split('+')[0]}"
             self.folder = Path(root) / "features" / name

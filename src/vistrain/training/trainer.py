@@ -19,7 +19,7 @@ from vistrain.models.registry import get_backbone
 from vistrain.progress import Reporter, SilentReporter
 from vistrain.training.checkpoint import load_checkpoint, save_checkpoint, save_probe_head
 from vistrain.training.feature_cache import FeatureCache
-from vistrain.training.features import extract_features
+from vistrain.training.features import extract_features, onnx_session
 from vistrain.training.finetune import (FinetuneConfig, FinetuneState, evaluate_logits, measure_step_seconds,
                                      plan_epochs, finetune)
 from vistrain.training.pixels import decode_all
@@ -134,6 +134,7 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
         cache = FeatureCache(cfg.data.cache_dir, cfg.backbone, prep)
         f_train = cached_features(ui, model.backbone, train, prep, cache, train_pixels)
         f_valid = cached_features(ui, model.backbone, valid, prep, cache, valid_pixels)
+        train_pixels = None  # fine-tuning reads the canvases; free the eval views of the training set
         w, b = fit_probe(f_train, y_train, len(classes), C=cfg.probe_c, seed=cfg.seed)
         probe_valid_logits = probe_logits(f_valid, w, b)
         with torch.no_grad():
@@ -195,12 +196,13 @@ def cached_features(ui: Reporter, backbone, records, prep: Preprocessing, cache:
     features, missing = cache.get(keys)
     if not missing:
         return features
+    session = onnx_session(backbone, cache.backbone, prep, cache.root)
     with ui.stage("features", len(missing)) as advance:
         if pixels is None:
             pixels, _ = decode_all([records[i].path for i in missing], prep)
         else:
             pixels = pixels[missing]
-        new = extract_features(backbone, pixels, prep, progress=advance)
+        new = extract_features(backbone, pixels, prep, progress=advance, session=session)
     cache.put([keys[i] for i in missing], new)
     if features is None:
         return new
