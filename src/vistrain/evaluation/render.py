@@ -23,7 +23,7 @@ def confusion_table(metrics: dict) -> Table:
     classes = metrics["classes"]
     short = [c if len(c) <= 12 else c[:11] + "…" for c in classes]
     t = Table(title="Confusion matrix (rows: actual, columns: predicted)", title_justify="left")
-    t.add_column("actual \\ predicted")
+    t.add_column("actual")
     for s in short:
         t.add_column(s, justify="right")
     for i, c in enumerate(classes):
