@@ -1,0 +1,89 @@
+"""Images per second for each stage, side by side in one run, and peak memory of a training run.
+
+    python benchmarks/throughput.py [DATASET] [--size 352] [--limit 200]
+
+DATASET defaults to ../shared/datasets/climbing. Stages: scan (cold), decode to eval pixels +
+training canvases, frozen features with PyTorch and with ONNX Runtime (ratio printed), one
+fine-tuning epoch (forward + backward at the training crop size), and predict over a folder.
+Peak RSS is read from the operating system at the end (the whole process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vistrain.data.dataset import DataConfig, build_index
+from vistrain.evaluation.predictor import Predictor
+from vistrain.models.classifier import ModelConfig, build_classifier
+from vistrain.models.registry import get_backbone
+from vistrain.training.features import extract_features, onnx_session
+from vistrain.training.finetune import FinetuneConfig, FinetuneState, finetune
+from vistrain.training.pixels import decode_all
+
+HERE = Path(__file__).resolve().parent
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", nargs="?", type=Path, default=HERE.parent.parent / "shared" / "datasets" / "climbing")
+    ap.add_argument("--size", type=int, default=352)
+    ap.add_argument("--limit", type=int, default=200, help="images used per stage (keeps the run short)")
+    args = ap.parse_args()
+    cache = Path(tempfile.mkdtemp(prefix="vistrain-throughput-"))
+    rates = {}
+
+    index, s = timed(lambda: build_index(DataConfig(args.data, cache_dir=cache)))
+    n_scanned = len(index.records) + len(index.skipped)
+    rates["scan_cold"] = n_scanned / s
+    _, s = timed(lambda: build_index(DataConfig(args.data, cache_dir=cache)))
+    rates["scan_cached"] = n_scanned / s
+
+    records = index.split("train")[: args.limit]
+    paths = [r.path for r in records]
+    prep = get_backbone("efficientnet_lite0").preprocessing(args.size)
+    (pixels, canvases), s = timed(lambda: decode_all(paths, prep, canvases=True))
+    rates["decode_pixels_and_canvases"] = len(paths) / s
+
+    classes = index.classes
+    model = build_classifier(ModelConfig("efficientnet_lite0", classes, prep)).to(memory_format=torch.channels_last)
+    extract_features(model.backbone, pixels[:8], prep)  # warm-up
+    f_torch, s_torch = timed(lambda: extract_features(model.backbone, pixels, prep))
+    session, s_export = timed(lambda: onnx_session(model.backbone, "efficientnet_lite0", prep, cache))
+    f_ort, s_ort = timed(lambda: extract_features(model.backbone, pixels, prep, session=session))
+    rates["features_torch"] = len(paths) / s_torch
+    rates["features_onnxruntime"] = len(paths) / s_ort
+    rates["onnx_export_seconds"] = s_export
+    rates["features_ort_speedup"] = s_torch / s_ort
+    rates["features_max_abs_diff"] = float(np.abs(f_torch - f_ort).max())  # ORT vs PyTorch agreement
+
+    labels = np.array([classes.index(r.label) for r in records])
+    cfg = FinetuneConfig(epochs=1, time_budget=None)
+    _, s = timed(lambda: finetune(model, canvases, labels, pixels[:16], labels[:16], prep, cfg,
+                                  FinetuneState(planned_epochs=1)))
+    rates["finetune_epoch"] = len(paths) / s
+
+    predictor = Predictor(model.eval(), ModelConfig("efficientnet_lite0", classes, prep))
+    _, s = timed(lambda: predictor.predict_paths(paths))
+    rates["predict_folder"] = len(paths) / s
+
+    rates["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    print(json.dumps({"dataset": str(args.data), "size": args.size, "images": len(paths), "threads": torch.get_num_threads(),
+                      "figures": {k: float(f"{v:.3g}") for k, v in rates.items()}}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
