@@ -127,6 +127,8 @@ def test_auto_mode_skips_finetuning_that_cannot_fit_the_budget(class_folders, tm
     ("epochs", 0, "epochs must be at least 1"),
     ("backbone", "vgg", "unknown backbone 'vgg'"),
     ("lr", 5.0, "learning rate 5.0"),
+    ("image_size", 8, "image size 8"),
+    ("resize", "stretch", "resize method 'stretch'"),
 ])
 def test_bad_settings_name_the_value(class_folders, tmp_path, option, value, message):
     with pytest.raises(ValueError, match=message):

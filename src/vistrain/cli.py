@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resize", default="crop", choices=["crop", "pad", "squish"],
                    help="how non-square photos become square (default crop)")
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=3e-4, help="head learning rate for fine-tuning (default 3e-4)")
+    t.add_argument("--lr", type=float, default=1e-4, help="head learning rate for fine-tuning (default 1e-4)")
+    t.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing while fine-tuning (default 0)")
     t.add_argument("--valid-fraction", type=float, default=0.2, help="share held out when vistrain splits (0.2)")
     t.add_argument("--seed", type=int, default=0, help="fixes the split and the training (default 0)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -75,7 +76,8 @@ def cmd_train(args, console, reporter) -> int:
         valid_fraction=args.valid_fraction, cache_dir=_cache_dir(args),
         backbone=args.backbone, mode=args.mode, epochs=args.epochs,
         time_budget=None if args.no_time_budget else args.time_budget, image_size=args.image_size,
-        resize=args.resize, batch_size=args.batch_size, lr=args.lr, seed=args.seed, resume=args.resume,
+        resize=args.resize, batch_size=args.batch_size, lr=args.lr, label_smoothing=args.label_smoothing,
+        seed=args.seed, resume=args.resume,
     )
     m, res = run.metrics, run.result
     console.print()

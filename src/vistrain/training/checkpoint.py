@@ -67,6 +67,7 @@ class Resumable:
     state: FinetuneState
     image_size: int
     probe_accuracy: float
+    probe_loss: float
     probe_head: dict | None  # head weights of the linear probe, to compare against at the end
 
 
@@ -99,6 +100,7 @@ def load_checkpoint(run_dir: Path) -> Resumable | None:
         state=state,
         image_size=int(info["image_size"]),
         probe_accuracy=float(info["probe_accuracy"]),
+        probe_loss=float(info["probe_loss"]),
         probe_head=load_file(str(head)) if head.exists() else None,
     )
 
