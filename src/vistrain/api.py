@@ -41,9 +41,8 @@ class Run:
         return self.predictor.classes
 
     def predict(self, inputs: list[str | Path] | str | Path, top_k: int = 3, unsure: float | None = None) -> list[dict]:
-        paths = collect_images([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
-        threshold = unsure if unsure is not None else self.predictor.config.unsure_threshold
-        return [prediction_row(p, self.classes, top_k, threshold) for p in self.predictor.predict_paths(paths)]
+        """Rows of {path, label, probability, unsure, top, error} for files and folders."""
+        return predict(self, [inputs] if isinstance(inputs, (str, Path)) else list(inputs), top_k, unsure)
 
     def save(self, folder: Path | str) -> Path:
         """Copy the run's files to ``folder`` (the run is already saved where it was trained)."""
