@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -143,7 +143,3 @@ def scan(
 def _record_fields(facts: dict) -> dict:
     names = {k for k in Record.__dataclass_fields__ if k not in ("path", "label", "split")}
     return {k: v for k, v in facts.items() if k in names}
-
-
-def records_to_json(records: list[Record]) -> list[dict]:
-    return [asdict(r) for r in records]

@@ -53,17 +53,14 @@ def extract_features(
     pixels: np.ndarray,
     prep: Preprocessing,
     batch_size: int = 32,
-    flip: bool = False,
     progress: Callable[[int], None] | None = None,
     session=None,
 ) -> np.ndarray:
-    """Pooled features for ``N x S x S x 3`` uint8 pixels (of their mirror images with ``flip``)."""
+    """Pooled features for ``N x S x S x 3`` uint8 pixels."""
     backbone.eval()
     out = []
     for start in range(0, len(pixels), batch_size):
         chunk = pixels[start : start + batch_size]
-        if flip:
-            chunk = chunk[:, :, ::-1]
         x = normalize(np.ascontiguousarray(chunk), prep)
         if session is not None:
             out.append(session.run(None, {"x": x.contiguous().numpy()})[0])

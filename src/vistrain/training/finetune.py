@@ -58,6 +58,7 @@ class FinetuneState:
     best_loss: float = math.inf
     best_epoch: int = 0
     best_state: dict | None = None
+    best_logits: np.ndarray | None = None  # validation logits of the best epoch (not checkpointed)
     lowest_loss: float = math.inf  # early stopping watches the loss: smoother than accuracy on few images
     lowest_loss_epoch: int = 0
     interrupted: bool = False
@@ -216,6 +217,7 @@ def finetune(
             if vacc > state.best_accuracy or (vacc == state.best_accuracy and vloss < state.best_loss):
                 state.best_accuracy, state.best_loss, state.best_epoch = vacc, vloss, epoch
                 state.best_state = copy.deepcopy(model.state_dict())
+                state.best_logits = vlog
             if vloss < state.lowest_loss - 1e-4:  # a real improvement, not rounding noise
                 state.lowest_loss, state.lowest_loss_epoch = vloss, epoch
             if on_epoch:

@@ -190,7 +190,7 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     if ft_acc is not None and (cfg.mode == "finetune" or ft_better):
         stage = "finetune"
         model.load_state_dict(ft_state.best_state)
-        valid_logits = evaluate_logits(model, valid_pixels, prep)
+        valid_logits = ft_state.best_logits if ft_state.best_logits is not None else evaluate_logits(model, valid_pixels, prep)
     else:
         stage = "probe"
         if ft_acc is not None:
