@@ -6,6 +6,7 @@ identically by every stage (orientation, colour mode, draft scale).
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -36,9 +37,19 @@ def load_rgb(path: Path | str, min_side: int | None = None, max_pixels: int = DE
     JPEGs decode at 1/2, 1/4 or 1/8 scale (draft mode) -- several times faster on big photos.
     Raises :class:`ImageError` for empty, unreadable, truncated or oversized files.
     """
+    return decode_with_header(path, min_side, max_pixels)[0]
+
+
+def decode_with_header(
+    path: Path | str, min_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None
+) -> tuple[Image.Image, dict]:
+    """:func:`load_rgb`, plus the file's original format, mode and full-scale size.
+
+    ``data``: the file's bytes when the caller has already read them (``path`` names it in errors).
+    """
     path = Path(path)
     try:
-        size = path.stat().st_size
+        size = len(data) if data is not None else path.stat().st_size
     except OSError as exc:
         raise ImageError(path, f"cannot read file ({exc.strerror or exc})") from exc
     if size == 0:
@@ -47,8 +58,9 @@ def load_rgb(path: Path | str, min_side: int | None = None, max_pixels: int = DE
         with warnings.catch_warnings():
             # Pillow warns (not raises) between 1x and 2x its limit; we enforce our own limit below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(data) if data is not None else path) as img:
                 width, height = img.size
+                header = {"format": img.format, "mode": img.mode, "width": width, "height": height}
                 if width * height > max_pixels:
                     raise ImageError(
                         path,
@@ -59,7 +71,7 @@ def load_rgb(path: Path | str, min_side: int | None = None, max_pixels: int = DE
                     # draft() keeps both sides >= the requested size, so the shorter side stays >= min_side.
                     img.draft("RGB", (min_side, min_side))
                 img.load()
-                return _to_upright_rgb(img)
+                return _to_upright_rgb(img), header
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:

@@ -10,9 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from PIL import Image
-
-from vistrain.data.images import DEFAULT_MAX_PIXELS, ImageError, load_rgb
+from vistrain.data.images import DEFAULT_MAX_PIXELS, ImageError, decode_with_header
 from vistrain.data.layout import Entry
 
 SCAN_CACHE_VERSION = 1
@@ -47,16 +45,15 @@ def _inspect(path: Path, max_pixels: int) -> dict:
     facts["sha1"] = hashlib.sha1(data).hexdigest()
     try:
         # Decoding at reduced scale still reads every byte, so truncation and corruption show.
-        rgb = load_rgb(path, min_side=64, max_pixels=max_pixels)
-        with Image.open(path) as img:  # header only: original format, mode and full-scale size
-            facts.update(format=img.format, mode=img.mode)
-            w, h = img.size
+        rgb, header = decode_with_header(path, min_side=64, max_pixels=max_pixels, data=data)
     except ImageError as exc:
         facts["reason"] = exc.reason
         return facts
     except Exception as exc:  # Pillow raises many types for hostile files; each is a skip, not a crash
         facts["reason"] = f"unreadable ({type(exc).__name__}: {exc})"
         return facts
+    facts.update(format=header["format"], mode=header["mode"])
+    w, h = header["width"], header["height"]
     if (rgb.size[0] > rgb.size[1]) != (w > h) and rgb.size[0] != rgb.size[1]:
         w, h = h, w  # EXIF rotated the photo by 90 degrees: record its upright size
     facts.update(ok=True, width=w, height=h)

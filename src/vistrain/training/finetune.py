@@ -137,13 +137,14 @@ def measure_step_seconds(model: ImageClassifier, canvases, labels, prep, cfg: Fi
     return float(np.median(times[1:])) * cfg.batch_size / n
 
 
-def plan_epochs(cfg: FinetuneConfig, n_train: int, step_seconds: float, eval_seconds: float) -> int:
+def plan_epochs(cfg: FinetuneConfig, n_train: int, step_seconds: float, eval_seconds: float) -> tuple[int, float]:
+    """Epochs that fit ``cfg.time_budget``, and the expected seconds per epoch."""
     steps = math.ceil(n_train / cfg.batch_size)
     # Whole epochs ran ~1.3-1.5x slower than the calibration steps (optimizer, allocator, logging).
     epoch_seconds = 1.4 * steps * step_seconds + eval_seconds
     if cfg.time_budget is None:
-        return cfg.epochs
-    return max(0, min(cfg.epochs, int(cfg.time_budget // epoch_seconds)))
+        return cfg.epochs, epoch_seconds
+    return max(0, min(cfg.epochs, int(cfg.time_budget // epoch_seconds))), epoch_seconds
 
 
 def finetune(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,11 +233,10 @@ def _plan(ui, model, canvases, y_train, valid_pixels, prep, ft_cfg: FinetuneConf
     if cfg.time_budget is not None:
         # Keep a margin for the final evaluation and for writing the run.
         ft_cfg.time_budget = cfg.time_budget - (time.perf_counter() - t_start) - 2 * eval_s
-    planned = plan_epochs(ft_cfg, len(canvases), step_s, eval_s)
+    planned, epoch_s = plan_epochs(ft_cfg, len(canvases), step_s, eval_s)
     if cfg.mode == "finetune" and planned == 0:
         planned = 1  # asked for explicitly: one epoch even past the budget
         notes.append("one fine-tuning epoch runs past the time budget: --mode finetune asked for it")
-    epoch_s = 1.4 * math.ceil(len(canvases) / cfg.batch_size) * step_s + eval_s  # as plan_epochs counts
     ui.log(f"Fine-tuning: {epoch_s:.0f} s per epoch measured, {planned} epoch(s) planned"
            + (f" within the {cfg.time_budget:.0f} s budget" if cfg.time_budget else ""))
     if planned == 0:
