@@ -80,3 +80,38 @@ FAST = {"image_size": 64, "time_budget": None}
 def _private_user_cache(tmp_path, monkeypatch):
     """Tests never read or write the real user cache."""
     monkeypatch.setenv("VISTRAIN_CACHE_DIR", str(tmp_path / "user-cache"))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A small probe model trained once per test session: (run folder, its class-folder data).
+
+    Tests that read a run (report, export, serve, audit) share it and must not modify it; copy it
+    with shutil.copytree first when a test writes into the run folder.
+    """
+    import vistrain
+
+    base = tmp_path_factory.mktemp("shared-run")
+    data = write_class_folders(base / "photos", per_class=10)
+    run = vistrain.train(data, out=base / "run", mode="probe", cache_dir=base / "cache", **FAST)
+    return run.path, data
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium driven by Playwright (never a downloaded browser); skips, saying why, without it."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: run scripts/system-deps.sh (apt-get install chromium) as root")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()

@@ -11,7 +11,6 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 RESIZE_METHODS = ("crop", "pad", "squish")
@@ -113,8 +112,21 @@ def _pad_colour(prep: Preprocessing) -> tuple[int, int, int]:
     return tuple(int(round(m * 255)) for m in prep.mean)
 
 
-def normalize(batch: np.ndarray | torch.Tensor, prep: Preprocessing) -> torch.Tensor:
-    """``N x H x W x 3`` uint8 -> ``N x 3 x H x W`` float32 in channels_last memory layout."""
+def normalize_array(batch: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """``N x H x W x 3`` uint8 -> contiguous ``N x 3 x H x W`` float32: the torch-free twin of
+    :func:`normalize` (same arithmetic, same order), for ONNX Runtime."""
+    if batch.ndim == 3:
+        batch = batch[None]
+    x = batch.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
+    mean = np.asarray(prep.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(prep.std, dtype=np.float32).reshape(1, 3, 1, 1)
+    return np.ascontiguousarray((x - mean) / std)
+
+
+def normalize(batch, prep: Preprocessing):
+    """``N x H x W x 3`` uint8 -> ``N x 3 x H x W`` float32 tensor in channels_last memory layout."""
+    import torch  # here, not at the top: the serving path imports this module without torch
+
     if isinstance(batch, np.ndarray) and not batch.flags.writeable:
         batch = batch.copy()  # torch refuses to share read-only memory (e.g. a view of a PIL image)
     t = torch.as_tensor(batch)

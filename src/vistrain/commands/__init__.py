@@ -1,0 +1,23 @@
+"""One module per ``vistrain`` sub-command.
+
+Each module defines ``NAME``, ``ORDER`` (its place in ``--help``), ``register(subparsers)`` which adds
+its parser, and ``run(args, console, reporter) -> int``. Modules import the library lazily inside
+``run`` so that ``vistrain --help`` stays instant and the serving commands never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--label-from-name", metavar="REGEX",
+                   help="read labels from file names (flat folders): the first group, e.g. '(.+)_\\d+'")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="where scan results and caches live (default: $VISTRAIN_CACHE_DIR or ~/.cache/vistrain)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write any cache")
+
+
+def cache_dir(args) -> Path | bool | None:
+    return False if args.no_cache else args.cache_dir

@@ -1,0 +1,39 @@
+"""``vistrain evaluate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vistrain.commands import add_data_flags, cache_dir
+
+NAME = "evaluate"
+ORDER = 20
+
+
+def register(sub) -> None:
+    e = sub.add_parser(NAME, help="metrics of a trained model on a labelled folder")
+    e.add_argument("run", type=Path, help="run folder")
+    e.add_argument("data", type=Path, help="labelled images: class folders, flat folder with --label-from-name, or CSV")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_data_flags(e)
+
+
+def run(args, console, reporter) -> int:
+    from vistrain.api import evaluate
+    from vistrain.evaluation.render import confusion_table, per_class_table
+
+    m = evaluate(args.run, args.data, args.label_from_name, reporter=reporter, cache_dir=cache_dir(args))
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    for note in m["notes"]:
+        console.print(f"note: {note}")
+    for s in m["skipped"]:
+        console.print(f"[yellow]skipped[/] {s['path']}: {s['reason']}")
+    console.print(per_class_table(m, f"{args.data}: per class"))
+    console.print(confusion_table(m))
+    console.print(f"[bold]accuracy {m['accuracy']:.1%}[/] ({m['n'] - m['errors']} of {m['n']} right)")
+    return 0
+
+

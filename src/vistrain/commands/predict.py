@@ -1,0 +1,44 @@
+"""``vistrain predict``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+NAME = "predict"
+ORDER = 30
+
+
+def register(sub) -> None:
+    pr = sub.add_parser(NAME, help="classify image files and folders")
+    pr.add_argument("run", type=Path, help="run folder")
+    pr.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders (searched recursively)")
+    pr.add_argument("--top-k", type=int, default=3)
+    pr.add_argument("--csv", type=Path, help="write predictions to this CSV file")
+    pr.add_argument("--into", type=Path, help="copy each image into DIR/<predicted class>/ (or DIR/unsure/)")
+    pr.add_argument("--unsure", type=float, metavar="P", help="answer 'unsure' when the top probability is below P")
+    pr.add_argument("--json", action="store_true", help="print predictions as JSON")
+
+
+def run(args, console, reporter) -> int:
+    from vistrain.api import predict
+    from vistrain.evaluation.render import predictions_table
+
+    if args.unsure is not None and not 0 < args.unsure < 1:
+        raise ValueError(f"--unsure {args.unsure} must be a probability between 0 and 1")
+    if args.top_k < 1:
+        raise ValueError(f"--top-k {args.top_k} must be at least 1")
+    rows = predict(args.run, args.inputs, top_k=args.top_k, unsure=args.unsure, csv_path=args.csv,
+                   into=args.into, reporter=reporter)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        console.print(predictions_table(rows, min(args.top_k, len(rows[0]["top"]) if rows and rows[0]["top"] else 1)))
+    failed = sum(1 for r in rows if r["error"])
+    unsure = sum(1 for r in rows if r["unsure"])
+    console.print(f"{len(rows)} file(s): {len(rows) - failed} classified ({unsure} unsure), {failed} failed"
+                  + (f"; CSV written to {args.csv}" if args.csv else "")
+                  + (f"; copies sorted into {args.into}/" if args.into else ""))
+    return 0
+
+

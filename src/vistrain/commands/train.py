@@ -1,0 +1,70 @@
+"""``vistrain train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vistrain.commands import add_data_flags, cache_dir
+
+NAME = "train"
+ORDER = 10
+
+
+def register(sub) -> None:
+    t = sub.add_parser(NAME, help="train a classifier on a folder of photos")
+    t.add_argument("data", type=Path, help="class folders, train/valid(/test) folders, or a CSV of path,label")
+    t.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder to write (default runs/latest)")
+    t.add_argument("--backbone", default="efficientnet_lite0",
+                   help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2, mobilenet_v2")
+    t.add_argument("--mode", default="auto", choices=["auto", "probe", "finetune"],
+                   help="probe: frozen features + linear head; finetune: whole network; auto: both, keep the better")
+    t.add_argument("--epochs", type=int, default=8, help="most fine-tuning epochs (default 8)")
+    t.add_argument("--time-budget", type=float, default=600.0, metavar="SECONDS",
+                   help="wall-clock budget for the whole run; fine-tuning epochs are planned to fit (default 600)")
+    t.add_argument("--no-time-budget", action="store_true", help="no time limit: train --epochs epochs")
+    t.add_argument("--image-size", type=int, default=None, help="input size in pixels (default: from the photos' sizes)")
+    t.add_argument("--resize", default="crop", choices=["crop", "pad", "squish"],
+                   help="how non-square photos become square (default crop)")
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-4, help="head learning rate for fine-tuning (default 1e-4)")
+    t.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing while fine-tuning (default 0)")
+    t.add_argument("--valid-fraction", type=float, default=0.2, help="share held out when vistrain splits (0.2)")
+    t.add_argument("--seed", type=int, default=0, help="fixes the split and the training (default 0)")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    add_data_flags(t)
+
+
+def run(args, console, reporter) -> int:
+    from vistrain.api import train
+    from vistrain.evaluation.render import confusion_table, per_class_table, top_confusions, worst_classes
+
+    trained = train(
+        args.data, out=args.out, reporter=reporter, label_from_name=args.label_from_name,
+        valid_fraction=args.valid_fraction, cache_dir=cache_dir(args),
+        backbone=args.backbone, mode=args.mode, epochs=args.epochs,
+        time_budget=None if args.no_time_budget else args.time_budget, image_size=args.image_size,
+        resize=args.resize, batch_size=args.batch_size, lr=args.lr, label_smoothing=args.label_smoothing,
+        seed=args.seed, resume=args.resume,
+    )
+    m, res = trained.metrics, trained.result
+    console.print()
+    console.print(per_class_table(m["valid"], "Validation, per class"))
+    console.print(confusion_table(m["valid"]))
+    kept = "fine-tuned network" if res.stage == "finetune" else "linear probe on frozen features"
+    console.print(f"\n[bold green]Done[/] in {res.seconds:.0f} s. Kept: {kept}.")
+    console.print(f"  validation accuracy {m['valid']['accuracy']:.1%} ({m['valid']['errors']} of {m['valid']['n']} wrong)"
+                  f"; linear probe alone {res.probe_accuracy:.1%}")
+    if "test" in m:
+        console.print(f"  test accuracy {m['test']['accuracy']:.1%} ({m['test']['n'] - m['test']['errors']} of {m['test']['n']} right)")
+    for note in res.notes:
+        console.print(f"  note: {note}")
+    weak = worst_classes(m["valid"])
+    if weak:
+        console.print(f"  weakest classes: {', '.join(weak)}")
+    for a, b, n in top_confusions(m["valid"]):
+        console.print(f"  {n} × actual {a} predicted as {b}")
+    console.print(f"  run saved in {trained.path}/ (model.safetensors, config.json, metrics.json, history.csv, split.csv)")
+    console.print(f"  next: vistrain predict {trained.path} NEW_PHOTOS/ --csv predictions.csv")
+    return 0
+
+

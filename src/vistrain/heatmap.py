@@ -1,0 +1,50 @@
+"""Class activation heat maps with numpy and Pillow only (no torch), shared by the report, the
+PyTorch and ONNX predictors and the server.
+
+For vistrain's networks (last convolutional stage -> global average pool -> linear head), Grad-CAM
+at the last stage is exactly the class activation map: the gradient of logit ``c`` with respect to
+the feature ``A_k(i, j)`` is ``w_ck / (h * w)`` everywhere, so Grad-CAM's channel weights are the
+head's row ``w_c`` up to a constant. That lets the torch-free path compute the same map from the
+feature map and the head weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def cam_from_features(feature_map: np.ndarray, class_weights: np.ndarray) -> np.ndarray:
+    """``C x h x w`` features and the head's ``C`` weights of one class -> ``h x w`` map in [0, 1]."""
+    if feature_map.ndim != 3 or class_weights.shape != (feature_map.shape[0],):
+        raise ValueError(f"feature map {feature_map.shape} and class weights {class_weights.shape} do not match")
+    cam = np.tensordot(class_weights.astype(np.float32), feature_map.astype(np.float32), axes=(0, 0))
+    return normalise_cam(cam)
+
+
+def normalise_cam(cam: np.ndarray) -> np.ndarray:
+    """ReLU, then scale to [0, 1]; an all-zero map stays zero (no evidence anywhere)."""
+    cam = np.maximum(cam, 0.0)
+    top = float(cam.max())
+    return (cam / top if top > 0 else cam).astype(np.float32)
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """[0, 1] -> RGB uint8 with a perceptually ordered blue-green-yellow-red ramp (like 'turbo')."""
+    stops = np.array([[48, 18, 59], [40, 130, 255], [30, 220, 160], [200, 240, 40], [250, 150, 30], [180, 20, 5]],
+                     dtype=np.float32)
+    x = np.clip(values, 0.0, 1.0) * (len(stops) - 1)
+    lo = np.floor(x).astype(int).clip(0, len(stops) - 2)
+    frac = (x - lo)[..., None]
+    return (stops[lo] * (1 - frac) + stops[lo + 1] * frac).round().astype(np.uint8)
+
+
+def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Blend a heat map (any resolution, values in [0, 1]) over an ``H x W x 3`` uint8 image."""
+    h, w = rgb.shape[:2]
+    big = np.asarray(Image.fromarray((np.clip(cam, 0, 1) * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR),
+                     dtype=np.float32) / 255.0
+    heat = colormap(big).astype(np.float32)
+    # Weight the blend by the map itself so cold regions keep the photo readable.
+    a = (alpha * (0.35 + 0.65 * big))[..., None]
+    return (rgb.astype(np.float32) * (1 - a) + heat * a).round().clip(0, 255).astype(np.uint8)
