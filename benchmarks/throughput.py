@@ -5,7 +5,9 @@
 DATASET defaults to ../shared/datasets/climbing. Stages: scan (cold), decode to eval pixels +
 training canvases, frozen features with PyTorch and with ONNX Runtime (ratio printed), one
 fine-tuning epoch (forward + backward at the training crop size), and predict over a folder.
-Peak RSS is read from the operating system at the end (the whole process).
+Also: the disk pixel cache (build, warm reads), the share of a fine-tuning epoch spent waiting
+for data. Peak RSS is read from the operating system at the end (the whole process, which holds
+every stage's arrays at once: a training run holds less, see benchmarks/vs_fastai.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from vistrain.data.dataset import DataConfig, build_index
+from vistrain.data.pixel_cache import PixelCache
 from vistrain.evaluation.predictor import Predictor
 from vistrain.models.classifier import ModelConfig, build_classifier
 from vistrain.models.registry import get_backbone
@@ -57,6 +60,16 @@ def main() -> None:
     prep = get_backbone("efficientnet_lite0").preprocessing(args.size)
     (pixels, canvases), s = timed(lambda: decode_all(paths, prep, canvases=True))
     rates["decode_pixels_and_canvases"] = len(paths) / s
+    # The disk pixel cache: first build (decode + resize + write), then a warm read of the same views.
+    pixel_cache = PixelCache(cache, prep)
+    keys = [r.sha1 for r in records]
+    _, s = timed(lambda: decode_all(paths, prep, canvases=True, cache=pixel_cache, keys=keys))
+    rates["pixel_cache_build"] = len(paths) / s
+    (_, disk_canvases), s = timed(lambda: decode_all(paths, prep, canvases=True, cache=pixel_cache, keys=keys))
+    rates["pixel_cache_warm_eval_views"] = len(paths) / s
+    _, s = timed(lambda: [disk_canvases[i] for i in range(len(disk_canvases))])
+    rates["pixel_cache_canvas_reads"] = len(paths) / s
+    rates["pixel_cache_mb_per_image"] = pixel_cache.disk_bytes() / 1e6 / len(paths)
 
     classes = index.classes
     model = build_classifier(ModelConfig("efficientnet_lite0", classes, prep)).to(memory_format=torch.channels_last)
@@ -72,9 +85,11 @@ def main() -> None:
 
     labels = np.array([classes.index(r.label) for r in records])
     cfg = FinetuneConfig(epochs=1, time_budget=None)
-    _, s = timed(lambda: finetune(model, canvases, labels, pixels[:16], labels[:16], prep, cfg,
-                                  FinetuneState(planned_epochs=1)))
+    # Canvases read from the disk cache, batches prepared in the background: as `train` does.
+    state, s = timed(lambda: finetune(model, disk_canvases, labels, pixels[:16], labels[:16], prep, cfg,
+                                      FinetuneState(planned_epochs=1)))
     rates["finetune_epoch"] = len(paths) / s
+    rates["finetune_data_wait_share"] = state.history[0].data_wait / state.history[0].seconds
 
     predictor = Predictor(model.eval(), ModelConfig("efficientnet_lite0", classes, prep))
     _, s = timed(lambda: predictor.predict_paths(paths))

@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image
 
 RESIZE_METHODS = ("crop", "pad", "squish")
+# Training canvases are this much larger than the input: random crops still see the whole scene.
+CANVAS_MARGIN = 1.15
 _INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
@@ -79,7 +81,7 @@ def to_model_pixels(img: Image.Image, prep: Preprocessing) -> np.ndarray:
     return np.asarray(out, dtype=np.uint8)
 
 
-def to_train_canvas(img: Image.Image, prep: Preprocessing, margin: float = 1.15) -> np.ndarray:
+def to_train_canvas(img: Image.Image, prep: Preprocessing, margin: float = CANVAS_MARGIN) -> np.ndarray:
     """A slightly larger, uncropped view for random crops: the whole scene stays available.
 
     ``crop`` keeps the aspect ratio (shorter side ``margin * size``, longer side capped at twice

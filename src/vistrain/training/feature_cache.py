@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from vistrain.data.transforms import Preprocessing
@@ -37,7 +38,7 @@ class FeatureCache:
                 for shard in sorted(self.folder.glob("*.safetensors")):
                     try:
                         self._vectors.update(load_file(str(shard)))
-                    except (OSError, ValueError):
+                    except (OSError, ValueError, SafetensorError):
                         continue  # a shard cut short by a crash is only lost work
         return self._vectors
 

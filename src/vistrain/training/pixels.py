@@ -1,14 +1,20 @@
-"""Decode each image once per run into the arrays every stage reads: eval pixels and train canvases."""
+"""Decode each image once into the arrays every stage reads: eval pixels and training canvases.
+
+With a :class:`~vistrain.data.pixel_cache.PixelCache`, decoded views are written to disk and reused
+by later stages and later runs, and training canvases are read back batch by batch instead of
+being held in memory.
+"""
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from vistrain.data.images import load_rgb
+from vistrain.data.pixel_cache import DiskCanvases, PixelCache
 from vistrain.data.transforms import Preprocessing, to_model_pixels, to_train_canvas
 
 
@@ -18,22 +24,42 @@ def decode_all(
     canvases: bool = False,
     progress: Callable[[int], None] | None = None,
     max_pixels: int | None = None,
-) -> tuple[np.ndarray, list[np.ndarray] | None]:
-    """Eval pixels (``N x size x size x 3`` uint8) and, optionally, training canvases.
+    cache: PixelCache | None = None,
+    keys: list[str] | None = None,
+    pixels: bool = True,
+) -> tuple[np.ndarray | None, Sequence[np.ndarray] | None]:
+    """Eval pixels (``N x size x size x 3`` uint8, unless ``pixels=False``) and, optionally, canvases.
 
     JPEGs decode in draft mode at just enough resolution for the eval view, exactly as the
     predictor decodes them, so eval pixels (and features computed from them) are the same
     whichever stage made them; canvases are made from that same decoded image.
+    With ``cache`` (and ``keys``, the files' content hashes) known images are not decoded again,
+    new ones are written to it, and canvases come back as a disk-backed sequence.
     """
+    if cache is not None and (keys is None or len(keys) != len(paths)):
+        raise ValueError("decode_all: a pixel cache needs one content hash per path")
     n = len(paths)
-    pixels = np.empty((n, prep.size, prep.size, 3), dtype=np.uint8)
-    out_canvases: list[np.ndarray] | None = [None] * n if canvases else None  # type: ignore[list-item]
+    out_pixels = np.empty((n, prep.size, prep.size, 3), dtype=np.uint8) if pixels else None
+    in_memory = canvases and cache is None
+    out_canvases: list[np.ndarray] | None = [None] * n if in_memory else None  # type: ignore[list-item]
     kwargs = {"max_pixels": max_pixels} if max_pixels else {}
 
     def work(i: int) -> int:
+        if cache is not None:
+            if out_pixels is None and cache.has(keys[i]):
+                return i  # canvases are read later, on demand; nothing to do now
+            hit = cache.load(keys[i])
+            if hit is not None:
+                if out_pixels is not None:
+                    out_pixels[i] = hit["eval"]
+                return i
         img = load_rgb(paths[i], min_side=prep.size, **kwargs)
-        pixels[i] = to_model_pixels(img, prep)
-        if out_canvases is not None:
+        view = to_model_pixels(img, prep)
+        if out_pixels is not None:
+            out_pixels[i] = view
+        if cache is not None:
+            cache.save(keys[i], view, to_train_canvas(img, prep, cache.margin))
+        elif out_canvases is not None:
             out_canvases[i] = to_train_canvas(img, prep)
         return i
 
@@ -41,4 +67,6 @@ def decode_all(
         for _ in pool.map(work, range(n)):
             if progress:
                 progress(1)
-    return pixels, out_canvases
+    if canvases and cache is not None:
+        return out_pixels, DiskCanvases(cache, keys)
+    return out_pixels, out_canvases

@@ -1,0 +1,40 @@
+"""``vistrain cache``: where the caches are, how big, and clearing them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+NAME = "cache"
+ORDER = 90
+
+
+def register(sub) -> None:
+    c = sub.add_parser(NAME, help="show the cache folder's size, or clear parts of it")
+    c.add_argument("--cache-dir", type=Path, default=None,
+                   help="cache folder (default: $VISTRAIN_CACHE_DIR or ~/.cache/vistrain)")
+    c.add_argument("--clear", nargs="+", metavar="PART",
+                   help="delete these parts: scan, pixels, features, onnx, or all (rebuilt when needed)")
+
+
+def run(args, console, reporter) -> int:
+    from rich.table import Table
+
+    from vistrain.cache import PARTS, cache_usage, clear_cache
+    from vistrain.data.dataset import default_cache_dir
+
+    root = args.cache_dir or default_cache_dir()
+    if args.clear:
+        parts = list(PARTS) if "all" in args.clear else args.clear
+        freed = clear_cache(root, parts)
+        console.print(f"cleared {', '.join(parts)} in {root}: {freed / 1e6:.1f} MB freed")
+        return 0
+    table = Table(title=f"vistrain cache: {root}")
+    for col in ("part", "files", "size", "path"):
+        table.add_column(col, justify="right" if col in ("files", "size") else "left")
+    usage = cache_usage(root)
+    for u in usage:
+        table.add_row(u.part, str(u.files), f"{u.bytes / 1e6:.1f} MB", str(u.path))
+    console.print(table)
+    console.print(f"total {sum(u.bytes for u in usage) / 1e6:.1f} MB; "
+                  "clear with: vistrain cache --clear pixels|features|scan|onnx|all")
+    return 0

@@ -1,0 +1,79 @@
+"""Decoded, resized pixels on disk: every image is decoded once, then reused across epochs and runs.
+
+Each image (by content hash) gets one small safetensors file per preprocessing: its evaluation view
+(``size x size x 3``) and its training canvas (a little larger, aspect kept; see
+:func:`~vistrain.data.transforms.to_train_canvas`). Training reads canvases from here batch by
+batch, so a large dataset does not have to fit in memory, and a second run decodes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import PIL
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from vistrain.data.transforms import CANVAS_MARGIN, Preprocessing
+
+PIXEL_CACHE_VERSION = 1
+
+
+class PixelCache:
+    """Evaluation views and training canvases of images, keyed by content hash (sha1) + preprocessing."""
+
+    def __init__(self, root: Path, prep: Preprocessing, margin: float = CANVAS_MARGIN):
+        self.root, self.prep, self.margin = Path(root), prep, margin
+        # Pillow's resampling can change between major releases: its version is part of the key.
+        name = f"v{PIXEL_CACHE_VERSION}-{prep.key()}-m{margin:g}-pil{PIL.__version__.split('.')[0]}"
+        self.folder = self.root / "pixels" / name
+
+    def _file(self, sha1: str) -> Path:
+        return self.folder / sha1[:2] / f"{sha1}.safetensors"
+
+    def has(self, sha1: str) -> bool:
+        return self._file(sha1).exists()
+
+    def load(self, sha1: str) -> dict[str, np.ndarray] | None:
+        """``{"eval": ..., "canvas": ...}``, or None when unknown or unreadable (then it is rebuilt)."""
+        try:
+            return load_file(str(self._file(sha1)))
+        except (OSError, ValueError, SafetensorError):
+            return None
+
+    def canvas(self, sha1: str) -> np.ndarray:
+        arrays = self.load(sha1)
+        if arrays is None:
+            raise FileNotFoundError(f"pixel cache entry {self._file(sha1)} vanished during training")
+        return arrays["canvas"]
+
+    def save(self, sha1: str, eval_pixels: np.ndarray, canvas: np.ndarray) -> None:
+        path = self._file(sha1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{uuid.uuid4().hex}.tmp")
+        save_file({"eval": np.ascontiguousarray(eval_pixels), "canvas": np.ascontiguousarray(canvas)}, str(tmp))
+        os.replace(tmp, path)  # readers never see half a file, even with two runs at once
+
+    def disk_bytes(self) -> int:
+        if not self.folder.exists():
+            return 0
+        return sum(f.stat().st_size for f in self.folder.rglob("*.safetensors"))
+
+
+class DiskCanvases(Sequence):
+    """Training canvases read from the pixel cache on demand: a list-like that holds nothing in memory."""
+
+    def __init__(self, cache: PixelCache, keys: list[str]):
+        self.cache, self.keys = cache, list(keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.cache.canvas(k) for k in self.keys[i]]
+        return self.cache.canvas(self.keys[i])
