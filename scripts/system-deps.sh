@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Debian packages the browser tests need: chromium (driven by Playwright, never downloaded by it).
+# Debian packages the tests need: chromium (driven by Playwright, never downloaded by it), postgresql.
 # Installed only when missing and only when we can (root + apt); otherwise those tests skip and say why.
 set -uo pipefail
 need=()
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# The sweep test starts a throwaway PostgreSQL server (initdb/pg_ctl) for two workers sharing a study.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "installing Debian packages: ${need[*]}" >&2

@@ -13,10 +13,12 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from vistrain import __version__
+from vistrain.config_file import CONFIG_NAME, save_config
 from vistrain.data.dataset import DataConfig, DatasetIndex, build_eval_index, build_index, default_cache_dir
 from vistrain.data.split import write_split
 from vistrain.evaluation.metrics import classification_metrics
@@ -67,11 +69,13 @@ def train(
     label_from_name: str | None = None,
     valid_fraction: float = 0.2,
     cache_dir: Path | str | bool | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
     **options,
 ) -> Run:
     """Train on a dataset folder (or CSV) and write the run folder ``out``; see :class:`TrainConfig`.
 
     ``cache_dir``: where scan results are cached; None for the default user cache, False for none.
+    ``on_epoch(epoch, best validation score so far)`` runs after each fine-tuning epoch.
     """
     ui = reporter or SilentReporter()
     t0 = time.perf_counter()
@@ -88,7 +92,7 @@ def train(
     for r in index.skipped:
         ui.log(f"  [yellow]skipped[/yellow] {r.path}: {r.reason}")
     out.mkdir(parents=True, exist_ok=True)
-    result = run_training(index, cfg, ui)
+    result = run_training(index, cfg, ui, on_epoch=on_epoch)
     predictor = Predictor(result.model, result.model_config)
     metrics = _final_metrics(index, result, predictor, ui)
     _write_run(out, index, cfg, result, metrics, time.perf_counter() - t0)
@@ -154,6 +158,7 @@ def _write_run(out: Path, index: DatasetIndex, cfg: TrainConfig, result: TrainRe
             w.writerow([h.epoch, f"{h.train_loss:.5f}", f"{h.train_accuracy:.5f}", f"{h.valid_loss:.5f}",
                         f"{h.valid_accuracy:.5f}", f"{h.seconds:.1f}", f"{h.lr:.3g}"])
     write_split(index.records, out / "split.csv")
+    save_config(cfg, out / CONFIG_NAME)
     (out / "data_report.json").write_text(json.dumps(index.report(), indent=2) + "\n")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vistrain.commands import add_data_flags, cache_dir
+from vistrain.config_file import resolve_train_args, track_explicit_flags
 
 NAME = "train"
 ORDER = 10
@@ -12,7 +13,10 @@ ORDER = 10
 
 def register(sub) -> None:
     t = sub.add_parser(NAME, help="train a classifier on a folder of photos")
-    t.add_argument("data", type=Path, help="class folders, train/valid(/test) folders, or a CSV of path,label")
+    t.add_argument("data", type=Path, nargs="?",
+                   help="class folders, train/valid(/test) folders, or a CSV of path,label (or `data:` in --config)")
+    t.add_argument("--config", type=Path, metavar="FILE.yaml",
+                   help="settings from a YAML file (any option below, by its long name with _); flags typed here win")
     t.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder to write (default runs/latest)")
     t.add_argument("--backbone", default="efficientnet_lite0",
                    help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2, mobilenet_v2")
@@ -31,20 +35,26 @@ def register(sub) -> None:
     t.add_argument("--valid-fraction", type=float, default=0.2, help="share held out when vistrain splits (0.2)")
     t.add_argument("--seed", type=int, default=0, help="fixes the split and the training (default 0)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--balance", default="auto", choices=["auto", "sampler", "loss", "none"],
+                   help="class-imbalance correction; auto picks one from the measured imbalance (default auto)")
+    t.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine-restarts", "exp-decay", "constant"],
+                   help="fine-tuning learning-rate schedule (default onecycle)")
     add_data_flags(t)
+    track_explicit_flags(t)  # last: flags typed on the command line override --config
 
 
 def run(args, console, reporter) -> int:
     from vistrain.api import train
     from vistrain.evaluation.render import confusion_table, per_class_table, top_confusions, worst_classes
 
+    args, extra = resolve_train_args(args)
     trained = train(
         args.data, out=args.out, reporter=reporter, label_from_name=args.label_from_name,
         valid_fraction=args.valid_fraction, cache_dir=cache_dir(args),
         backbone=args.backbone, mode=args.mode, epochs=args.epochs,
         time_budget=None if args.no_time_budget else args.time_budget, image_size=args.image_size,
         resize=args.resize, batch_size=args.batch_size, lr=args.lr, label_smoothing=args.label_smoothing,
-        seed=args.seed, resume=args.resume,
+        seed=args.seed, resume=args.resume, balance=args.balance, schedule=args.schedule, **extra,
     )
     m, res = trained.metrics, trained.result
     console.print()

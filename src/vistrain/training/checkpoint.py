@@ -46,6 +46,7 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
         "planned_epochs": state.planned_epochs,
         "history": [asdict(h) for h in state.history],
         "best_accuracy": state.best_accuracy,
+        "best_score": state.best_score,
         "best_loss": state.best_loss,
         "best_epoch": state.best_epoch,
         "lowest_loss": state.lowest_loss,
@@ -69,6 +70,7 @@ class Resumable:
     probe_accuracy: float
     probe_loss: float
     probe_head: dict | None  # head weights of the linear probe, to compare against at the end
+    probe_score: float | None = None  # macro F1 when classes are imbalanced, else accuracy
 
 
 def save_probe_head(run_dir: Path, head: torch.nn.Module) -> None:
@@ -86,6 +88,7 @@ def load_checkpoint(run_dir: Path) -> Resumable | None:
         planned_epochs=info["planned_epochs"],
         history=[EpochResult(**h) for h in info["history"]],
         best_accuracy=info["best_accuracy"],
+        best_score=info.get("best_score", info["best_accuracy"]),
         best_loss=info["best_loss"],
         best_epoch=info["best_epoch"],
         lowest_loss=info["lowest_loss"],
@@ -102,6 +105,7 @@ def load_checkpoint(run_dir: Path) -> Resumable | None:
         probe_accuracy=float(info["probe_accuracy"]),
         probe_loss=float(info["probe_loss"]),
         probe_head=load_file(str(head)) if head.exists() else None,
+        probe_score=info.get("probe_score"),
     )
 
 

@@ -20,6 +20,8 @@ from torch import nn
 from vistrain.data.augment import AugmentConfig, augment_batch
 from vistrain.data.transforms import Preprocessing, normalize
 from vistrain.models.classifier import ImageClassifier
+from vistrain.training.balance import class_weights, collapsed_class, macro_f1, sample_probabilities
+from vistrain.training.schedules import build_scheduler
 
 
 @dataclass
@@ -35,6 +37,9 @@ class FinetuneConfig:
     freeze_bottom: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
+    schedule: str = "onecycle"
+    balance: str = "none"  # the correction applied: "sampler", "loss" or "none" (see training.balance)
+    select_by: str = "accuracy"  # best epoch by "accuracy" or, when classes are imbalanced, "macro_f1"
 
 
 @dataclass
@@ -55,6 +60,7 @@ class FinetuneState:
     planned_epochs: int
     history: list[EpochResult] = field(default_factory=list)
     best_accuracy: float = -1.0
+    best_score: float = -1.0  # accuracy or macro F1 of the best epoch, as FinetuneConfig.select_by says
     best_loss: float = math.inf
     best_epoch: int = 0
     best_state: dict | None = None
@@ -166,10 +172,7 @@ def finetune(
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(canvases) / cfg.batch_size)
     total = steps_per_epoch * state.planned_epochs
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=[g["lr"] for g in groups], total_steps=max(1, total), pct_start=0.2,
-        div_factor=10.0, final_div_factor=100.0,
-    )
+    sched = build_scheduler(cfg.schedule, opt, total)
     done = len(state.history)
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
@@ -178,7 +181,10 @@ def finetune(
             warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
             for _ in range(done * steps_per_epoch):
                 sched.step()
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    k = model.head.out_features
+    weight = torch.tensor(class_weights(train_labels, k), dtype=torch.float32) if cfg.balance == "loss" else None
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    draw_p = sample_probabilities(train_labels, k) if cfg.balance == "sampler" else None
     train_prep = train_preprocessing(prep)
     labels_t = torch.as_tensor(train_labels)
     t_begin = time.perf_counter()
@@ -188,7 +194,8 @@ def finetune(
             rng = np.random.default_rng([cfg.seed, epoch])
             t0 = time.perf_counter()
             set_train_mode(model, cfg.freeze_bn)
-            order = rng.permutation(len(canvases))
+            order = (rng.choice(len(canvases), len(canvases), p=draw_p) if draw_p is not None
+                     else rng.permutation(len(canvases)))
             total_loss, correct = 0.0, 0
             for s in range(steps_per_epoch):
                 idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
@@ -199,7 +206,8 @@ def finetune(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if not torch.isfinite(loss):
-                    state.stop_reason = f"training diverged (loss {loss.item()}) in epoch {epoch}"
+                    state.stop_reason = (f"training diverged: the loss became {loss.item()} in epoch {epoch}, "
+                                         f"step {s + 1}; stopped early (try a lower --lr)")
                     return state
                 opt.step()
                 sched.step()
@@ -210,19 +218,25 @@ def finetune(
             vlog = evaluate_logits(model, valid_pixels, prep)
             vacc = float((vlog.argmax(1) == valid_labels).mean())
             vloss = cross_entropy(vlog, valid_labels)
+            score = macro_f1(valid_labels, vlog.argmax(1), k) if cfg.select_by == "macro_f1" else vacc
             state.history.append(EpochResult(
                 epoch, total_loss / len(canvases), correct / len(canvases), vloss, vacc,
                 time.perf_counter() - t0, float(opt.param_groups[-1]["lr"]),
             ))
             # Ties on accuracy (common on small validation sets) go to the lower loss.
-            if vacc > state.best_accuracy or (vacc == state.best_accuracy and vloss < state.best_loss):
-                state.best_accuracy, state.best_loss, state.best_epoch = vacc, vloss, epoch
+            if score > state.best_score or (score == state.best_score and vloss < state.best_loss):
+                state.best_accuracy, state.best_score, state.best_loss, state.best_epoch = vacc, score, vloss, epoch
                 state.best_state = copy.deepcopy(model.state_dict())
                 state.best_logits = vlog
             if vloss < state.lowest_loss - 1e-4:  # a real improvement, not rounding noise
                 state.lowest_loss, state.lowest_loss_epoch = vloss, epoch
             if on_epoch:
                 on_epoch(state, opt)
+            stuck = collapsed_class(vlog.argmax(1), valid_labels)
+            if stuck is not None:
+                state.stop_reason = (f"training diverged: after epoch {epoch} the network predicts class #{stuck} "
+                                     f"for every validation image; stopped early (try a lower --lr)")
+                break
             spent = time.perf_counter() - t_begin
             if cfg.time_budget is not None and epoch < state.planned_epochs and \
                     spent + state.history[-1].seconds > cfg.time_budget:

@@ -11,18 +11,21 @@ from sklearn.linear_model import LogisticRegression
 
 
 def fit_probe(
-    features: np.ndarray, labels: np.ndarray, num_classes: int, C: float = 0.3, seed: int = 0
+    features: np.ndarray, labels: np.ndarray, num_classes: int, C: float = 0.3, seed: int = 0,
+    class_weight: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights ``(num_classes, F)`` and bias ``(num_classes,)`` for a head on raw features.
 
     Features are standardised for the fit (so ``C`` means the same for every backbone), then the
     scaling is folded into the weights: the head applies to unscaled features and gives the same
-    logits as the fitted model.
+    logits as the fitted model. ``class_weight="balanced"`` weighs each image by the inverse
+    frequency of its class (the probe's imbalance correction: on a full-batch fit, resampling and
+    weighting are the same thing).
     """
     mu = features.mean(axis=0)
     sigma = features.std(axis=0) + 1e-6
     z = (features - mu) / sigma
-    lr = LogisticRegression(C=C, max_iter=2000, random_state=seed)
+    lr = LogisticRegression(C=C, max_iter=2000, random_state=seed, class_weight=class_weight)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         lr.fit(z, labels)

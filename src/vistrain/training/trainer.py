@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from vistrain.data.transforms import RESIZE_METHODS, Preprocessing
 from vistrain.models.classifier import ImageClassifier, ModelConfig, build_classifier
 from vistrain.models.registry import get_backbone
 from vistrain.progress import Reporter, SilentReporter
+from vistrain.training.balance import IMBALANCED_RATIO, imbalance_ratio, macro_f1, resolve_balance
 from vistrain.training.checkpoint import load_checkpoint, save_checkpoint, save_probe_head
 from vistrain.training.feature_cache import FeatureCache
 from vistrain.training.features import extract_features, onnx_session
@@ -23,6 +25,7 @@ from vistrain.training.finetune import (FinetuneConfig, FinetuneState, cross_ent
                                      measure_step_seconds, plan_epochs)
 from vistrain.training.pixels import decode_all
 from vistrain.training.probe import fit_probe, probe_logits
+from vistrain.training.schedules import check_schedule
 
 MODES = ("auto", "probe", "finetune")
 
@@ -54,6 +57,10 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    weight_decay: float = 0.01
+    dropout: float = 0.0  # before the head, while fine-tuning
+    balance: str = "auto"  # auto|sampler|loss|none, see training.balance
+    schedule: str = "onecycle"  # see training.schedules
 
     def __post_init__(self) -> None:
         get_backbone(self.backbone)  # raises with the list of choices
@@ -77,6 +84,15 @@ class TrainConfig:
             raise TrainError(f"patience must be at least 1 epoch (got {self.patience})")
         if self.probe_c <= 0:
             raise TrainError(f"probe regularisation C must be positive (got {self.probe_c})")
+        if not 0 <= self.weight_decay < 1:
+            raise TrainError(f"weight decay {self.weight_decay} must be within [0, 1)")
+        if not 0 <= self.dropout < 1:
+            raise TrainError(f"dropout {self.dropout} must be within [0, 1)")
+        try:
+            resolve_balance(self.balance, 1.0)
+            check_schedule(self.schedule)
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
 
 
 @dataclass
@@ -110,7 +126,9 @@ def _restore_split(index: DatasetIndex, run_dir: Path) -> None:
             r.split = saved[r.path]
 
 
-def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
+def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | None = None,
+                 on_epoch: Callable[[int, float], None] | None = None) -> TrainResult:
+    """``on_epoch(epoch, validation score)`` after each fine-tuning epoch (a sweep prunes by raising)."""
     ui = reporter or SilentReporter()
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -128,6 +146,12 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     y_train = np.array([classes.index(r.label) for r in train])
     y_valid = np.array([classes.index(r.label) for r in valid])
     want_finetune = cfg.mode in ("auto", "finetune")
+    ratio = imbalance_ratio(y_train, len(classes))
+    balance = resolve_balance(cfg.balance, ratio)
+    select_by = "macro_f1" if ratio >= IMBALANCED_RATIO else "accuracy"
+    if ratio >= IMBALANCED_RATIO or balance != "none":
+        ui.log(f"Classes imbalanced {ratio:.1f}:1 (largest/smallest); correction: {balance}"
+               f" (--balance {cfg.balance}); best model chosen by {select_by.replace('_', ' ')}")
     ui.log(f"Backbone {cfg.backbone}, input {size} px ({cfg.resize}), {len(train)} train / {len(valid)} valid images")
 
     train_pixels = canvases = valid_pixels = None
@@ -136,34 +160,40 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
             train_pixels, canvases = decode_all([r.path for r in train], prep, canvases=True, progress=advance)
             valid_pixels, _ = decode_all([r.path for r in valid], prep, progress=advance)
 
-    model_cfg = ModelConfig(cfg.backbone, classes, prep)
+    model_cfg = ModelConfig(cfg.backbone, classes, prep, dropout=cfg.dropout)
     model = build_classifier(model_cfg).to(memory_format=torch.channels_last)
     if resumed is None:
         cache = FeatureCache(cfg.data.cache_dir, cfg.backbone, prep)
         f_train = cached_features(ui, model.backbone, train, prep, cache, train_pixels)
         f_valid = cached_features(ui, model.backbone, valid, prep, cache, valid_pixels)
         train_pixels = None  # fine-tuning reads the canvases; free the eval views of the training set
-        w, b = fit_probe(f_train, y_train, len(classes), C=cfg.probe_c, seed=cfg.seed)
+        w, b = fit_probe(f_train, y_train, len(classes), C=cfg.probe_c, seed=cfg.seed,
+                         class_weight="balanced" if balance != "none" else None)
         probe_valid_logits = probe_logits(f_valid, w, b)
         with torch.no_grad():
             model.head.weight.copy_(w)
             model.head.bias.copy_(b)
         probe_acc = float((probe_valid_logits.argmax(1) == y_valid).mean())
         probe_loss = cross_entropy(probe_valid_logits, y_valid)
+        probe_score = macro_f1(y_valid, probe_valid_logits.argmax(1), len(classes)) if select_by == "macro_f1" else probe_acc
     else:
         if resumed.probe_head is not None:
             model.head.load_state_dict(resumed.probe_head)
         probe_valid_logits = None
         probe_acc, probe_loss = resumed.probe_accuracy, resumed.probe_loss
+        probe_score = resumed.probe_score if resumed.probe_score is not None else probe_acc
     probe_state = {k: v.clone() for k, v in model.state_dict().items()}
     ui.log(f"Linear probe: validation accuracy {probe_acc:.1%} ({time.perf_counter() - t_start:.0f} s so far)")
 
     notes: list[str] = []
+    if ratio >= IMBALANCED_RATIO or balance != "none":
+        notes.append(f"classes imbalanced {ratio:.1f}:1; correction: {balance}; best model by {select_by.replace('_', ' ')}")
     ft_state: FinetuneState | None = None
     if want_finetune:
         ft_cfg = FinetuneConfig(
             epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, label_smoothing=cfg.label_smoothing,
-            patience=cfg.patience, augment=cfg.augment, seed=cfg.seed,
+            patience=cfg.patience, augment=cfg.augment, seed=cfg.seed, weight_decay=cfg.weight_decay,
+            schedule=cfg.schedule, balance=balance, select_by=select_by,
         )
         if resumed is not None:
             ft_state = resumed.state
@@ -173,19 +203,19 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
             ft_state = _plan(ui, model, canvases, y_train, valid_pixels, prep, ft_cfg, cfg, t_start, notes)
             save_probe_head(cfg.out, model.head)
         if ft_state.planned_epochs > len(ft_state.history):
-            extra = {"image_size": size, "probe_accuracy": probe_acc, "probe_loss": probe_loss}
+            extra = {"image_size": size, "probe_accuracy": probe_acc, "probe_loss": probe_loss, "probe_score": probe_score}
             with ui.stage("fine-tune", (ft_state.planned_epochs - len(ft_state.history)) * len(canvases)) as advance:
                 ft_state = finetune(
                     model, canvases, y_train, valid_pixels, y_valid, prep, ft_cfg, ft_state,
                     optimizer_state=resumed.optimizer_state if resumed else None,
-                    on_epoch=_epoch_logger(ui, model, cfg.out, extra), progress=advance,
+                    on_epoch=_epoch_logger(ui, model, cfg.out, extra, on_epoch), progress=advance,
                 )
             if ft_state.stop_reason:
                 notes.append(ft_state.stop_reason)
 
     ft_acc = ft_state.best_accuracy if ft_state and ft_state.best_state is not None else None
-    # The same rule that picks the best epoch: accuracy, then validation loss on ties.
-    ft_better = ft_acc is not None and (ft_acc, -ft_state.best_loss) > (probe_acc, -probe_loss)
+    # The same rule that picks the best epoch: accuracy (macro F1 when imbalanced), then validation loss on ties.
+    ft_better = ft_acc is not None and (ft_state.best_score, -ft_state.best_loss) > (probe_score, -probe_loss)
     if ft_acc is not None and (cfg.mode == "finetune" or ft_better):
         stage = "finetune"
         model.load_state_dict(ft_state.best_state)
@@ -244,11 +274,13 @@ def _plan(ui, model, canvases, y_train, valid_pixels, prep, ft_cfg: FinetuneConf
     return FinetuneState(planned_epochs=planned)
 
 
-def _epoch_logger(ui: Reporter, model, out: Path, extra: dict):
+def _epoch_logger(ui: Reporter, model, out: Path, extra: dict, then: Callable[[int, float], None] | None = None):
     def on_epoch(st: FinetuneState, opt) -> None:
         save_checkpoint(out, model, opt, st, extra)  # first: an interruption while printing loses nothing
         h = st.history[-1]
         ui.log(f"  epoch {h.epoch}/{st.planned_epochs}: train loss {h.train_loss:.3f}, "
                f"valid loss {h.valid_loss:.3f}, valid accuracy {h.valid_accuracy:.1%} ({h.seconds:.0f} s)")
+        if then is not None:
+            then(h.epoch, st.best_score)  # the best so far: pruning compares trials at equal epochs
 
     return on_epoch

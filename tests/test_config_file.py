@@ -1,0 +1,78 @@
+"""``train --config FILE.yaml``: settings from a file, typed flags win, unknown keys rejected, resolved file reproduces."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from vistrain.cli import build_parser, main
+from vistrain.config_file import ConfigError, load_config, resolve_train_args
+
+
+def _resolve(argv):
+    return resolve_train_args(build_parser().parse_args(["train", *argv]))
+
+
+def test_unknown_key_is_rejected_with_a_suggestion(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("learning_rate: 0.001\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: unknown setting 'learning_rate'"):
+        load_config(f)
+    f.write_text("backbon: efficientnet_lite2\n")
+    with pytest.raises(ConfigError, match=r"did you mean 'backbone'\?"):
+        load_config(f)
+    f.write_text("augment: {jiter: 0.3}\n")
+    with pytest.raises(ConfigError, match=r"unknown augment setting 'jiter' \(did you mean 'jitter'\?\)"):
+        load_config(f)
+    f.write_text("epochs: many\n")
+    with pytest.raises(ConfigError, match="epochs must be a whole number"):
+        load_config(f)
+    f.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(f)
+
+
+def test_typed_flags_override_the_file_even_at_their_default_value(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("data: photos\nresize: pad\nmode: probe\nepochs: 3\nlr: 1\ntime_budget: null\n"
+                 "probe_c: 0.5\naugment: {jitter: 0.1, scale: [0.5, 1.0]}\n")
+    args, extra = _resolve(["--config", str(f), "--resize", "crop", "--epochs", "5"])
+    assert str(args.data) == "photos" and args.mode == "probe"
+    assert args.resize == "crop" and args.epochs == 5  # typed: crop is the default, it still wins over the file
+    assert args.lr == 1.0 and isinstance(args.lr, float) and args.no_time_budget is True
+    assert args.batch_size == 32  # neither file nor flag: the default
+    assert extra["probe_c"] == 0.5 and extra["augment"].scale == (0.5, 1.0) and extra["augment"].jitter == 0.1
+    args, _ = _resolve(["other", "--config", str(f), "--time-budget", "60"])
+    assert str(args.data) == "other" and args.time_budget == 60 and args.no_time_budget is False
+    with pytest.raises(ConfigError, match="no dataset"):
+        _resolve([])
+
+
+def test_resolved_config_in_the_run_reproduces_it(class_folders, tmp_path, cache_dir):
+    cfg = tmp_path / "base.yaml"
+    cfg.write_text(yaml.safe_dump({"mode": "probe", "image_size": 64, "time_budget": None, "seed": 4,
+                                   "probe_c": 0.05, "resize": "squish"}))
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["train", str(class_folders), "--config", str(cfg), "--seed", "2", "--out", str(first),
+                 "--cache-dir", str(cache_dir)]) == 0
+    resolved = yaml.safe_load((first / "train_config.yaml").read_text())
+    assert resolved["seed"] == 2 and resolved["probe_c"] == 0.05 and resolved["resize"] == "squish"
+    assert resolved["data"] == str(class_folders) and resolved["time_budget"] is None
+    assert json.loads((first / "config.json").read_text())["preprocessing"]["resize"] == "squish"
+    # The resolved file alone (no DATA argument) trains the same model on the same split.
+    assert main(["train", "--config", str(first / "train_config.yaml"), "--out", str(second),
+                 "--cache-dir", str(cache_dir)]) == 0
+    assert (first / "split.csv").read_text() == (second / "split.csv").read_text()
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (first, second))
+    assert m1["valid"] == m2["valid"]
+    assert yaml.safe_load((second / "train_config.yaml").read_text()) == resolved
+
+
+def test_cli_reports_a_bad_config_file_and_exits_2(tmp_path, capsys):
+    f = tmp_path / "bad.yaml"
+    f.write_text("shedule: constant\n")
+    assert main(["train", str(tmp_path), "--config", str(f)]) == 2
+    out = capsys.readouterr().out
+    assert "unknown setting 'shedule'" in out and "did you mean 'schedule'" in out
