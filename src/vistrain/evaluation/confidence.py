@@ -1,0 +1,51 @@
+"""The confidence settings stored with every run: a temperature and a default 'unsure' threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vistrain.evaluation.abstention import threshold_for_precision
+from vistrain.evaluation.calibration import calibrate
+from vistrain.evaluation.predictor import softmax
+from vistrain.models.classifier import ModelConfig
+
+DEFAULT_TARGET_PRECISION = 0.95
+
+
+def fit_confidence(logits: np.ndarray, labels: np.ndarray, target_precision: float = DEFAULT_TARGET_PRECISION) -> dict:
+    """Temperature by NLL on these (validation) logits, then the threshold reaching the target
+    precision on the temperature-scaled probabilities, which are the ones ``predict`` compares."""
+    labels = np.asarray(labels, dtype=int)
+    cal = calibrate(logits, labels)
+    abst = threshold_for_precision(softmax(logits, cal.temperature), labels, target_precision)
+    return {
+        "temperature": round(cal.temperature, 6),
+        "unsure_threshold": None if abst.threshold is None else round(abst.threshold, 6),
+        "calibration": {
+            **cal.to_dict(),
+            "target_precision": target_precision,
+            "coverage": round(abst.coverage, 6),
+            "precision": round(abst.precision, 6),
+            "fitted_on": "validation",
+        },
+    }
+
+
+def apply_confidence(config: ModelConfig, settings: dict) -> None:
+    """Put fitted settings into a model configuration (what ``config.json`` will hold)."""
+    config.temperature = settings["temperature"]
+    config.unsure_threshold = settings["unsure_threshold"]
+    config.extra["calibration"] = settings["calibration"]
+
+
+def describe(config: ModelConfig) -> str:
+    """One line for a summary: what the temperature did and what the threshold costs."""
+    c = config.extra.get("calibration")
+    if not c:
+        return "no calibration stored (older run): vistrain report RUN fits one"
+    text = (f"temperature {config.temperature:.2f} (calibration error {c['ece_before']:.1%} -> "
+            f"{c['ece_after']:.1%} on {c['n']} validation images)")
+    if config.unsure_threshold is None:
+        return text + f"; no threshold reaches {c['target_precision']:.0%} precision on validation"
+    return (text + f"; 'unsure' below {config.unsure_threshold:.2f} keeps {c['target_precision']:.0%} precision "
+            f"on {c['coverage']:.0%} of validation images")

@@ -1,0 +1,67 @@
+"""95% confidence intervals for per-class metrics: validation sets are small, so say how small.
+
+Precision, recall and accuracy are proportions: Wilson score intervals (good down to a handful of
+images, unlike the normal approximation). F1 is not a proportion: percentile bootstrap over images.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+Z95 = 1.959963984540054
+
+
+def wilson(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for ``successes / trials``; (0, 1) when there are no trials."""
+    if trials <= 0:
+        return 0.0, 1.0
+    p = successes / trials
+    denom = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _f1_per_class(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
+    tp = np.bincount(y_true[y_true == y_pred], minlength=k).astype(float)
+    pred = np.bincount(y_pred, minlength=k).astype(float)
+    sup = np.bincount(y_true, minlength=k).astype(float)
+    denom = pred + sup
+    return np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)
+
+
+def bootstrap_f1(y_true: np.ndarray, y_pred: np.ndarray, k: int, reps: int = 1000, seed: int = 0) -> np.ndarray:
+    """``k x 2`` percentile intervals of per-class F1 (images resampled with replacement)."""
+    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+    n = len(y_true)
+    if n == 0:
+        return np.tile([0.0, 1.0], (k, 1))
+    rng = np.random.default_rng(seed)
+    samples = np.empty((reps, k))
+    for r in range(reps):
+        idx = rng.integers(0, n, n)
+        samples[r] = _f1_per_class(y_true[idx], y_pred[idx], k)
+    return np.percentile(samples, [2.5, 97.5], axis=0).T
+
+
+def metrics_with_intervals(metrics: dict, y_true: np.ndarray, y_pred: np.ndarray, seed: int = 0) -> dict:
+    """Add ``*_ci`` (95%) to each class of ``classification_metrics`` output, plus weighted
+    averages and an accuracy interval; returns a new dict."""
+    out = {**metrics, "per_class": {c: dict(v) for c, v in metrics["per_class"].items()}}
+    classes = metrics["classes"]
+    cm = np.asarray(metrics["confusion_matrix"])
+    f1_ci = bootstrap_f1(y_true, y_pred, len(classes), seed=seed)
+    for i, c in enumerate(classes):
+        row = out["per_class"][c]
+        tp = int(cm[i, i])
+        row["precision_ci"] = wilson(tp, int(cm[:, i].sum()))
+        row["recall_ci"] = wilson(tp, int(cm[i].sum()))
+        row["f1_ci"] = (float(f1_ci[i, 0]), float(f1_ci[i, 1]))
+    support = np.array([out["per_class"][c]["support"] for c in classes], dtype=float)
+    weights = support / support.sum() if support.sum() else support
+    out["weighted_avg"] = {m: float(sum(w * out["per_class"][c][m] for w, c in zip(weights, classes)))
+                           for m in ("precision", "recall", "f1")}
+    out["accuracy_ci"] = wilson(int(np.trace(cm)), int(cm.sum()))
+    return out
