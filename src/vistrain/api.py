@@ -26,6 +26,7 @@ from vistrain.evaluation.predictor import Prediction, Predictor, collect_images
 from vistrain.models.classifier import save_model
 from vistrain.progress import Reporter, SilentReporter
 from vistrain.training.checkpoint import remove_checkpoint
+from vistrain.training.distributed import init_from_env, is_main, world_size
 from vistrain.training.trainer import TrainConfig, TrainResult, run_training
 
 
@@ -77,7 +78,8 @@ def train(
     ``cache_dir``: where scan results are cached; None for the default user cache, False for none.
     ``on_epoch(epoch, best validation score so far)`` runs after each fine-tuning epoch.
     """
-    ui = reporter or SilentReporter()
+    backend = init_from_env()  # under torchrun: join the other processes; only rank 0 reports and writes
+    ui = (reporter or SilentReporter()) if is_main() else SilentReporter()
     t0 = time.perf_counter()
     out = Path(out)
     data_cfg = DataConfig(Path(data), label_from_name, valid_fraction, options.get("seed", 0),
@@ -91,13 +93,19 @@ def train(
         ui.log(f"  scan: {index.from_cache} of {len(index.records) + len(index.skipped)} file(s) known from the cache")
     for r in index.skipped:
         ui.log(f"  [yellow]skipped[/yellow] {r.path}: {r.reason}")
-    out.mkdir(parents=True, exist_ok=True)
+    if is_main():  # under torchrun, the other processes train but write nothing
+        out.mkdir(parents=True, exist_ok=True)
+    if backend:
+        ui.log(f"Data-parallel training over {world_size()} processes ({backend})")
     result = run_training(index, cfg, ui, on_epoch=on_epoch)
+    if backend:
+        result.notes.append(f"data-parallel fine-tuning over {world_size()} processes ({backend})")
     predictor = Predictor(result.model, result.model_config)
     metrics = _final_metrics(index, result, predictor, ui)
-    _write_run(out, index, cfg, result, metrics, time.perf_counter() - t0)
-    if not (result.finetune and result.finetune.interrupted):
-        remove_checkpoint(out)  # finished: the run folder holds the result; keep it for --resume otherwise
+    if is_main():
+        _write_run(out, index, cfg, result, metrics, time.perf_counter() - t0)
+        if not (result.finetune and result.finetune.interrupted):
+            remove_checkpoint(out)  # finished: the run folder holds the result; keep it for --resume otherwise
     return Run(out, predictor, metrics, result)
 
 

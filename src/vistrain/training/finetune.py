@@ -21,6 +21,7 @@ from vistrain.data.augment import AugmentConfig, augment_batch
 from vistrain.data.transforms import Preprocessing, normalize
 from vistrain.models.classifier import ImageClassifier
 from vistrain.training.balance import class_weights, collapsed_class, macro_f1, sample_probabilities
+from vistrain.training.distributed import any_rank, shard, shard_length, wrap
 from vistrain.training.schedules import build_scheduler
 
 
@@ -170,7 +171,8 @@ def finetune(
     torch.manual_seed(cfg.seed)
     groups = param_groups(model, cfg.lr, cfg.freeze_bottom)
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(canvases) / cfg.batch_size)
+    net = wrap(model)  # DistributedDataParallel under torchrun: gradients averaged over the processes
+    steps_per_epoch = math.ceil(shard_length(len(canvases)) / cfg.batch_size)
     total = steps_per_epoch * state.planned_epochs
     sched = build_scheduler(cfg.schedule, opt, total)
     done = len(state.history)
@@ -196,16 +198,17 @@ def finetune(
             set_train_mode(model, cfg.freeze_bn)
             order = (rng.choice(len(canvases), len(canvases), p=draw_p) if draw_p is not None
                      else rng.permutation(len(canvases)))
+            order = shard(order)  # this process's share (all of it when training alone)
             total_loss, correct = 0.0, 0
             for s in range(steps_per_epoch):
                 idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
                 x = augment_batch([canvases[i] for i in idx], train_prep, cfg.augment, rng)
                 y = labels_t[idx]
-                logits = model(x)
+                logits = net(x)
                 loss = loss_fn(logits, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if not torch.isfinite(loss):
+                if any_rank(not torch.isfinite(loss)):
                     state.stop_reason = (f"training diverged: the loss became {loss.item()} in epoch {epoch}, "
                                          f"step {s + 1}; stopped early (try a lower --lr)")
                     return state
@@ -220,7 +223,7 @@ def finetune(
             vloss = cross_entropy(vlog, valid_labels)
             score = macro_f1(valid_labels, vlog.argmax(1), k) if cfg.select_by == "macro_f1" else vacc
             state.history.append(EpochResult(
-                epoch, total_loss / len(canvases), correct / len(canvases), vloss, vacc,
+                epoch, total_loss / len(order), correct / len(order), vloss, vacc,
                 time.perf_counter() - t0, float(opt.param_groups[-1]["lr"]),
             ))
             # Ties on accuracy (common on small validation sets) go to the lower loss.
@@ -238,8 +241,8 @@ def finetune(
                                      f"for every validation image; stopped early (try a lower --lr)")
                 break
             spent = time.perf_counter() - t_begin
-            if cfg.time_budget is not None and epoch < state.planned_epochs and \
-                    spent + state.history[-1].seconds > cfg.time_budget:
+            if any_rank(cfg.time_budget is not None and epoch < state.planned_epochs
+                        and spent + state.history[-1].seconds > cfg.time_budget):
                 state.stop_reason = f"time budget reached after epoch {epoch} of {state.planned_epochs}"
                 break
             # Only in the annealing half: a one-cycle schedule dips at its peak and recovers as it cools.

@@ -19,6 +19,7 @@ from vistrain.models.registry import get_backbone
 from vistrain.progress import Reporter, SilentReporter
 from vistrain.training.balance import IMBALANCED_RATIO, imbalance_ratio, macro_f1, resolve_balance
 from vistrain.training.checkpoint import load_checkpoint, save_checkpoint, save_probe_head
+from vistrain.training.distributed import agree_min, is_main
 from vistrain.training.feature_cache import FeatureCache
 from vistrain.training.features import extract_features, onnx_session
 from vistrain.training.finetune import (FinetuneConfig, FinetuneState, cross_entropy, evaluate_logits, finetune,
@@ -201,7 +202,8 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
             ui.log(f"Resuming fine-tuning after epoch {len(ft_state.history)} of {ft_state.planned_epochs}")
         else:
             ft_state = _plan(ui, model, canvases, y_train, valid_pixels, prep, ft_cfg, cfg, t_start, notes)
-            save_probe_head(cfg.out, model.head)
+            if is_main():
+                save_probe_head(cfg.out, model.head)
         if ft_state.planned_epochs > len(ft_state.history):
             extra = {"image_size": size, "probe_accuracy": probe_acc, "probe_loss": probe_loss, "probe_score": probe_score}
             with ui.stage("fine-tune", (ft_state.planned_epochs - len(ft_state.history)) * len(canvases)) as advance:
@@ -264,6 +266,7 @@ def _plan(ui, model, canvases, y_train, valid_pixels, prep, ft_cfg: FinetuneConf
         # Keep a margin for the final evaluation and for writing the run.
         ft_cfg.time_budget = cfg.time_budget - (time.perf_counter() - t_start) - 2 * eval_s
     planned, epoch_s = plan_epochs(ft_cfg, len(canvases), step_s, eval_s)
+    planned = int(agree_min(planned))  # every process must run the same epochs
     if cfg.mode == "finetune" and planned == 0:
         planned = 1  # asked for explicitly: one epoch even past the budget
         notes.append("one fine-tuning epoch runs past the time budget: --mode finetune asked for it")
@@ -276,7 +279,8 @@ def _plan(ui, model, canvases, y_train, valid_pixels, prep, ft_cfg: FinetuneConf
 
 def _epoch_logger(ui: Reporter, model, out: Path, extra: dict, then: Callable[[int, float], None] | None = None):
     def on_epoch(st: FinetuneState, opt) -> None:
-        save_checkpoint(out, model, opt, st, extra)  # first: an interruption while printing loses nothing
+        if is_main():  # first: an interruption while printing loses nothing
+            save_checkpoint(out, model, opt, st, extra)
         h = st.history[-1]
         ui.log(f"  epoch {h.epoch}/{st.planned_epochs}: train loss {h.train_loss:.3f}, "
                f"valid loss {h.valid_loss:.3f}, valid accuracy {h.valid_accuracy:.1%} ({h.seconds:.0f} s)")
