@@ -115,3 +115,15 @@ def browser():
             yield b
         finally:
             b.close()
+
+
+@pytest.fixture(scope="session")
+def exported_run(trained_run, tmp_path_factory) -> Path:
+    """The shared run exported once per session (fp32 + static int8) into its own folder."""
+    from vistrain.export import ExportConfig, export_run
+
+    out = tmp_path_factory.mktemp("exported") / "export"
+    # The tolerance is wide here: a 6-image validation set moves in 17-point steps; the gate has its own test.
+    export_run(trained_run[0], ExportConfig(out=out, int8=True, int8_method="static", calibration_images=12,
+                                            max_accuracy_drop=100))
+    return out

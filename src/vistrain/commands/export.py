@@ -1,0 +1,40 @@
+"""``vistrain export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+NAME = "export"
+ORDER = 50
+
+
+def register(sub) -> None:
+    p = sub.add_parser(NAME, help="export a run to ONNX (and int8), verified on its validation images")
+    p.add_argument("run", type=Path, help="run folder")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (only onnx for now)")
+    p.add_argument("--out", type=Path, help="export folder (default: RUN/export)")
+    p.add_argument("--int8", action="store_true", help="also write an int8 model (ONNX Runtime quantization)")
+    p.add_argument("--int8-method", choices=["static", "dynamic", "auto"], default="static",
+                   help="static (calibrated on training images, default), dynamic, or auto: try both and keep "
+                        "the more accurate (then the faster)")
+    p.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
+                   help="fail if int8 loses more validation accuracy than this, in percentage points (default 1)")
+    p.add_argument("--calibration-images", type=int, default=100, metavar="N",
+                   help="training images used to calibrate static int8 (default 100)")
+
+
+def run(args, console, reporter) -> int:
+    from vistrain.export import ExportConfig, ExportError, describe, export_run
+
+    cfg = ExportConfig(out=args.out, int8=args.int8, int8_method=args.int8_method,
+                       max_accuracy_drop=args.max_accuracy_drop, calibration_images=args.calibration_images)
+    try:
+        result = export_run(args.run, cfg, reporter)
+    except ExportError as exc:
+        console.print(f"[bold red]export failed:[/] {exc}", highlight=False)
+        return 1
+    for line in describe(result):
+        console.print(line, highlight=False)
+    for note in result.notes:
+        console.print(f"  note: {note}", highlight=False)
+    return 0

@@ -1,0 +1,283 @@
+"""``vistrain export``: a run folder -> a self-describing ONNX export folder, verified.
+
+Verification runs on the run's own validation images (``split.csv``): ONNX Runtime's logits against
+PyTorch's (largest absolute difference) and the accuracy of every file written. An int8 file that
+loses more than ``max_accuracy_drop`` points of accuracy is not kept, and the export fails loudly.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vistrain import __version__
+from vistrain.data.images import ImageError, load_rgb
+from vistrain.data.transforms import (
+    Preprocessing,
+    normalize,
+    normalize_array,
+    to_model_pixels,
+)
+from vistrain.export.graph import export_graph
+from vistrain.export.quantize import METHODS, prepare, quantize, single_image_latency_ms
+from vistrain.models.classifier import WEIGHTS_FILE, load_model
+from vistrain.progress import Reporter, SilentReporter
+from vistrain.runtime.bundle import HEAD_FILE, ExportInfo
+
+FP32_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+
+
+class ExportError(ValueError):
+    """An export that cannot be made or did not pass verification; the message says which check failed."""
+
+
+@dataclass
+class ExportConfig:
+    out: Path | None = None  # default: RUN/export
+    int8: bool = False
+    # static (calibrated) measured better than dynamic on climbing in accuracy and ~8x in speed;
+    # auto measures both and keeps the more accurate (then the faster).
+    int8_method: str = "static"
+    max_accuracy_drop: float = 1.0  # percentage points of validation accuracy int8 may lose
+    calibration_images: int = 100  # training images for static quantization's activation ranges
+    max_logit_diff: float = 1e-3  # fp32 ONNX vs PyTorch, largest absolute difference allowed
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.int8_method not in ("auto", *METHODS):
+            raise ExportError(f"int8 method {self.int8_method!r} is not one of auto, {', '.join(METHODS)}")
+        if not 0 <= self.max_accuracy_drop <= 100:
+            raise ExportError(f"maximum accuracy drop {self.max_accuracy_drop} must be between 0 and 100 points")
+        if self.calibration_images < 1:
+            raise ExportError(f"calibration images {self.calibration_images} must be at least 1")
+
+
+@dataclass
+class ExportResult:
+    folder: Path
+    info: ExportInfo
+    notes: list[str] = field(default_factory=list)
+
+
+def export_run(run_dir: Path | str, cfg: ExportConfig | None = None, reporter: Reporter | None = None) -> ExportResult:
+    cfg = cfg or ExportConfig()
+    ui = reporter or SilentReporter()
+    run_dir = Path(run_dir)
+    model, mcfg = load_model(run_dir)
+    prep = mcfg.preprocessing
+    out = Path(cfg.out) if cfg.out else run_dir / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+
+    valid, train = split_images(run_dir, mcfg.classes, mcfg.extra, notes)
+    if not valid:
+        raise ExportError(f"{run_dir}: no validation images found (split.csv) to verify the export with")
+    x_valid, y_valid = decode(valid, prep, ui, "decode valid", notes)
+    torch_logits = _torch_logits(model, x_valid, prep)
+    torch_acc = _accuracy(torch_logits, y_valid)
+
+    with ui.stage("export onnx", 1, unit="file") as advance:
+        export_graph(model, prep.size, out / FP32_FILE)
+        advance(1)
+    _save_head(model, out / HEAD_FILE)
+    fp32_logits = ort_logits(out / FP32_FILE, x_valid, prep)
+    diff = float(np.abs(fp32_logits - torch_logits).max())
+    if not diff <= cfg.max_logit_diff:
+        raise ExportError(f"{out / FP32_FILE}: ONNX Runtime logits differ from PyTorch's by {diff:.2e} "
+                          f"(more than {cfg.max_logit_diff:.0e}) on {len(y_valid)} validation images")
+    models = {"fp32": _entry(out / FP32_FILE, fp32_logits, torch_logits, y_valid, diff)}
+    default = "fp32"
+
+    rejected: str | None = None
+    if cfg.int8:
+        x_cal = _calibration_pixels(train, x_valid, cfg, prep, ui, notes)
+        int8, chosen_notes = _best_int8(out, cfg, x_cal, x_valid, y_valid, torch_logits, prep, ui)
+        notes.extend(chosen_notes)
+        drop = (torch_acc - int8["valid_accuracy"]) * 100
+        if drop > cfg.max_accuracy_drop:
+            (out / INT8_FILE).unlink(missing_ok=True)
+            rejected = (f"int8 ({int8['method']}) validation accuracy {int8['valid_accuracy']:.1%} is {drop:.1f} points "
+                        f"below PyTorch's {torch_acc:.1%} (tolerance {cfg.max_accuracy_drop:g} points): "
+                        f"int8 model not kept; the fp32 export in {out} is verified and usable")
+        else:
+            models["int8"] = int8
+            default = "int8"
+
+    info = ExportInfo(
+        classes=list(mcfg.classes), preprocessing=prep, backbone=mcfg.backbone, temperature=mcfg.temperature,
+        unsure_threshold=mcfg.unsure_threshold, models=models, default=default,
+        extra={
+            "source_run": str(run_dir.resolve()),
+            "vistrain_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": _versions(),
+            "validation": {"images": len(y_valid), "pytorch_accuracy": torch_acc, "notes": notes},
+            "safetensors_bytes": (run_dir / WEIGHTS_FILE).stat().st_size,
+        },
+    )
+    info.write(out)
+    if rejected:
+        raise ExportError(rejected)
+    return ExportResult(out, info, notes)
+
+
+def split_images(run_dir: Path, classes: list[str], extra: dict, notes: list[str]):
+    """(path, class index) of the run's validation and training images, read from ``split.csv``.
+
+    Paths there are absolute when the run was trained on an absolute folder; relative ones are
+    tried against the training data folder and the current directory.
+    """
+    split_file = run_dir / "split.csv"
+    if not split_file.is_file():
+        raise ExportError(f"{run_dir}: no split.csv, so no validation images to verify the export with")
+    root = Path(extra.get("training", {}).get("data", {}).get("root", "."))
+    out: dict[str, list] = {"valid": [], "train": []}
+    missing = 0
+    with split_file.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("split") not in out or row.get("label") not in classes:
+                continue
+            p = Path(row["path"])
+            found = next((c for c in ([p] if p.is_absolute() else [root / p, p]) if c.is_file()), None)
+            if found is None:
+                missing += 1
+                continue
+            out[row["split"]].append((found, classes.index(row["label"])))
+    if missing:
+        notes.append(f"{missing} image(s) listed in {split_file} no longer exist and were left out")
+    return out["valid"], out["train"]
+
+
+def decode(items: list[tuple[Path, int]], prep: Preprocessing, ui: Reporter, stage: str, notes: list[str]):
+    """Model pixels the way every predictor makes them (``load_rgb`` -> ``to_model_pixels``)."""
+    def one(item):
+        try:
+            return to_model_pixels(load_rgb(item[0], min_side=prep.size), prep)
+        except ImageError as exc:
+            notes.append(f"left out {exc}")
+            return None
+
+    pixels, labels = [], []
+    with ui.stage(stage, len(items)) as advance, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        for (_, label), px in zip(items, pool.map(one, items)):
+            advance(1)
+            if px is not None:
+                pixels.append(px)
+                labels.append(label)
+    if not pixels:
+        return np.zeros((0, prep.size, prep.size, 3), np.uint8), np.zeros(0, int)
+    return np.stack(pixels), np.array(labels)
+
+
+@torch.inference_mode()
+def _torch_logits(model, pixels: np.ndarray, prep: Preprocessing, batch: int = 32) -> np.ndarray:
+    return np.concatenate([model(normalize(pixels[i : i + batch], prep)).float().numpy()
+                           for i in range(0, len(pixels), batch)])
+
+
+def ort_logits(path: Path, pixels: np.ndarray, prep: Preprocessing, batch: int = 32) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = os.cpu_count() or 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run(["logits"], {"pixels": normalize_array(pixels[i : i + batch], prep)})[0]
+                           for i in range(0, len(pixels), batch)])
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(1) == labels).mean()) if len(labels) else 0.0
+
+
+def _entry(path: Path, logits: np.ndarray, torch_logits: np.ndarray, labels: np.ndarray, diff: float) -> dict:
+    return {
+        "file": path.name,
+        "bytes": path.stat().st_size,
+        "valid_accuracy": _accuracy(logits, labels),
+        "top1_agreement_with_pytorch": float((logits.argmax(1) == torch_logits.argmax(1)).mean()),
+        "max_abs_logit_diff": diff,
+    }
+
+
+def _save_head(model, path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    save_file({"weight": model.head.weight.detach().float().numpy().copy(),
+               "bias": model.head.bias.detach().float().numpy().copy()}, str(path), metadata={"format": "vistrain-head"})
+
+
+def _calibration_pixels(train, x_valid, cfg: ExportConfig, prep, ui, notes) -> np.ndarray:
+    if not train:
+        notes.append("no training images found: int8 calibrated on the validation images")
+        return x_valid
+    rng = np.random.default_rng(cfg.seed)
+    pick = [train[i] for i in sorted(rng.permutation(len(train))[: cfg.calibration_images])]
+    x_cal, _ = decode(pick, prep, ui, "calibration", notes)
+    return x_cal if len(x_cal) else x_valid
+
+
+def _best_int8(out: Path, cfg: ExportConfig, x_cal, x_valid, y_valid, torch_logits, prep, ui) -> tuple[dict, list[str]]:
+    """Quantize with each method asked for, measure accuracy and latency, keep the better as INT8_FILE.
+
+    Better: higher validation accuracy; on a tie, lower single-image latency.
+    """
+    methods = METHODS if cfg.int8_method == "auto" else (cfg.int8_method,)
+    prepared = prepare(out / FP32_FILE, out / ".prepared.onnx")
+    candidates = []
+    try:
+        with ui.stage("int8", len(methods), unit="model") as advance:
+            for method in methods:
+                path = quantize(prepared, out / f".{method}.int8.onnx", method, x_cal, prep)
+                logits = ort_logits(path, x_valid, prep)
+                entry = _entry(path, logits, torch_logits, y_valid, float(np.abs(logits - torch_logits).max()))
+                entry.update(method=method, latency_ms_1_thread=round(single_image_latency_ms(path, prep.size), 2),
+                             calibration_images=len(x_cal) if method == "static" else 0)
+                candidates.append((path, entry))
+                advance(1)
+        best_path, best = max(candidates, key=lambda c: (c[1]["valid_accuracy"], -c[1]["latency_ms_1_thread"]))
+        os.replace(best_path, out / INT8_FILE)
+        best["file"] = INT8_FILE
+    finally:
+        for p in [prepared, *(c[0] for c in candidates)]:
+            p.unlink(missing_ok=True)
+    notes = [f"int8 {e['method']}: validation accuracy {e['valid_accuracy']:.1%}, "
+             f"{e['latency_ms_1_thread']:.1f} ms per image on 1 thread, {e['bytes'] / 1e6:.1f} MB"
+             for _, e in candidates]
+    if len(candidates) > 1:
+        notes.append(f"kept int8 {best['method']}")
+    return best, notes
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def describe(result: ExportResult) -> list[str]:
+    """A short human summary: files, sizes, accuracies against PyTorch's."""
+    info = result.info
+    v = info.extra["validation"]
+    lines = [f"Exported to {result.folder} ({len(info.classes)} classes, input {info.preprocessing.size} px)",
+             f"PyTorch: {v['pytorch_accuracy']:.1%} on {v['images']} validation images, "
+             f"{info.extra['safetensors_bytes'] / 1e6:.1f} MB safetensors"]
+    for name, m in info.models.items():
+        lines.append(f"ONNX {name}{' (' + m['method'] + ')' if 'method' in m else ''}: {m['file']}, "
+                     f"{m['bytes'] / 1e6:.1f} MB, validation accuracy {m['valid_accuracy']:.1%}, "
+                     f"top-1 agreement with PyTorch {m['top1_agreement_with_pytorch']:.1%}, "
+                     f"max |logit diff| {m['max_abs_logit_diff']:.2e}")
+    if "int8" in info.models:
+        m = info.models["int8"]
+        lines.append(f"int8 is {info.models['fp32']['bytes'] / m['bytes']:.1f}x smaller; accuracy change "
+                     f"{(m['valid_accuracy'] - v['pytorch_accuracy']) * 100:+.1f} points; served by default")
+    return lines

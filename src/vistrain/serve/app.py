@@ -1,0 +1,172 @@
+"""The prediction server: FastAPI, the model loaded once at start-up, requests micro-batched.
+
+    POST /predict  multipart field ``file`` (repeatable) -> top classes, unsure flag, heat map
+    GET  /health, GET /model, GET / (a web page), GET /docs (OpenAPI)
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import asynccontextmanager
+
+import numpy as np
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel
+
+from vistrain import __version__
+from vistrain.runtime import OnnxPredictor
+from vistrain.serve.batcher import MicroBatcher
+from vistrain.serve.core import (
+    ServeConfig,
+    UploadError,
+    answers,
+    check_content_type,
+    decode_upload,
+    model_description,
+)
+from vistrain.serve.page import PAGE
+
+
+class ClassProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class ImagePrediction(BaseModel):
+    filename: str
+    label: str
+    probability: float
+    unsure: bool
+    top: list[ClassProbability]
+    heatmap: str | None = None  # PNG data URL: the image as the model saw it, with the class activation map
+
+
+class PredictResponse(BaseModel):
+    variant: str
+    predictions: list[ImagePrediction]
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+class BodyLimit:
+    """Pure ASGI guard for POST /predict: refuses non-multipart bodies (415) and bodies over the
+    limit (413), counting bytes as they arrive so an oversized upload is never read in full."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/predict":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        ctype = headers.get("content-type", "")
+        if not ctype.lower().startswith("multipart/form-data"):
+            return await _refuse(send, 415, f"send images as multipart/form-data in the field 'file' "
+                                            f"(got content type {ctype or 'none'!r})")
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await _refuse(send, 413, f"request of {int(length):,} bytes exceeds the limit of {self.max_bytes:,}")
+        seen = 0
+        started = refused = False
+
+        async def counted_receive():
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes and not started:
+                    # Answer now and tell the app the client left: the rest is never read.
+                    refused = True
+                    await _refuse(send, 413, f"request body exceeds the limit of {self.max_bytes:,} bytes")
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message):
+            nonlocal started
+            if refused:
+                return  # already answered 413
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise  # the app's own failure; after a 413 the app only saw the disconnect we sent
+
+
+async def _refuse(send, status: int, message: str) -> None:
+    body = json.dumps({"detail": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(cfg: ServeConfig) -> FastAPI:
+    """The app; the model is loaded by the lifespan (once, when the server starts), not here."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        predictor = OnnxPredictor.from_folder(cfg.model, cfg.variant, cfg.threads)
+        batcher = MicroBatcher(predictor.outputs_from_pixels, cfg.max_batch, cfg.max_wait_ms)
+        await batcher.start()
+        app.state.predictor, app.state.batcher = predictor, batcher
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = FastAPI(title="vistrain image classifier", version=__version__, lifespan=lifespan,
+                  description="Classify photos with a model exported by `vistrain export`.")
+    refusals = {400: {"model": ErrorResponse, "description": "not a usable image (the message says why)"},
+                413: {"model": ErrorResponse, "description": "upload or image too large"},
+                415: {"model": ErrorResponse, "description": "not multipart/form-data, or a part that is not an image"}}
+
+    @app.exception_handler(UploadError)
+    async def _upload_error(request: Request, exc: UploadError):
+        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> str:
+        return PAGE
+
+    @app.get("/health")
+    async def health(request: Request) -> dict:
+        stats = request.app.state.batcher.stats
+        return {"status": "ok", "variant": request.app.state.predictor.variant,
+                "batches": stats.batches, "images": stats.images, "largest_batch": stats.largest}
+
+    @app.get("/model")
+    async def model(request: Request) -> dict:
+        return model_description(request.app.state.predictor)
+
+    @app.post("/predict", response_model=PredictResponse, responses=refusals)
+    async def predict(request: Request,
+                      file: list[UploadFile] = File(..., description="one or more images (repeat the field)"),
+                      top_k: int = Query(3, ge=1, le=100, description="how many classes to list per image"),
+                      heatmap: bool = Query(False, description="add a class activation heat map (PNG data URL)")):
+        predictor: OnnxPredictor = request.app.state.predictor
+        if len(file) > cfg.max_files:
+            raise UploadError(413, f"{len(file)} files in one request; the limit is {cfg.max_files}")
+        names, pixels = [], []
+        for i, upload in enumerate(file):
+            name = upload.filename or f"file {i + 1}"
+            check_content_type(name, upload.content_type)
+            data = await upload.read()
+            pixels.append(await run_in_threadpool(decode_upload, predictor, data, name, cfg.max_pixels))
+            names.append(name)
+        batch = np.stack(pixels)
+        logits, feats = await request.app.state.batcher.submit(batch)
+        rows = await run_in_threadpool(answers, predictor, names, batch, logits, feats, top_k, heatmap)
+        return {"variant": predictor.variant, "predictions": rows}
+
+    app.add_middleware(BodyLimit, max_bytes=cfg.max_request_bytes)
+    return app

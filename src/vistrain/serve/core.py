@@ -1,0 +1,101 @@
+"""What the server and the Lambda handler share: checking an upload, decoding it as training did,
+and turning the model's outputs into an answer (top classes, unsure flag, heat map)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vistrain.data.images import ImageError
+from vistrain.heatmap import overlay
+from vistrain.runtime import OnnxPredictor, softmax
+
+# Declared types we accept for an image part; anything else is refused before decoding.
+ACCEPTED_TYPES = ("image/", "application/octet-stream")
+
+
+@dataclass
+class ServeConfig:
+    model: Path  # an export folder, or a run folder holding export/
+    variant: str = "auto"  # auto (the export's default), fp32, int8
+    threads: int | None = None  # ONNX Runtime threads (default: all cores)
+    max_request_bytes: int = 20 * 2**20  # whole request body, counted while it arrives
+    max_files: int = 16  # images in one request
+    max_pixels: int = 40_000_000  # per image, from its header, before decoding (decompression bombs)
+    max_batch: int = 16  # images in one model call, across concurrent requests
+    max_wait_ms: float = 0.0  # extra wait for a batch to fill (0: batches form under load only)
+
+    def __post_init__(self) -> None:
+        for name in ("max_request_bytes", "max_files", "max_pixels", "max_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
+
+
+class UploadError(Exception):
+    """A request the server refuses; ``status`` is the HTTP status, the message says why."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def check_content_type(name: str, content_type: str | None) -> None:
+    if content_type and not content_type.lower().startswith(ACCEPTED_TYPES):
+        raise UploadError(415, f"{name}: content type {content_type!r} is not an image "
+                               "(send image/jpeg, image/png, image/webp, ...)")
+
+
+def decode_upload(predictor: OnnxPredictor, data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    """Bytes -> model pixels, as training decodes a file; refusals say what is wrong with the file."""
+    try:
+        return predictor.pixels_from_bytes(data, name, max_pixels=max_pixels)
+    except ImageError as exc:
+        raise UploadError(413 if exc.reason.startswith("decompression bomb") else 400, f"{name}: {exc.reason}") from exc
+    except (MemoryError, Image.DecompressionBombError) as exc:
+        raise UploadError(413, f"{name}: image too large to decode") from exc
+
+
+def answers(predictor: OnnxPredictor, names: list[str], pixels: np.ndarray, logits: np.ndarray, feats: np.ndarray,
+            top_k: int = 3, heatmap: bool = False) -> list[dict]:
+    probs = softmax(logits, predictor.temperature)
+    threshold = predictor.unsure_threshold
+    out = []
+    for i, name in enumerate(names):
+        order = np.argsort(-probs[i])[: max(1, top_k)]
+        best = int(order[0])
+        cam = predictor.heatmap(feats[i], best) if heatmap else None
+        out.append({
+            "filename": name,
+            "label": predictor.classes[best],
+            "probability": float(probs[i, best]),
+            "unsure": bool(threshold is not None and probs[i, best] < threshold),
+            "top": [{"label": predictor.classes[j], "probability": float(probs[i, j])} for j in order],
+            "heatmap": None if cam is None else png_data_url(overlay(pixels[i], cam)),
+        })
+    return out
+
+
+def png_data_url(rgb: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def model_description(predictor: OnnxPredictor) -> dict:
+    info = predictor.info
+    return {
+        "classes": predictor.classes,
+        "version": f"vistrain {info.extra.get('vistrain_version', '?')}, exported {info.extra.get('created', '?')}",
+        "backbone": info.backbone,
+        "variant": predictor.variant,
+        "preprocessing": info.preprocessing.to_dict(),
+        "temperature": predictor.temperature,
+        "unsure_threshold": predictor.unsure_threshold,
+        "metrics": {"models": info.models, "validation": info.extra.get("validation", {})},
+    }

@@ -1,0 +1,162 @@
+"""ONNX export: a checked graph with a dynamic batch axis, verified against PyTorch; int8 with an
+accuracy gate; a self-describing folder; the torch-free predictor matching the PyTorch one."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import make_image
+from PIL import Image
+
+from vistrain.cli import main
+from vistrain.runtime import OnnxPredictor
+
+
+def test_export_folder_describes_itself(exported_run, trained_run):
+    run, _ = trained_run
+    info = json.loads((exported_run / "export.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    assert info["format"] == "vistrain-export"
+    assert info["classes"] == config["classes"]
+    assert info["preprocessing"] == config["preprocessing"]
+    assert info["temperature"] == config.get("temperature", 1.0)
+    assert info["unsure_threshold"] == config.get("unsure_threshold")
+    assert set(info["models"]) == {"fp32", "int8"} and info["default"] == "int8"
+    fp32 = info["models"]["fp32"]
+    assert fp32["max_abs_logit_diff"] < 1e-3 and fp32["top1_agreement_with_pytorch"] == 1.0
+    assert fp32["valid_accuracy"] == info["validation"]["pytorch_accuracy"]
+    assert info["validation"]["images"] == sum(1 for r in csv.DictReader((run / "split.csv").open())
+                                               if r["split"] == "valid")
+    assert (exported_run / "head.safetensors").is_file()
+
+
+def test_onnx_graph_is_checked_with_dynamic_batch_and_two_outputs(exported_run):
+    model = onnx.load(str(exported_run / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    (inp,) = model.graph.input
+    assert inp.name == "pixels" and inp.type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert [o.name for o in model.graph.output] == ["logits", "features"]
+
+
+def test_int8_is_quantized_smaller_and_close_to_fp32(exported_run, trained_run):
+    info = json.loads((exported_run / "export.json").read_text())
+    int8 = info["models"]["int8"]
+    assert int8["method"] == "static" and int8["calibration_images"] > 0
+    assert info["models"]["fp32"]["bytes"] / int8["bytes"] > 2.5
+    ops = {n.op_type for n in onnx.load(str(exported_run / int8["file"])).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    _, data = trained_run
+    paths = sorted(data.rglob("*.png"))
+    p32 = np.stack([p.probabilities for p in OnnxPredictor.from_folder(exported_run, "fp32").predict_paths(paths)])
+    p8 = np.stack([p.probabilities for p in OnnxPredictor.from_folder(exported_run, "int8").predict_paths(paths)])
+    assert (p32.argmax(1) == p8.argmax(1)).mean() >= 0.9
+
+
+def test_onnx_predictor_matches_pytorch_on_sample_images(exported_run, trained_run, tmp_path):
+    from vistrain.evaluation.predictor import Predictor
+
+    run, _ = trained_run
+    files = []
+    for i, kind in enumerate(["circles", "squares", "stripes"]):
+        # JPEG exercises draft-mode decoding; odd sizes exercise the crop arithmetic.
+        make_image(kind, seed=500 + i, size=(97 + 13 * i, 71)).save(tmp_path / f"{kind}.jpg", quality=88)
+        files.append(tmp_path / f"{kind}.jpg")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    files.append(tmp_path / "broken.png")
+    torch_preds = Predictor.from_folder(run).predict_paths(files)
+    onnx_pred = OnnxPredictor.from_folder(exported_run, "fp32")
+    onnx_preds = onnx_pred.predict_paths(files)
+    for t, o in zip(torch_preds, onnx_preds):
+        assert (t.error, o.error) == (None, None) or (t.error == o.error and t.error)
+        if t.probabilities is not None:
+            np.testing.assert_allclose(o.probabilities, t.probabilities, atol=1e-5)
+    # An upload is decoded exactly like the file on disk: same pixels, bit for bit.
+    data = files[0].read_bytes()
+    assert np.array_equal(onnx_pred.pixels_from_bytes(data, "x.jpg"), onnx_pred.pixels_from_file(files[0]))
+
+
+def test_heatmap_from_onnx_features_matches_head_weights(exported_run, trained_run):
+    pred = OnnxPredictor.from_folder(exported_run, "fp32")
+    _, data = trained_run
+    px = pred.pixels_from_file(sorted((data / "circles").iterdir())[0])[None]
+    logits, feats = pred.outputs_from_pixels(px)
+    cls = int(logits[0].argmax())
+    cam = pred.heatmap(feats[0], cls)
+    assert cam.shape == feats.shape[2:] and cam.max() == pytest.approx(1.0) and cam.min() >= 0
+    # The head applied to the pooled feature map gives the logits: the stored weights are the model's.
+    from safetensors.numpy import load_file
+
+    head = load_file(str(exported_run / "head.safetensors"))
+    np.testing.assert_allclose(feats[0].mean(axis=(1, 2)) @ head["weight"].T + head["bias"], logits[0], atol=1e-3)
+
+
+def _copy_run(run: Path, dest: Path, **config) -> Path:
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("export"))
+    cfg = json.loads((dest / "config.json").read_text())
+    cfg.update(config)
+    (dest / "config.json").write_text(json.dumps(cfg))
+    return dest
+
+
+def test_cli_export_carries_temperature_and_threshold(trained_run, tmp_path, capsys):
+    run = _copy_run(trained_run[0], tmp_path / "run", temperature=1.7, unsure_threshold=0.6)
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    info = json.loads((run / "export" / "export.json").read_text())
+    assert (info["temperature"], info["unsure_threshold"]) == (1.7, 0.6)
+    assert set(info["models"]) == {"fp32"} and info["default"] == "fp32"
+    assert "validation accuracy" in capsys.readouterr().out
+    pred = OnnxPredictor.from_folder(run)  # a run folder finds its export/
+    assert pred.temperature == 1.7 and pred.unsure_threshold == 0.6
+
+
+def test_int8_accuracy_gate_fails_loudly(trained_run, tmp_path, capsys):
+    """Calibrating on flat grey pictures gives activation ranges that clip real photos: the int8 model
+    loses accuracy, and the export must refuse it with a clear message and a non-zero exit."""
+    run = _copy_run(trained_run[0], tmp_path / "run")
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    rows = [r for r in csv.DictReader((run / "split.csv").open()) if r["split"] == "valid"]
+    for i, label in enumerate(sorted({r["label"] for r in rows})):
+        Image.new("RGB", (64, 64), (128, 128, 128)).save(grey / f"{i}.png")
+        rows.append({"path": str(grey / f"{i}.png"), "label": label, "split": "train"})
+    with (run / "split.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, ["path", "label", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    code = main(["export", str(run), "--int8", "--int8-method", "static", "--max-accuracy-drop", "1"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "export failed" in out and "points below" in out
+    assert not (run / "export" / "model.int8.onnx").exists()
+    info = json.loads((run / "export" / "export.json").read_text())
+    assert set(info["models"]) == {"fp32"} and info["default"] == "fp32"
+
+
+def test_export_errors_name_the_problem(trained_run, tmp_path, capsys):
+    run = _copy_run(trained_run[0], tmp_path / "run")
+    (run / "split.csv").unlink()
+    assert main(["export", str(run)]) == 1
+    assert "no split.csv" in capsys.readouterr().out
+    assert main(["export", str(tmp_path / "nothing")]) == 2
+    assert "not a vistrain model folder" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["export", str(run), "--format", "tflite"])
+
+
+def test_bytes_path_refuses_what_the_file_path_refuses(exported_run):
+    pred = OnnxPredictor.from_folder(exported_run)
+    buf = io.BytesIO()
+    make_image("circles", 1).save(buf, format="PNG")
+    from vistrain.data.images import ImageError
+
+    with pytest.raises(ImageError, match="truncated|corrupt"):
+        pred.pixels_from_bytes(buf.getvalue()[: len(buf.getvalue()) // 2], "half.png")
+    with pytest.raises(ImageError, match="empty"):
+        pred.pixels_from_bytes(b"", "empty.png")

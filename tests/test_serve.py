@@ -1,0 +1,175 @@
+"""The prediction server: answers, hostile uploads (4xx, and it keeps serving), micro-batching,
+OpenAPI fuzzing, the Lambda handler, and the torch-free import path."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+from conftest import make_image
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from vistrain.serve import ServeConfig, create_app
+from vistrain.serve.batcher import MicroBatcher
+from vistrain.serve.lambda_handler import make_handler
+
+
+def png_bytes(kind: str = "circles", seed: int = 7, size=(80, 60)) -> bytes:
+    buf = io.BytesIO()
+    make_image(kind, seed, size).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
+    """A tiny PNG whose header claims a huge picture: rejected before any pixel is decoded."""
+    data = png_bytes()
+    ihdr = data.index(b"IHDR")
+    body = struct.pack(">II", width, height) + data[ihdr + 12 : ihdr + 17]
+    chunk = b"IHDR" + body
+    return data[: ihdr] + chunk + struct.pack(">I", zlib.crc32(chunk)) + data[ihdr + 21 :]
+
+
+@pytest.fixture(scope="module")
+def client(exported_run):
+    with TestClient(create_app(ServeConfig(exported_run, max_request_bytes=200_000, max_files=4))) as c:
+        yield c
+
+
+def test_predict_one_and_several_images(client):
+    files = [("file", (f"{k}.png", png_bytes(k, 40 + i), "image/png")) for i, k in enumerate(["circles", "stripes"])]
+    r = client.post("/predict", files=files, params={"top_k": 2})
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    threshold = client.get("/model").json()["unsure_threshold"]
+    assert [p["filename"] for p in preds] == ["circles.png", "stripes.png"]
+    assert [p["label"] for p in preds] == ["circles", "stripes"]
+    for p in preds:
+        assert len(p["top"]) == 2 and p["top"][0]["label"] == p["label"]
+        assert p["top"][0]["probability"] >= p["top"][1]["probability"] and p["heatmap"] is None
+        assert p["unsure"] is (threshold is not None and p["probability"] < threshold)
+
+
+def test_heatmap_is_a_png_of_the_model_input(client):
+    r = client.post("/predict", files={"file": ("s.png", png_bytes("squares"), "image/png")}, params={"heatmap": True})
+    url = r.json()["predictions"][0]["heatmap"]
+    assert url.startswith("data:image/png;base64,")
+    img = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    size = client.get("/model").json()["preprocessing"]["size"]
+    assert img.size == (size, size)
+
+
+def test_health_and_model(client, exported_run):
+    h = client.get("/health").json()
+    assert h["status"] == "ok" and h["variant"] == "int8"
+    m = client.get("/model").json()
+    info = json.loads((exported_run / "export.json").read_text())
+    assert m["classes"] == info["classes"] and "vistrain" in m["version"]
+    assert m["metrics"]["models"]["int8"]["valid_accuracy"] == info["models"]["int8"]["valid_accuracy"]
+    assert client.get("/openapi.json").json()["paths"]["/predict"]["post"]
+    assert "<input id=\"file\"" in client.get("/").text
+
+
+HOSTILE = [
+    ("not-an-image", lambda: ("notes.png", b"hello, I am text" * 10, "image/png"), 400, "not an image"),
+    ("truncated", lambda: ("half.png", png_bytes()[:300], "image/png"), 400, "truncated"),
+    ("zero-bytes", lambda: ("empty.jpg", b"", "image/jpeg"), 400, "empty file"),
+    ("bomb", lambda: ("bomb.png", bomb_png(), "image/png"), 413, "decompression bomb"),
+    ("wrong-part-type", lambda: ("a.png", png_bytes(), "text/plain"), 415, "not an image"),
+    ("oversized", lambda: ("big.bmp", b"BM" + bytes(300_000), "image/bmp"), 413, "exceeds the limit"),
+]
+
+
+@pytest.mark.parametrize("name,make,status,message", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_uploads_get_a_clear_4xx_and_the_server_keeps_serving(client, name, make, status, message):
+    r = client.post("/predict", files={"file": make()})
+    assert r.status_code == status, r.text
+    assert message in r.json()["detail"]
+    ok = client.post("/predict", files={"file": ("c.png", png_bytes(), "image/png")})
+    assert ok.status_code == 200 and ok.json()["predictions"][0]["label"] == "circles"
+
+
+def test_wrong_request_types_and_counts(client):
+    r = client.post("/predict", json={"file": "x"})
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
+    assert client.post("/predict", data={"other": "1"}, files={"x": ("a.png", png_bytes(), "image/png")}).status_code == 422
+    many = [("file", (f"{i}.png", png_bytes(seed=i, size=(40, 40)), "image/png")) for i in range(5)]
+    r = client.post("/predict", files=many)
+    assert r.status_code == 413 and "limit is 4" in r.json()["detail"]
+
+
+def test_micro_batcher_serves_concurrent_requests_in_one_call():
+    calls = []
+
+    def run_batch(pixels):
+        calls.append(len(pixels))
+        flat = pixels.reshape(len(pixels), -1).astype(np.float32)
+        return flat[:, :1], flat[:, :2]
+
+    async def scenario():
+        b = MicroBatcher(run_batch, max_batch=8)
+        await b.start()
+        try:
+            reqs = [np.full((1 + i % 2, 2, 2, 3), i, np.uint8) for i in range(5)]
+            outs = await asyncio.gather(*(b.submit(r) for r in reqs))
+        finally:
+            await b.stop()
+        return reqs, outs, b.stats
+
+    reqs, outs, stats = asyncio.run(scenario())
+    assert calls == [7] and stats.batches == 1 and stats.largest == 7
+    for r, (logits, feats) in zip(reqs, outs):  # each request gets back its own rows
+        assert len(logits) == len(r) and np.all(logits == r[0, 0, 0, 0]) and feats.shape == (len(r), 2)
+
+
+def test_lambda_handler(exported_run):
+    handler = make_handler(ServeConfig(exported_run, max_request_bytes=200_000))
+    event = {"body": base64.b64encode(png_bytes("stripes")).decode(), "isBase64Encoded": True,
+             "headers": {"Content-Type": "image/png"}, "queryStringParameters": {"heatmap": "true"}}
+    r = handler(event, None)
+    assert r["statusCode"] == 200
+    body = json.loads(r["body"])
+    assert body["predictions"][0]["label"] == "stripes" and body["predictions"][0]["heatmap"].startswith("data:image/png")
+    bad = handler({**event, "body": base64.b64encode(b"nope").decode()}, None)
+    assert bad["statusCode"] == 400 and "not an image" in json.loads(bad["body"])["detail"]
+    assert handler({**event, "body": "***"}, None)["statusCode"] == 400
+    assert handler({**event, "headers": {"content-type": "text/html"}}, None)["statusCode"] == 415
+
+
+def test_serving_path_never_imports_torch(exported_run, tmp_path):
+    img = tmp_path / "c.png"
+    img.write_bytes(png_bytes())
+    code = f"""
+import sys
+from pathlib import Path
+import vistrain.runtime, vistrain.serve, vistrain.cli
+from vistrain.runtime import OnnxPredictor
+from vistrain.serve import ServeConfig, create_app
+from vistrain.serve.lambda_handler import handler
+from fastapi.testclient import TestClient
+vistrain.cli.build_parser()
+pred = OnnxPredictor.from_folder({str(exported_run)!r})
+assert pred.predict_paths([{str(img)!r}])[0].probabilities is not None
+with TestClient(create_app(ServeConfig(Path({str(exported_run)!r})))) as c:
+    r = c.post("/predict", files={{"file": ("c.png", open({str(img)!r}, "rb"), "image/png")}})
+    assert r.status_code == 200, r.text
+print("torch" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_serve_command_refuses_a_run_without_export(trained_run, capsys):
+    from vistrain.cli import main
+
+    assert main(["serve", str(trained_run[0])]) == 2
+    assert "vistrain export" in capsys.readouterr().out
