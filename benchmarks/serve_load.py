@@ -1,7 +1,7 @@
 """A bounded load test of `vistrain serve` on loopback: requests/s, latency p50/p99, errors, and the
 server's resident memory before and after.
 
-    python benchmarks/serve_load.py RUN_OR_EXPORT IMAGE [--seconds 20] [--clients 8] [--variant auto]
+    python benchmarks/serve_load.py RUN_OR_EXPORT IMAGE [--seconds 20] [--clients 8] [--variant auto] [--max-batch 16]
 
 Starts the server as a subprocess on 127.0.0.1 (a free port), waits for /health, then keeps
 ``--clients`` concurrent clients posting IMAGE for ``--seconds`` seconds.
@@ -63,12 +63,14 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--variant", default="auto")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-batch", type=int, default=16, help="1 turns micro-batching off, for comparison")
     args = ap.parse_args()
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "vistrain", "serve", str(args.model), "--port", str(port),
-                               "--variant", args.variant, "--threads", str(args.threads)])
+                               "--variant", args.variant, "--threads", str(args.threads),
+                               "--max-batch", str(args.max_batch)])
     try:
         deadline = time.monotonic() + 120
         while True:
