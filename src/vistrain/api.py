@@ -161,10 +161,11 @@ def _write_run(out: Path, index: DatasetIndex, cfg: TrainConfig, result: TrainRe
     }, indent=2) + "\n")
     with (out / "history.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "seconds", "lr"])
+        w.writerow(["epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "seconds", "lr",
+                    "data_wait"])
         for h in result.finetune.history if result.finetune else []:
             w.writerow([h.epoch, f"{h.train_loss:.5f}", f"{h.train_accuracy:.5f}", f"{h.valid_loss:.5f}",
-                        f"{h.valid_accuracy:.5f}", f"{h.seconds:.1f}", f"{h.lr:.3g}"])
+                        f"{h.valid_accuracy:.5f}", f"{h.seconds:.1f}", f"{h.lr:.3g}", f"{h.data_wait:.2f}"])
     write_split(index.records, out / "split.csv")
     save_config(cfg, out / CONFIG_NAME)
     (out / "data_report.json").write_text(json.dumps(index.report(), indent=2) + "\n")

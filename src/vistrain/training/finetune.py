@@ -20,7 +20,13 @@ from torch import nn
 from vistrain.data.augment import AugmentConfig, augment_batch
 from vistrain.data.transforms import Preprocessing, normalize
 from vistrain.models.classifier import ImageClassifier
-from vistrain.training.balance import class_weights, collapsed_class, macro_f1, sample_probabilities
+from vistrain.training.balance import (
+    class_weights,
+    collapsed_class,
+    macro_f1,
+    sample_probabilities,
+)
+from vistrain.training.loader import Prefetcher
 from vistrain.training.distributed import any_rank, shard, shard_length, wrap
 from vistrain.training.schedules import build_scheduler
 
@@ -52,6 +58,7 @@ class EpochResult:
     valid_accuracy: float
     seconds: float
     lr: float
+    data_wait: float = 0.0  # seconds the training step waited for its batch
 
 
 @dataclass
@@ -200,9 +207,13 @@ def finetune(
                      else rng.permutation(len(canvases)))
             order = shard(order)  # this process's share (all of it when training alone)
             total_loss, correct = 0.0, 0
-            for s in range(steps_per_epoch):
+
+            def make_batch(s: int, order=order, rng=rng):
                 idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-                x = augment_batch([canvases[i] for i in idx], train_prep, cfg.augment, rng)
+                return idx, augment_batch([canvases[i] for i in idx], train_prep, cfg.augment, rng)
+
+            batches = Prefetcher(make_batch, steps_per_epoch)
+            for s, (idx, x) in enumerate(batches):
                 y = labels_t[idx]
                 logits = net(x)
                 loss = loss_fn(logits, y)
@@ -224,7 +235,7 @@ def finetune(
             score = macro_f1(valid_labels, vlog.argmax(1), k) if cfg.select_by == "macro_f1" else vacc
             state.history.append(EpochResult(
                 epoch, total_loss / len(order), correct / len(order), vloss, vacc,
-                time.perf_counter() - t0, float(opt.param_groups[-1]["lr"]),
+                time.perf_counter() - t0, float(opt.param_groups[-1]["lr"]), batches.wait_seconds,
             ))
             # Ties on accuracy (common on small validation sets) go to the lower loss.
             if score > state.best_score or (score == state.best_score and vloss < state.best_loss):

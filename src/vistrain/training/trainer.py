@@ -12,6 +12,7 @@ import torch
 
 from vistrain.data.augment import AugmentConfig
 from vistrain.data.dataset import DataConfig, DatasetIndex
+from vistrain.data.pixel_cache import PixelCache
 from vistrain.data.split import read_split
 from vistrain.data.transforms import RESIZE_METHODS, Preprocessing
 from vistrain.models.classifier import ImageClassifier, ModelConfig, build_classifier
@@ -156,17 +157,25 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     ui.log(f"Backbone {cfg.backbone}, input {size} px ({cfg.resize}), {len(train)} train / {len(valid)} valid images")
 
     train_pixels = canvases = valid_pixels = None
+    pixel_cache = PixelCache(cfg.data.cache_dir, prep) if cfg.data.cache_dir else None
     if want_finetune:  # fine-tuning reads every image; the probe alone may need none (cached features)
         with ui.stage("decode", len(train) + len(valid)) as advance:
-            train_pixels, canvases = decode_all([r.path for r in train], prep, canvases=True, progress=advance)
-            valid_pixels, _ = decode_all([r.path for r in valid], prep, progress=advance)
+            # With the disk cache, canvases stay on disk and the training set's eval views are
+            # read back only if features must be computed; without it, one pass makes both.
+            train_pixels, canvases = decode_all([r.path for r in train], prep, canvases=True, progress=advance,
+                                                cache=pixel_cache, keys=[r.sha1 for r in train],
+                                                pixels=pixel_cache is None)
+            valid_pixels, _ = decode_all([r.path for r in valid], prep, progress=advance,
+                                         cache=pixel_cache, keys=[r.sha1 for r in valid])
+        if pixel_cache is not None:
+            ui.log(f"  pixel cache: {pixel_cache.disk_bytes() / 1e6:.0f} MB in {pixel_cache.folder}")
 
     model_cfg = ModelConfig(cfg.backbone, classes, prep, dropout=cfg.dropout)
     model = build_classifier(model_cfg).to(memory_format=torch.channels_last)
     if resumed is None:
         cache = FeatureCache(cfg.data.cache_dir, cfg.backbone, prep)
-        f_train = cached_features(ui, model.backbone, train, prep, cache, train_pixels)
-        f_valid = cached_features(ui, model.backbone, valid, prep, cache, valid_pixels)
+        f_train = cached_features(ui, model.backbone, train, prep, cache, train_pixels, pixel_cache)
+        f_valid = cached_features(ui, model.backbone, valid, prep, cache, valid_pixels, pixel_cache)
         train_pixels = None  # fine-tuning reads the canvases; free the eval views of the training set
         w, b = fit_probe(f_train, y_train, len(classes), C=cfg.probe_c, seed=cfg.seed,
                          class_weight="balanced" if balance != "none" else None)
@@ -234,8 +243,11 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
 
 
 def cached_features(ui: Reporter, backbone, records, prep: Preprocessing, cache: FeatureCache,
-                    pixels: np.ndarray | None = None) -> np.ndarray:
-    """Features of ``records``: from the cache where known, else decoded (unless given) and computed."""
+                    pixels: np.ndarray | None = None, pixel_cache: PixelCache | None = None) -> np.ndarray:
+    """Features of ``records``: from the cache where known, else decoded (unless given) and computed.
+
+    Decoding goes through ``pixel_cache`` when given, so the images decoded here are not decoded again.
+    """
     keys = [r.sha1 for r in records]
     features, missing = cache.get(keys)
     if not missing:
@@ -243,7 +255,8 @@ def cached_features(ui: Reporter, backbone, records, prep: Preprocessing, cache:
     session = onnx_session(backbone, cache.backbone, prep, cache.root)
     with ui.stage("features", len(missing)) as advance:
         if pixels is None:
-            pixels, _ = decode_all([records[i].path for i in missing], prep)
+            pixels, _ = decode_all([records[i].path for i in missing], prep, cache=pixel_cache,
+                                   keys=[keys[i] for i in missing] if pixel_cache is not None else None)
         else:
             pixels = pixels[missing]
         new = extract_features(backbone, pixels, prep, progress=advance, session=session)
@@ -283,7 +296,8 @@ def _epoch_logger(ui: Reporter, model, out: Path, extra: dict, then: Callable[[i
             save_checkpoint(out, model, opt, st, extra)
         h = st.history[-1]
         ui.log(f"  epoch {h.epoch}/{st.planned_epochs}: train loss {h.train_loss:.3f}, "
-               f"valid loss {h.valid_loss:.3f}, valid accuracy {h.valid_accuracy:.1%} ({h.seconds:.0f} s)")
+               f"valid loss {h.valid_loss:.3f}, valid accuracy {h.valid_accuracy:.1%} "
+               f"({h.seconds:.0f} s, {h.data_wait / max(h.seconds, 1e-9):.0%} waiting for data)")
         if then is not None:
             then(h.epoch, st.best_score)  # the best so far: pruning compares trials at equal epochs
 
