@@ -9,8 +9,14 @@ from conftest import FAST, write_class_folders
 from sklearn.metrics import f1_score
 
 import vistrain
-from vistrain.training.balance import (class_weights, collapsed_class, imbalance_ratio, macro_f1, resolve_balance,
-                                       sample_probabilities)
+from vistrain.training.balance import (
+    class_weights,
+    collapsed_class,
+    imbalance_ratio,
+    macro_f1,
+    resolve_balance,
+    sample_probabilities,
+)
 from vistrain.training.probe import fit_probe, probe_logits
 from vistrain.training.schedules import SCHEDULES, build_scheduler, lr_curves, lr_factor
 from vistrain.training.trainer import TrainError

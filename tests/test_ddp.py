@@ -26,7 +26,7 @@ def test_two_process_training_matches_a_single_process_run(split_folders, tmp_pa
     env = {**os.environ, "OMP_NUM_THREADS": "1", "VISTRAIN_CACHE_DIR": str(cache_dir)}
     proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "vistrain", "train",
                            str(split_folders), "--out", str(ddp), "--cache-dir", str(cache_dir), *ARGS],
-                          env=env, capture_output=True, text=True, timeout=600)
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     m_ddp = json.loads((ddp / "metrics.json").read_text())
     m_one = json.loads((single / "metrics.json").read_text())

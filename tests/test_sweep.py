@@ -19,7 +19,7 @@ from conftest import write_class_folders
 
 from vistrain.cli import main
 from vistrain.config_file import ConfigError, load_config
-from vistrain.sweep.space import load_space
+from vistrain.sweep.space import grid, load_space
 
 SPACE = {"mode": "probe", "image_size": 64, "time_budget": None,
          "probe_c": {"low": 0.001, "high": 1.0, "log": True}, "resize": ["crop", "squish"]}
@@ -50,6 +50,11 @@ def test_space_file_errors_name_the_setting(tmp_path):
     space = load_space(_space(tmp_path, {"epochs": {"low": 1, "high": 4}, "augment.jitter": {"low": 0.0, "high": 0.4},
                                          "backbone": ["efficientnet_lite0", "efficientnet_lite2"]}))
     assert [space[k].kind for k in ("epochs", "augment.jitter", "backbone")] == ["int", "float", "choice"]
+    with pytest.raises(ConfigError, match="augment.jitter: the grid sampler needs choices or a range with a step"):
+        grid(space)
+    space = load_space(_space(tmp_path, {"epochs": {"low": 1, "high": 3}, "dropout": {"low": 0.0, "high": 0.2, "step": 0.1},
+                                         "resize": ["crop", "pad"], "mode": "finetune"}))
+    assert grid(space) == {"epochs": [1, 2, 3], "dropout": [0.0, 0.1, 0.2], "resize": ["crop", "pad"]}
 
 
 def test_sqlite_sweep_writes_table_plots_and_a_reproducible_best_yaml(sweep_data, tmp_path, cache_dir, browser):
@@ -110,12 +115,12 @@ def postgres(tmp_path_factory):
             p.chmod(p.stat().st_mode | 0o111)
     data, port = base / "data", _free_port()
     init = subprocess.run(as_user + [str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     if init.returncode != 0:
         pytest.skip(f"initdb failed, PostgreSQL cannot start here: {init.stderr.strip()[-300:]}")
     start = subprocess.run(as_user + [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w",
                                       "-o", f"-h 127.0.0.1 -p {port} -k {base}", "start"],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, check=False)
     if start.returncode != 0:
         pytest.skip(f"PostgreSQL did not start: {start.stderr.strip()[-300:]}")
     try:
@@ -123,7 +128,8 @@ def postgres(tmp_path_factory):
                                   "vistrain"], check=True, capture_output=True)
         yield f"postgresql://postgres@127.0.0.1:{port}/vistrain"
     finally:
-        subprocess.run(as_user + [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        subprocess.run(as_user + [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True,
+                       check=False)
 
 
 def test_two_workers_share_one_postgres_study(sweep_data, tmp_path, cache_dir, postgres):

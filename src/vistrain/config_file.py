@@ -12,7 +12,6 @@ import argparse
 import difflib
 from dataclasses import asdict, fields
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import yaml
@@ -85,9 +84,8 @@ def normalise(mapping: dict, source: str) -> dict:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{source}: {key} must be a number (got {value!r})")
             value = float(value)
-        elif value is not None and key in INT_KEYS:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{source}: {key} must be a whole number (got {value!r})")
+        elif value is not None and key in INT_KEYS and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{source}: {key} must be a whole number (got {value!r})")
         out[key] = value
     return out
 
@@ -147,7 +145,7 @@ def resolve_train_args(args: argparse.Namespace) -> tuple[argparse.Namespace, di
             file_cfg["no_time_budget"] = True
     for dest, default in defaults.items():
         if dest not in given:
-            setattr(args, dest, file_cfg[dest] if dest in file_cfg else default)
+            setattr(args, dest, file_cfg.get(dest, default))
     if getattr(args, "data", None) is None:
         if "data" not in file_cfg:
             raise ConfigError("no dataset: give DATA on the command line or `data:` in the --config file")

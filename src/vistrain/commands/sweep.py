@@ -50,7 +50,8 @@ def run(args, console, reporter) -> int:
     files = write_outputs(st, cfg)
     rows = trial_rows(st, cfg)
     table = Table(title=f"Sweep {study}: {len(rows)} trial(s)")
-    cols = [c for c in rows[0] if c not in ("worker", "error") and any(r[c] is not None for r in rows)] if rows else []
+    hidden = ("worker", "error", "valid_accuracy", "valid_macro_f1", "stage")  # in trials.csv; "value" is the score
+    cols = [c for c in rows[0] if c not in hidden and any(r[c] is not None for r in rows)] if rows else []
     for c in cols:
         table.add_column(c, justify="right")
     for r in sorted(rows, key=lambda r: -(r["value"] if r["value"] is not None else -1))[:20]:

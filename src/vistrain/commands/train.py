@@ -39,6 +39,8 @@ def register(sub) -> None:
                    help="class-imbalance correction; auto picks one from the measured imbalance (default auto)")
     t.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine-restarts", "exp-decay", "constant"],
                    help="fine-tuning learning-rate schedule (default onecycle)")
+    t.add_argument("--mlflow", nargs="?", const="mlruns", metavar="URI",
+                   help="also log the run to MLflow: a folder (default ./mlruns, SQLite inside) or a tracking URI")
     add_data_flags(t)
     track_explicit_flags(t)  # last: flags typed on the command line override --config
 
@@ -75,6 +77,12 @@ def run(args, console, reporter) -> int:
         console.print(f"  {n} × actual {a} predicted as {b}")
     console.print(f"  run saved in {trained.path}/ (model.safetensors, config.json, metrics.json, history.csv, split.csv)")
     console.print(f"  next: vistrain predict {trained.path} NEW_PHOTOS/ --csv predictions.csv")
+    if args.mlflow:
+        from vistrain.tracking import log_run
+        from vistrain.training.distributed import is_main
+
+        if is_main():  # under torchrun only rank 0 has the run folder
+            console.print(f"  MLflow: run {log_run(trained.path, args.mlflow)} logged to {args.mlflow}")
     return 0
 
 

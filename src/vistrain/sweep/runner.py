@@ -53,7 +53,7 @@ def storage_url(url: str | None, out: Path) -> str:
     """SQLite in the sweep folder by default; ``postgresql://`` uses the pure-Python pg8000 driver."""
     if url is None:
         return f"sqlite:///{(out / 'study.db').resolve()}"
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
+    if url.startswith(("postgresql://", "postgres://")):
         return "postgresql+pg8000://" + url.split("://", 1)[1]
     return url
 
@@ -93,7 +93,7 @@ def open_study(cfg: SweepConfig):
                 # A worker that dies mid-trial stops beating; its trial is marked failed instead of running forever.
                 storage = optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
             break
-        except Exception as exc:  # SQLAlchemy/driver errors vary by backend; say which URL failed and why
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors vary by backend; say which URL failed and why
             # Workers started together race to create the schema; the loser finds it made on a retry.
             if attempt == 4 or not ("already exists" in str(exc) or "duplicate key" in str(exc)):
                 raise ConfigError(f"cannot open sweep storage {cfg.storage or url}: {str(exc).splitlines()[0]}") from None
