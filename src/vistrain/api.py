@@ -18,6 +18,8 @@ from typing import Callable
 import numpy as np
 
 from vistrain import __version__
+from vistrain.clean.audit import quick_audit
+from vistrain.clean.render import summary_line
 from vistrain.config_file import CONFIG_NAME, save_config
 from vistrain.data.dataset import DataConfig, DatasetIndex, build_eval_index, build_index, default_cache_dir
 from vistrain.data.split import write_split
@@ -93,8 +95,11 @@ def train(
         ui.log(f"  scan: {index.from_cache} of {len(index.records) + len(index.skipped)} file(s) known from the cache")
     for r in index.skipped:
         ui.log(f"  [yellow]skipped[/yellow] {r.path}: {r.reason}")
+    audit = quick_audit(index)  # duplicates, conflicts, leaks, shortcuts: from the scan alone, no decoding
+    ui.log(f"  {summary_line(audit)}" + (f" (details: vistrain audit {data})" if audit.findings else ""))
     if is_main():  # under torchrun, the other processes train but write nothing
         out.mkdir(parents=True, exist_ok=True)
+        audit.save(out / "audit.json")
     if backend:
         ui.log(f"Data-parallel training over {world_size()} processes ({backend})")
     result = run_training(index, cfg, ui, on_epoch=on_epoch)

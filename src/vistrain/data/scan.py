@@ -12,8 +12,9 @@ from typing import Callable
 
 from vistrain.data.images import DEFAULT_MAX_PIXELS, ImageError, decode_with_header
 from vistrain.data.layout import Entry
+from vistrain.data.phash import phash
 
-SCAN_CACHE_VERSION = 1
+SCAN_CACHE_VERSION = 2  # 2: perceptual hash
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Record:
     mode: str | None = None
     bytes: int = 0
     sha1: str | None = None
+    phash: str | None = None  # perceptual hash (duplicates at any size or encoding)
 
 
 def _inspect(path: Path, max_pixels: int) -> dict:
@@ -56,7 +58,7 @@ def _inspect(path: Path, max_pixels: int) -> dict:
     w, h = header["width"], header["height"]
     if (rgb.size[0] > rgb.size[1]) != (w > h) and rgb.size[0] != rgb.size[1]:
         w, h = h, w  # EXIF rotated the photo by 90 degrees: record its upright size
-    facts.update(ok=True, width=w, height=h)
+    facts.update(ok=True, width=w, height=h, phash=phash(rgb))
     return facts
 
 

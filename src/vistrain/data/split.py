@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from vistrain.data.layout import DataError
+from vistrain.data.phash import duplicate_groups
 from vistrain.data.scan import Record
 
 
@@ -16,14 +17,16 @@ def stratified_split(records: list[Record], valid_fraction: float, seed: int) ->
     """Assign ``split`` to records that have none: per class, ``valid_fraction`` goes to valid.
 
     Each class keeps at least one image on each side, so a class needs two usable images.
+    Duplicates (same bytes, or perceptual hashes within ``NEAR_BITS``) move together, so a
+    photo never sits in train and valid at once: such a leak inflates the validation score.
     The order of files on disk does not matter: they are sorted by path before shuffling.
     """
     if not 0.0 < valid_fraction < 1.0:
         raise DataError(f"validation fraction {valid_fraction} must be between 0 and 1")
+    todo = sorted((r for r in records if r.split is None), key=lambda r: r.path)
     by_class: dict[str, list[Record]] = defaultdict(list)
-    for r in records:
-        if r.split is None:
-            by_class[r.label].append(r)
+    for r in todo:
+        by_class[r.label].append(r)
     too_few = {c: len(rs) for c, rs in by_class.items() if len(rs) < 2}
     if too_few:
         listing = ", ".join(f"{c!r} ({n} image)" for c, n in sorted(too_few.items()))
@@ -31,13 +34,31 @@ def stratified_split(records: list[Record], valid_fraction: float, seed: int) ->
             f"class(es) with too few images to split into train and valid: {listing}; "
             "each class needs at least 2 usable images (more is much better)"
         )
+    # Each duplicate cluster is one unit, filed under its most common label (ties: first by name).
+    units: dict[str, list[list[Record]]] = defaultdict(list)
+    for idx in duplicate_groups([r.sha1 for r in todo], [r.phash for r in todo]):
+        members = [todo[i] for i in idx]
+        labels = Counter(r.label for r in members)
+        home = min(labels, key=lambda c: (-labels[c], c))
+        units[home].append(members)
     rng = np.random.default_rng(seed)
     for label in sorted(by_class):
-        group = sorted(by_class[label], key=lambda r: r.path)
+        group = sorted(units[label], key=lambda u: u[0].path)
+        if len(group) < 2:
+            raise DataError(
+                f"class {label!r}: all {len(by_class[label])} images are copies of one photo "
+                f"(e.g. {by_class[label][0].path}); add different photos or split into train/valid folders yourself"
+            )
         order = rng.permutation(len(group))
-        n_valid = min(len(group) - 1, max(1, round(len(group) * valid_fraction)))
+        n_images = sum(len(u) for u in group)
+        n_valid = min(n_images - 1, max(1, round(n_images * valid_fraction)))
+        taken = 0
         for rank, idx in enumerate(order):
-            group[idx].split = "valid" if rank < n_valid else "train"
+            # The last unit always trains, so both sides keep this class.
+            side = "valid" if taken < n_valid and rank < len(group) - 1 else "train"
+            taken += len(group[idx]) if side == "valid" else 0
+            for r in group[idx]:
+                r.split = side
 
 
 def write_split(records: list[Record], path: Path) -> None:

@@ -1,0 +1,1 @@
+"""Data cleaning: audit findings, the review page and its undo journal."""

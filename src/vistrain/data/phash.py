@@ -1,0 +1,85 @@
+"""Perceptual hash (pHash: low frequencies of a DCT) and duplicate clusters from content + hash.
+
+Lives in ``data`` because the split needs it (duplicates stay on one side); ``vistrain.clean``
+builds its near-duplicate findings on the same functions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+HASH_SIZE = 8  # 8x8 low-frequency DCT coefficients -> 64 bits
+_SAMPLE = 32  # the image is reduced to 32x32 grey first, as in the published pHash
+# Measured on clothing and climbing (README "Clean your data"): distances are even (32 bits above the
+# median each), 0 was the same photo every time, 4-6 already joined different garments shot the same way
+# on the same floor; so the hash alone only joins 0-2 bits; backbone features find the rest.
+NEAR_BITS = 2
+
+
+def _dct_rows(n: int, k: int) -> np.ndarray:
+    """The first ``k`` rows of the (unnormalised) DCT-II matrix of size ``n``."""
+    i = np.arange(n)
+    return np.cos(np.pi * np.outer(np.arange(k), 2 * i + 1) / (2 * n))
+
+
+_DCT = _dct_rows(_SAMPLE, HASH_SIZE)
+
+
+def phash(img: Image.Image) -> str:
+    """64-bit perceptual hash as 16 hex digits: each bit says whether a low-frequency DCT
+    coefficient of the 32x32 grey image is above the median of the 64 (Zauner 2010)."""
+    grey = np.asarray(img.convert("L").resize((_SAMPLE, _SAMPLE), Image.Resampling.LANCZOS), dtype=np.float64)
+    coeffs = _DCT @ grey @ _DCT.T
+    bits = (coeffs > np.median(coeffs)).ravel()
+    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+
+
+def hash_array(hashes: list[str]) -> np.ndarray:
+    return np.array([int(h, 16) for h in hashes], dtype=np.uint64)
+
+
+def near_pairs(hashes: np.ndarray, max_bits: int) -> list[tuple[int, int, int]]:
+    """Every pair (i, j, distance) with i < j whose hashes differ in at most ``max_bits`` bits."""
+    out = []
+    for i in range(len(hashes) - 1):
+        d = np.bitwise_count(hashes[i] ^ hashes[i + 1 :])
+        for j in np.flatnonzero(d <= max_bits):
+            out.append((i, i + 1 + int(j), int(d[j])))
+    return out
+
+
+def clusters(n: int, pairs) -> list[list[int]]:
+    """Connected components (union-find) of ``n`` items joined by ``pairs``; singletons included."""
+    parent = list(range(n))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for pair in pairs:
+        ra, rb = find(pair[0]), find(pair[1])
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(find(i), []).append(i)
+    return list(groups.values())
+
+
+def duplicate_groups(sha1s: list[str | None], phashes: list[str | None], max_bits: int = NEAR_BITS,
+                     extra_pairs=()) -> list[list[int]]:
+    """Clusters of items that are byte-identical, whose perceptual hashes are within ``max_bits``,
+    or that ``extra_pairs`` (i, j, ...) join."""
+    pairs: list[tuple] = list(extra_pairs)
+    first: dict[str, int] = {}
+    for i, s in enumerate(sha1s):
+        if s is not None:
+            pairs.append((first.setdefault(s, i), i))
+    known = [i for i, h in enumerate(phashes) if h]
+    if max_bits >= 0 and len(known) > 1:
+        arr = hash_array([phashes[i] for i in known])
+        pairs += [(known[a], known[b]) for a, b, _ in near_pairs(arr, max_bits)]
+    return clusters(len(sha1s), pairs)

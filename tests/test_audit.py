@@ -1,0 +1,142 @@
+"""vistrain audit: every kind of finding on planted problems, the grouped split, and train's audit.json."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import FAST, make_image, write_class_folders
+from PIL import Image, ImageDraw
+
+from vistrain.clean.audit import AuditConfig, audit
+from vistrain.clean.label_errors import find_label_issues
+from vistrain.data.dataset import DataConfig, build_index
+
+
+def _config(root: Path, cache: Path, features: bool = False) -> AuditConfig:
+    return AuditConfig(DataConfig(root, cache_dir=cache), features=features, image_size=FAST["image_size"])
+
+
+def _by_kind(result) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for f in result.findings:
+        out.setdefault(f.kind, []).append(f)
+    return out
+
+
+def test_hash_level_findings_name_their_files(tmp_path, cache_dir):
+    root = write_class_folders(tmp_path / "photos", per_class=6, fmt="jpg")
+    shutil.copy(root / "circles/circles_0.jpg", root / "squares/copy_of_circle.jpg")  # conflict
+    make_image("stripes", seed=2000).resize((112, 96)).save(root / "stripes/bigger.jpg", quality=95)  # near dup
+    (root / "circles/broken.jpg").write_bytes((root / "circles/circles_1.jpg").read_bytes()[:300])
+    (root / "squares/notes.png").write_bytes(b"this is not an image")
+    for i in range(6):  # every PNG is a circle: a shortcut
+        make_image("circles", seed=500 + i).save(root / f"circles/extra_{i}.png")
+    found = _by_kind(audit(_config(root, cache_dir)))
+
+    exact = found["exact_duplicate"]
+    assert [sorted(f.files) for f in exact] == [["circles/circles_0.jpg", "squares/copy_of_circle.jpg"]]
+    conflict = found["conflict"][0]
+    assert conflict.labels == ["circles", "squares"] and conflict.severity == "error"
+    near = [sorted(f.files) for f in found["near_duplicate"] if "stripes/bigger.jpg" in f.files]
+    assert near == [["stripes/bigger.jpg", "stripes/stripes_0.jpg"]]
+    unreadable = {f.files[0]: f.message for f in found["unreadable"]}
+    assert set(unreadable) == {"circles/broken.jpg", "squares/notes.png"}
+    assert "truncated" in unreadable["circles/broken.jpg"] or "corrupt" in unreadable["circles/broken.jpg"]
+    shortcut = [f for f in found["shortcut"] if "file format" in f.message]
+    assert len(shortcut) == 1 and shortcut[0].labels == ["circles"] and "PNG" in shortcut[0].message
+    assert "leak" not in found  # nothing is split yet
+
+
+def test_copies_across_splits_are_leaks(split_folders, cache_dir):
+    shutil.copy(split_folders / "train/squares/squares_1.png", split_folders / "valid/squares/again.png")
+    result = audit(_config(split_folders, cache_dir))
+    leaks = _by_kind(result)["leak"]
+    assert len(leaks) == 1
+    assert sorted(leaks[0].files) == ["train/squares/squares_1.png", "valid/squares/again.png"]
+    assert "inflated" in leaks[0].message
+    blob = result.to_dict()
+    assert blob["version"] == 1 and blob["summary"]["leak"] == 1
+    assert all(f["files"] and f["severity"] in ("error", "warning", "info") for f in blob["findings"])
+
+
+def test_a_planted_mislabel_and_placeholder_are_found(tmp_path, cache_dir, trained_run):
+    # The exported ONNX backbone of the shared run (same backbone and size) saves an export here.
+    shutil.copytree(trained_run[0].parent / "cache" / "onnx", cache_dir / "onnx")
+    root = write_class_folders(tmp_path / "photos", per_class=15)
+    make_image("squares", seed=70).save(root / "circles/actually_a_square.png")
+    placeholder = Image.new("RGB", (56, 48), (235, 235, 235))  # an "image not found" stand-in
+    ImageDraw.Draw(placeholder).text((4, 18), "no image", fill=(90, 90, 90))
+    placeholder.save(root / "stripes/placeholder.png")
+    result = audit(_config(root, cache_dir, features=True))
+    found = _by_kind(result)
+    assert [f.files for f in found["outlier"]] == [["stripes/placeholder.png"]]
+    assert [(f.files, f.labels) for f in found["label_error"]] == [(["circles/actually_a_square.png"],
+                                                                    ["circles", "squares"])]
+    assert found["label_error"][0].score > 0.9
+    assert result.predictions["circles/actually_a_square.png"]["predicted"] == "squares"
+    # A second audit reads the features from the cache: same answer.
+    again = audit(_config(root, cache_dir, features=True))
+    assert [f.files for f in _by_kind(again)["label_error"]] == [["circles/actually_a_square.png"]]
+
+
+def test_confident_learning_finds_flipped_labels():
+    rng = np.random.default_rng(0)
+    n, k = 600, 3
+    truth = rng.integers(0, k, n)
+    # Clean samples: the true class gets 50-95%; the 30 flipped ones: a confident 90% for their true class.
+    top = rng.uniform(0.5, 0.95, n)
+    flipped = rng.choice(n, 30, replace=False)
+    top[flipped] = 0.9
+    probs = np.repeat(((1 - top) / (k - 1))[:, None], k, axis=1)
+    probs[np.arange(n), truth] = top
+    given = truth.copy()
+    given[flipped] = (truth[flipped] + 1) % k
+    found = find_label_issues(given, probs)
+    assert set(found.issues) == set(flipped)
+    assert round(found.confident_joint.sum()) == n
+
+
+def test_duplicates_stay_on_one_side_of_the_split(tmp_path):
+    root = write_class_folders(tmp_path / "photos", per_class=10)
+    for i in range(4):  # copies and resized copies of one circle and one square
+        shutil.copy(root / "circles/circles_3.png", root / f"circles/dup_{i}.png")
+        make_image("squares", seed=1005).resize((112, 96)).save(root / f"squares/big_{i}.png")
+    for seed in range(6):
+        idx = build_index(DataConfig(root, seed=seed))
+        side = {Path(r.path).name: r.split for r in idx.records}
+        assert len({side["circles_3.png"]} | {side[f"dup_{i}.png"] for i in range(4)}) == 1
+        assert len({side["squares_5.png"]} | {side[f"big_{i}.png"] for i in range(4)}) == 1
+        for c in ("circles", "squares", "stripes"):  # still stratified: each class on both sides
+            assert {r.split for r in idx.records if r.label == c} == {"train", "valid"}
+
+
+def test_train_prints_and_keeps_a_quick_audit(trained_run):
+    run_dir, _ = trained_run
+    blob = json.loads((run_dir / "audit.json").read_text())
+    assert blob["version"] == 1 and blob["summary"] == {} and blob["findings"] == []
+
+
+def test_cli_json_lists_findings(tmp_path, capsys):
+    from vistrain.cli import main
+
+    root = write_class_folders(tmp_path / "photos", per_class=4)
+    shutil.copy(root / "stripes/stripes_2.png", root / "squares/dupe.png")
+    code = main(["audit", str(root), "--json", "--no-features", "--cache-dir", str(tmp_path / "c"),
+                 "--out", str(tmp_path / "audit.json")])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((tmp_path / "audit.json").read_text())
+    assert printed["summary"] == {"exact_duplicate": 1, "conflict": 1}
+
+
+@pytest.mark.parametrize("size", [10, 2000])
+def test_cli_refuses_a_bad_image_size(tmp_path, capsys, size):
+    from vistrain.cli import main
+
+    root = write_class_folders(tmp_path / "photos", per_class=2)
+    assert main(["audit", str(root), "--image-size", str(size)]) == 2
+    assert f"--image-size {size}" in capsys.readouterr().out

@@ -1,0 +1,176 @@
+"""The review journal: moves never lose, duplicate or overwrite a file, survive crashes, and undo."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from vistrain.clean.journal import QUARANTINE, CleanError, Journal, safe_path
+
+CLASSES = ["cats", "dogs", "birds"]
+
+
+class Crash(Exception):
+    """Stands for the process dying at a chosen point of a move."""
+
+
+def _make_data(root: Path) -> dict[str, bytes]:
+    """12 tiny files; the same names recur across classes so that moves collide."""
+    files = {}
+    for ci, c in enumerate(CLASSES):
+        (root / c).mkdir(parents=True)
+        for i in range(4):
+            rel = f"{c}/img_{i}.jpg"
+            files[rel] = f"{c}-{i}-{'x' * (ci * 7 + i)}".encode()
+            (root / rel).write_bytes(files[rel])
+    return files
+
+
+def _on_disk(root: Path) -> dict[str, bytes]:
+    """Every data file, in class folders or the quarantine (the journal's own files excepted)."""
+    out = {}
+    for folder, _, names in os.walk(root):
+        if Path(folder) == root / QUARANTINE:
+            continue
+        for n in names:
+            p = Path(folder, n)
+            out[p.relative_to(root).as_posix()] = p.read_bytes()
+    return out
+
+
+def _assert_each_original_once(disk: dict[str, bytes], originals: dict[str, bytes]) -> None:
+    assert sorted(disk.values()) == sorted(originals.values())  # byte-identical, none lost, none doubled
+
+
+ACTION = st.tuples(
+    st.sampled_from(["relabel", "quarantine", "undo", "undo", "keep"]),
+    st.integers(0, 1000),  # which file
+    st.integers(0, 2),  # which class
+    st.sampled_from([None] * 6 + ["intent", "moved"]),  # crash point, if any
+)
+
+
+# No shrinking: a failing sequence is printed as found (shrinking hundreds of file moves takes minutes).
+@settings(max_examples=5, deadline=None, phases=(Phase.explicit, Phase.reuse, Phase.generate),
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(ACTION, min_size=150, max_size=300))
+def test_random_actions_with_crashes_keep_every_file_exactly_once(actions):
+    # In memory where available: the property is about bookkeeping; fsync to a busy disk only slows it.
+    with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as tmp:
+        root = Path(tmp)
+        originals = _make_data(root)
+        journal = Journal(root)
+        disk = _on_disk(root)
+        for kind, which, cls, crash_at in actions:
+
+            def fault(point, crash_at=crash_at):
+                if point == crash_at:
+                    raise Crash(point)
+
+            journal.fault = fault
+            present = sorted(p for p in disk if not p.startswith(QUARANTINE))
+            try:
+                if kind == "undo":
+                    journal.undo()
+                elif present:
+                    rel = present[which % len(present)]
+                    if kind == "keep":
+                        journal.keep(rel)
+                    elif kind == "quarantine":
+                        journal.quarantine(rel)
+                    elif rel.split("/")[0] != CLASSES[cls]:
+                        journal.relabel(rel, CLASSES[cls], CLASSES)
+            except Crash:
+                journal = Journal(root)  # the next start recovers
+                assert len(journal.recovered) == 1
+            disk = _on_disk(root)
+            _assert_each_original_once(disk, originals)
+        # Undoing everything restores the original layout exactly.
+        journal = Journal(root)
+        while journal.undo() is not None:
+            pass
+        assert _on_disk(root) == originals
+
+
+def test_relabel_quarantine_undo_and_manifest(tmp_path):
+    originals = _make_data(tmp_path)
+    j = Journal(tmp_path)
+    j.relabel("cats/img_0.jpg", "dogs", CLASSES)
+    # dogs/img_0.jpg exists: the moved file gets a free name, nothing is overwritten.
+    assert (tmp_path / "dogs/img_0_1.jpg").read_bytes() == originals["cats/img_0.jpg"]
+    assert (tmp_path / "dogs/img_0.jpg").read_bytes() == originals["dogs/img_0.jpg"]
+    j.quarantine("dogs/img_0.jpg")
+    manifest = json.loads((tmp_path / QUARANTINE / "manifest.json").read_text())
+    assert manifest["files"] == {f"{QUARANTINE}/dogs/img_0.jpg": {
+        "original": "dogs/img_0.jpg", "time": pytest.approx(manifest["files"][f"{QUARANTINE}/dogs/img_0.jpg"]["time"]),
+        "action": 2}}
+    assert j.location("cats/img_0.jpg") == "dogs/img_0_1.jpg"
+    assert j.undo()["undoes_action"] == "quarantine"
+    assert json.loads((tmp_path / QUARANTINE / "manifest.json").read_text())["files"] == {}
+    assert j.undo()["undoes_action"] == "relabel"
+    assert j.undo() is None
+    assert _on_disk(tmp_path) == originals
+    # The journal is append-only: 3 actions, each an intent and a done record; nothing rewritten.
+    lines = (tmp_path / QUARANTINE / "journal.jsonl").read_text().splitlines()
+    assert [json.loads(x)["op"] for x in lines] == ["intent", "done"] * 4
+
+
+def test_crash_after_move_is_completed_on_next_start_and_can_be_undone(tmp_path):
+    originals = _make_data(tmp_path)
+
+    def die(point):
+        if point == "moved":
+            raise Crash(point)
+
+    with pytest.raises(Crash):
+        Journal(tmp_path, fault=die).quarantine("birds/img_2.jpg")
+    j = Journal(tmp_path)
+    assert j.recovered == ["quarantine of birds/img_2.jpg: completed (it had moved before the stop)"]
+    assert (tmp_path / QUARANTINE / "birds/img_2.jpg").exists()
+    assert j.undo()["undoes_action"] == "quarantine"
+    assert _on_disk(tmp_path) == originals
+
+
+def test_a_record_cut_short_is_ignored(tmp_path):
+    originals = _make_data(tmp_path)
+    (tmp_path / QUARANTINE).mkdir()
+    (tmp_path / QUARANTINE / "journal.jsonl").write_text('{"op": "intent", "id": 1, "action": "quar')
+    j = Journal(tmp_path)
+    assert j.quarantine("cats/img_1.jpg")["id"] == 1
+    # The new records start on a line of their own, so a later start reads them back.
+    assert Journal(tmp_path).undo()["undoes"] == 1
+    assert _on_disk(tmp_path) == originals
+
+
+@pytest.mark.parametrize("bad", ["../outside.jpg", "cats/../../outside.jpg", "/etc/passwd", "", "cats/\x00.jpg",
+                                 "link/secret.jpg", "escape.jpg"])
+def test_paths_leading_outside_the_data_folder_are_refused(tmp_path, bad):
+    root = tmp_path / "data"
+    _make_data(root)
+    (tmp_path / "outside.jpg").write_bytes(b"not yours")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere/secret.jpg").write_bytes(b"secret")
+    os.symlink(tmp_path / "elsewhere", root / "link")
+    os.symlink(tmp_path / "outside.jpg", root / "escape.jpg")
+    with pytest.raises(CleanError, match="refused|outside"):
+        safe_path(root, bad)
+    with pytest.raises(CleanError):
+        Journal(root).quarantine(bad)
+    assert (tmp_path / "outside.jpg").read_bytes() == b"not yours"
+    assert (tmp_path / "elsewhere/secret.jpg").read_bytes() == b"secret"
+
+
+def test_relabel_to_unknown_class_or_from_quarantine_is_refused(tmp_path):
+    _make_data(tmp_path)
+    j = Journal(tmp_path)
+    with pytest.raises(CleanError, match="not one of the classes"):
+        j.relabel("cats/img_0.jpg", "fish", CLASSES)
+    j.quarantine("cats/img_0.jpg")
+    with pytest.raises(CleanError, match="already in the quarantine"):
+        j.quarantine(f"{QUARANTINE}/cats/img_0.jpg")

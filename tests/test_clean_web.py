@@ -1,0 +1,111 @@
+"""The review page in a real browser (Debian's chromium via Playwright) on a real uvicorn server:
+relabel, quarantine and undo, with the files on disk checked after each click; and the server's
+refusal of every path that leads outside the data folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+
+import httpx
+import pytest
+from conftest import write_class_folders
+
+from vistrain.clean.app import create_app
+from vistrain.clean.audit import AuditConfig, audit
+from vistrain.clean.journal import QUARANTINE
+from vistrain.data.dataset import DataConfig
+
+
+@pytest.fixture
+def review(tmp_path):
+    """A dataset with a conflict and a duplicate, served on 127.0.0.1 at an ephemeral port."""
+    import uvicorn
+
+    root = write_class_folders(tmp_path / "photos", per_class=4)
+    shutil.copy(root / "circles/circles_0.png", root / "squares/circle_copy.png")  # conflict
+    shutil.copy(root / "stripes/stripes_1.png", root / "stripes/stripes_1_again.png")  # duplicate
+    (tmp_path / "outside.txt").write_text("not yours")
+    os.symlink(tmp_path / "outside.txt", root / "circles/sneaky.png")
+    result = audit(AuditConfig(DataConfig(root, cache_dir=tmp_path / "cache"), features=False))
+    server = uvicorn.Server(uvicorn.Config(create_app(root, result), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the review server did not start")
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield root, f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _card(page, path: str):
+    return page.locator(f'.card[data-path="{path}"]')
+
+
+def test_relabel_quarantine_and_undo_in_the_browser(browser, review):
+    root, url = review
+    original = {p: (root / p).read_bytes() for p in ("squares/circle_copy.png", "stripes/stripes_1_again.png")}
+    page = browser.new_page()
+    page.goto(url)
+    page.wait_for_selector(".card")
+    paths = page.eval_on_selector_all(".card", "cs => cs.map(c => c.dataset.path)")
+    # The conflict (both files) comes first, then the extra copy of the duplicate.
+    assert paths[:2] == ["circles/circles_0.png", "squares/circle_copy.png"]
+    assert "stripes/stripes_1_again.png" in paths
+    assert page.locator(".card").first.locator(".kind").inner_text() == "conflict"
+
+    # Relabel with the mouse: choose the class, click Relabel.
+    card = _card(page, "squares/circle_copy.png")
+    card.locator("select").select_option("circles")
+    card.locator("button.relabel").click()
+    page.wait_for_selector('.card[data-path="squares/circle_copy.png"][data-status="relabel"]')
+    assert not (root / "squares/circle_copy.png").exists()
+    assert (root / "circles/circle_copy.png").read_bytes() == original["squares/circle_copy.png"]
+    assert "relabelled to circles" in _card(page, "squares/circle_copy.png").inner_text()
+
+    # Quarantine with the keyboard: focus the card, press q.
+    _card(page, "stripes/stripes_1_again.png").locator(".msg").click()
+    page.keyboard.press("q")
+    page.wait_for_selector('.card[data-path="stripes/stripes_1_again.png"][data-status="quarantine"]')
+    moved = root / QUARANTINE / "stripes/stripes_1_again.png"
+    assert moved.read_bytes() == original["stripes/stripes_1_again.png"]
+    assert not (root / "stripes/stripes_1_again.png").exists()
+    manifest = json.loads((root / QUARANTINE / "manifest.json").read_text())["files"]
+    assert manifest[f"{QUARANTINE}/stripes/stripes_1_again.png"]["original"] == "stripes/stripes_1_again.png"
+
+    # Undo twice (button, then the u key): everything back where it was, byte for byte.
+    page.click("#undo")
+    page.wait_for_selector('.card[data-path="stripes/stripes_1_again.png"][data-status="open"]')
+    assert (root / "stripes/stripes_1_again.png").read_bytes() == original["stripes/stripes_1_again.png"]
+    assert not moved.exists()
+    page.keyboard.press("u")
+    page.wait_for_selector('.card[data-path="squares/circle_copy.png"][data-status="open"]')
+    assert (root / "squares/circle_copy.png").read_bytes() == original["squares/circle_copy.png"]
+    assert not (root / "circles/circle_copy.png").exists()
+    assert page.is_disabled("#undo")
+    page.close()
+
+
+@pytest.mark.parametrize("bad", ["../outside.txt", "circles/../../outside.txt", "/etc/hostname",
+                                 "circles/sneaky.png", f"{QUARANTINE}/journal.jsonl"])
+def test_paths_from_the_browser_are_never_trusted(review, bad):
+    root, url = review
+    before = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+    with httpx.Client(base_url=url) as client:
+        for endpoint in ("quarantine", "keep", "relabel"):
+            r = client.post(f"/api/{endpoint}", json={"path": bad, "label": "circles"})
+            assert r.status_code == 400, (endpoint, r.text)
+        assert client.get("/api/thumb", params={"path": bad}).status_code in (400, 422)
+        # Another site's page cannot drive the server through a rebound host name.
+        assert client.post("/api/undo", headers={"Host": "evil.example"}).status_code == 403
+    assert (root.parent / "outside.txt").read_text() == "not yours"
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == before
