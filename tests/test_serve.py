@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -124,7 +125,9 @@ def test_micro_batcher_serves_concurrent_requests_in_one_call():
             await b.stop()
         return reqs, outs, b.stats
 
-    reqs, outs, stats = asyncio.run(scenario())
+    # Own thread, own loop: the session's Playwright browser keeps an event loop running in this one.
+    with ThreadPoolExecutor(1) as pool:
+        reqs, outs, stats = pool.submit(asyncio.run, scenario()).result()
     assert calls == [7] and stats.batches == 1 and stats.largest == 7
     for r, (logits, feats) in zip(reqs, outs):  # each request gets back its own rows
         assert len(logits) == len(r) and np.all(logits == r[0, 0, 0, 0]) and feats.shape == (len(r), 2)
@@ -173,3 +176,18 @@ def test_serve_command_refuses_a_run_without_export(trained_run, capsys):
 
     assert main(["serve", str(trained_run[0])]) == 2
     assert "vistrain export" in capsys.readouterr().out
+
+
+def test_serve_command_refuses_a_variant_the_export_lacks(exported_run, tmp_path, capsys):
+    import shutil
+
+    from vistrain.cli import main
+
+    fp32_only = tmp_path / "export"
+    shutil.copytree(exported_run, fp32_only)
+    info = json.loads((fp32_only / "export.json").read_text())
+    info["models"].pop("int8")
+    info["default"] = "fp32"
+    (fp32_only / "export.json").write_text(json.dumps(info))
+    assert main(["serve", str(fp32_only), "--variant", "int8"]) == 2
+    assert "no int8 model" in " ".join(capsys.readouterr().out.split())  # rich wraps long lines

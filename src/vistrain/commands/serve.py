@@ -33,6 +33,9 @@ def run(args, console, reporter) -> int:
     cfg = ServeConfig(folder, args.variant, args.threads, int(args.max_upload_mb * 2**20), args.max_files,
                       max_batch=args.max_batch)
     variant = info.default if args.variant == "auto" else args.variant
+    if variant not in info.models:
+        raise ValueError(f"{folder}: no {variant} model in this export (has: {', '.join(info.models)}); "
+                         f"run `vistrain export RUN --int8` for one")
     console.print(f"Serving {folder} ({variant}, {len(info.classes)} classes) on http://{args.host}:{args.port}/ "
                   f"(API docs at /docs); Ctrl+C stops", highlight=False)
     uvicorn.run(create_app(cfg), host=args.host, port=args.port, log_level="warning")

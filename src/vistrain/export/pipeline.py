@@ -75,6 +75,7 @@ def export_run(run_dir: Path | str, cfg: ExportConfig | None = None, reporter: R
     prep = mcfg.preprocessing
     out = Path(cfg.out) if cfg.out else run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
+    (out / INT8_FILE).unlink(missing_ok=True)  # a stale int8 file from an earlier export must not outlive it
     notes: list[str] = []
 
     valid, train = split_images(run_dir, mcfg.classes, mcfg.extra, notes)
