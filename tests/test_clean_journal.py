@@ -174,3 +174,18 @@ def test_relabel_to_unknown_class_or_from_quarantine_is_refused(tmp_path):
     j.quarantine("cats/img_0.jpg")
     with pytest.raises(CleanError, match="already in the quarantine"):
         j.quarantine(f"{QUARANTINE}/cats/img_0.jpg")
+
+
+def test_cli_undo_reverses_the_last_actions(tmp_path, capsys):
+    from vistrain.cli import main
+
+    originals = _make_data(tmp_path)
+    j = Journal(tmp_path)
+    j.quarantine("cats/img_2.jpg")
+    j.relabel("dogs/img_3.jpg", "birds", CLASSES)
+    assert main(["clean", str(tmp_path), "--undo"]) == 0
+    assert "undone: relabel" in capsys.readouterr().out
+    assert (tmp_path / "dogs/img_3.jpg").exists() and not (tmp_path / "cats/img_2.jpg").exists()
+    assert main(["clean", str(tmp_path), "--undo", "5"]) == 0
+    assert "nothing (more) to undo" in capsys.readouterr().out
+    assert _on_disk(tmp_path) == originals
