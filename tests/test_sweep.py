@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -96,32 +97,30 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def postgres(tmp_path_factory):
+def postgres():
     """A throwaway PostgreSQL cluster on 127.0.0.1 (Debian's postgresql), trust auth, removed afterwards."""
     if not PG_BIN:
         pytest.skip("PostgreSQL server binaries missing: run scripts/system-deps.sh (apt-get install postgresql)")
     bin_dir = PG_BIN[-1]
-    base = Path(tmp_path_factory.mktemp("pg"))
+    # Not under pytest's temp root: pytest keeps that private (0700), and the server runs as another user.
+    base = Path(tempfile.mkdtemp(prefix="vistrain-pg-"))
     as_user: list[str] = []
     if os.geteuid() == 0:  # initdb refuses to run as root
         if shutil.which("runuser") is None:
             pytest.skip("running as root without runuser: cannot start PostgreSQL as the postgres user")
         as_user = ["runuser", "-u", "postgres", "--"]
         shutil.chown(base, "postgres")
-        base.chmod(0o755)
-        for p in base.parents:  # postgres must be able to reach its data directory
-            if p == Path("/"):
-                break
-            p.chmod(p.stat().st_mode | 0o111)
     data, port = base / "data", _free_port()
     init = subprocess.run(as_user + [str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
                           capture_output=True, text=True, check=False)
     if init.returncode != 0:
+        shutil.rmtree(base, ignore_errors=True)
         pytest.skip(f"initdb failed, PostgreSQL cannot start here: {init.stderr.strip()[-300:]}")
     start = subprocess.run(as_user + [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w",
                                       "-o", f"-h 127.0.0.1 -p {port} -k {base}", "start"],
                            capture_output=True, text=True, check=False)
     if start.returncode != 0:
+        shutil.rmtree(base, ignore_errors=True)
         pytest.skip(f"PostgreSQL did not start: {start.stderr.strip()[-300:]}")
     try:
         subprocess.run(as_user + [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
@@ -130,6 +129,7 @@ def postgres(tmp_path_factory):
     finally:
         subprocess.run(as_user + [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True,
                        check=False)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_two_workers_share_one_postgres_study(sweep_data, tmp_path, cache_dir, postgres):
