@@ -78,7 +78,9 @@ def test_predict_csv_into_and_unsure(trained, tmp_path):
 
     csv_path = tmp_path / "preds.csv"
     sorted_dir = tmp_path / "sorted"
-    assert main(["predict", str(run), str(new), "--csv", str(csv_path), "--into", str(sorted_dir), "--top-k", "2"]) == 0
+    # --unsure 0 turns off the run's stored threshold: every answer is sorted into its class.
+    assert main(["predict", str(run), str(new), "--csv", str(csv_path), "--into", str(sorted_dir), "--top-k", "2",
+                 "--unsure", "0"]) == 0
     with csv_path.open() as f:
         rows = {r["path"].split("/")[-1]: r for r in csv.DictReader(f)}
     assert rows["photo0.png"]["label"] == "circles" and rows["photo1.png"]["label"] == "squares"

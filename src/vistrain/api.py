@@ -23,6 +23,7 @@ from vistrain.clean.render import summary_line
 from vistrain.config_file import CONFIG_NAME, save_config
 from vistrain.data.dataset import DataConfig, DatasetIndex, build_eval_index, build_index, default_cache_dir
 from vistrain.data.split import write_split
+from vistrain.evaluation.confidence import apply_confidence, fit_confidence
 from vistrain.evaluation.metrics import classification_metrics
 from vistrain.evaluation.predictor import Prediction, Predictor, collect_images
 from vistrain.models.classifier import save_model
@@ -73,12 +74,14 @@ def train(
     valid_fraction: float = 0.2,
     cache_dir: Path | str | bool | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    lr_find_steps: int = 100,
     **options,
 ) -> Run:
     """Train on a dataset folder (or CSV) and write the run folder ``out``; see :class:`TrainConfig`.
 
     ``cache_dir``: where scan results are cached; None for the default user cache, False for none.
     ``on_epoch(epoch, best validation score so far)`` runs after each fine-tuning epoch.
+    ``lr="auto"``: run the learning-rate range test (``lr_find_steps`` steps) and use its suggestion.
     """
     backend = init_from_env()  # under torchrun: join the other processes; only rank 0 reports and writes
     ui = (reporter or SilentReporter()) if is_main() else SilentReporter()
@@ -86,8 +89,17 @@ def train(
     out = Path(out)
     data_cfg = DataConfig(Path(data), label_from_name, valid_fraction, options.get("seed", 0),
                           cache_dir=_resolve_cache(cache_dir))
+    auto_lr = options.get("lr") == "auto"
+    if auto_lr:
+        options = {**options, "lr": TrainConfig.lr}  # replaced by the range test's suggestion below
     cfg = TrainConfig(data=data_cfg, out=out, **options)
     index = build_index(data_cfg, reporter=ui)
+    if auto_lr and cfg.mode != "probe":
+        from vistrain.training.lr_find import lr_range_test
+
+        found = lr_range_test(index, cfg, ui, steps=lr_find_steps)
+        cfg.lr = found.suggestion
+        ui.log(f"lr-find: learning rate {found.suggestion:.2g} (a tenth of {found.min_loss_lr:.2g}, the lowest loss)")
     ui.log(f"Layout: {index.layout.describe()} ({index.layout.root})")
     for note in index.layout.notes:
         ui.log(f"  note: {note}")
@@ -107,11 +119,26 @@ def train(
         result.notes.append(f"data-parallel fine-tuning over {world_size()} processes ({backend})")
     predictor = Predictor(result.model, result.model_config)
     metrics = _final_metrics(index, result, predictor, ui)
+    y_valid = [result.model_config.classes.index(r.label) for r in index.split("valid")]
+    apply_confidence(result.model_config, fit_confidence(result.valid_logits, y_valid))
     if is_main():
         _write_run(out, index, cfg, result, metrics, time.perf_counter() - t0)
         if not (result.finetune and result.finetune.interrupted):
             remove_checkpoint(out)  # finished: the run folder holds the result; keep it for --resume otherwise
     return Run(out, predictor, metrics, result)
+
+
+def find_lr(data: str | Path, reporter: Reporter | None = None, label_from_name: str | None = None,
+            valid_fraction: float = 0.2, cache_dir: Path | str | bool | None = None, steps: int = 100,
+            start: float = 1e-7, end: float = 1.0, **options):
+    """The learning-rate range test on a training set (see :mod:`vistrain.training.lr_find`)."""
+    from vistrain.training.lr_find import lr_range_test
+
+    ui = reporter or SilentReporter()
+    data_cfg = DataConfig(Path(data), label_from_name, valid_fraction, options.get("seed", 0),
+                          cache_dir=_resolve_cache(cache_dir))
+    cfg = TrainConfig(data=data_cfg, out=Path("."), **options)
+    return lr_range_test(build_index(data_cfg, reporter=ui), cfg, ui, steps, start, end)
 
 
 def _resolve_cache(cache_dir: Path | str | bool | None) -> Path | None:
@@ -147,6 +174,7 @@ def _write_run(out: Path, index: DatasetIndex, cfg: TrainConfig, result: TrainRe
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("data", "out")}
     settings["data"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg.data).items()}
     result.model_config.extra = {
+        **result.model_config.extra,  # calibration
         "vistrain_version": __version__,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
@@ -177,8 +205,10 @@ def _write_run(out: Path, index: DatasetIndex, cfg: TrainConfig, result: TrainRe
 
 
 def evaluate(run: str | Path | Run, data: str | Path, label_from_name: str | None = None,
-             reporter: Reporter | None = None, cache_dir: Path | str | bool | None = None) -> dict:
-    """Metrics of a saved model on a labelled folder (class folders, flat with a regex, or CSV)."""
+             reporter: Reporter | None = None, cache_dir: Path | str | bool | None = None, tta: bool = False) -> dict:
+    """Metrics of a saved model on a labelled folder (class folders, flat with a regex, or CSV).
+
+    ``tta``: average each image with its mirror image; ``metrics["tta"]`` gives the gain."""
     ui = reporter or SilentReporter()
     run = run if isinstance(run, Run) else load(run)
     index = build_eval_index(DataConfig(Path(data), label_from_name, cache_dir=_resolve_cache(cache_dir)),
@@ -188,10 +218,13 @@ def evaluate(run: str | Path | Run, data: str | Path, label_from_name: str | Non
         raise ValueError(f"{data}: label(s) the model does not know: {', '.join(unknown)} "
                          f"(model classes: {', '.join(run.classes)})")
     with ui.stage("predict", len(index.records)) as advance:
-        preds = run.predictor.predict_paths([r.path for r in index.records], progress=advance)
+        views, _ = run.predictor.logits_from_paths([r.path for r in index.records], advance, views=2 if tta else 1)
     y_true = np.array([run.classes.index(r.label) for r in index.records])
-    y_pred = np.array([int(np.argmax(p.probabilities)) for p in preds])
+    y_pred = views.mean(axis=1).argmax(axis=1)
     metrics = classification_metrics(y_true, y_pred, run.classes)
+    if tta:
+        plain = float((views[:, 0].argmax(axis=1) == y_true).mean())
+        metrics["tta"] = {"accuracy_plain": plain, "accuracy_tta": metrics["accuracy"], "gain": metrics["accuracy"] - plain}
     metrics["skipped"] = [{"path": r.path, "reason": r.reason} for r in index.skipped]
     metrics["notes"] = index.layout.notes
     return metrics
@@ -213,15 +246,22 @@ def prediction_row(p: Prediction, classes: list[str], top_k: int, unsure: float 
 
 
 def predict(run: str | Path | Run, inputs: list[str | Path], top_k: int = 3, unsure: float | None = None,
-            csv_path: Path | None = None, into: Path | None = None, reporter: Reporter | None = None) -> list[dict]:
-    """Classify files and folders; optionally write a CSV and sort copies into class folders."""
+            csv_path: Path | None = None, into: Path | None = None, reporter: Reporter | None = None,
+            tta: bool = False, heatmap: Path | None = None) -> list[dict]:
+    """Classify files and folders; optionally write a CSV, sort copies into class folders and write
+    Grad-CAM heat maps (``heatmap``). ``unsure`` defaults to the run's stored threshold (0: never)."""
     ui = reporter or SilentReporter()
     run = run if isinstance(run, Run) else load(run)
     paths = collect_images(inputs)
     threshold = unsure if unsure is not None else run.predictor.config.unsure_threshold
     with ui.stage("predict", len(paths)) as advance:
-        preds = run.predictor.predict_paths(paths, progress=advance)
+        preds = run.predictor.predict_paths(paths, progress=advance, tta=tta)
     rows = [prediction_row(p, run.classes, top_k, threshold) for p in preds]
+    if heatmap is not None:
+        from vistrain.evaluation.gradcam import write_heatmaps
+
+        with ui.stage("heat maps", sum(1 for r in rows if r["label"])) as advance:
+            write_heatmaps(run.predictor, rows, Path(heatmap), advance)
     if csv_path is not None:
         write_predictions_csv(rows, Path(csv_path), top_k)
     if into is not None:

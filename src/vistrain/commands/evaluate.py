@@ -16,6 +16,7 @@ def register(sub) -> None:
     e.add_argument("run", type=Path, help="run folder")
     e.add_argument("data", type=Path, help="labelled images: class folders, flat folder with --label-from-name, or CSV")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.add_argument("--tta", action="store_true", help="average each image with its mirror image; reports the gain")
     add_data_flags(e)
 
 
@@ -23,7 +24,8 @@ def run(args, console, reporter) -> int:
     from vistrain.api import evaluate
     from vistrain.evaluation.render import confusion_table, per_class_table
 
-    m = evaluate(args.run, args.data, args.label_from_name, reporter=reporter, cache_dir=cache_dir(args))
+    m = evaluate(args.run, args.data, args.label_from_name, reporter=reporter, cache_dir=cache_dir(args),
+                 tta=args.tta)
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
@@ -34,6 +36,10 @@ def run(args, console, reporter) -> int:
     console.print(per_class_table(m, f"{args.data}: per class"))
     console.print(confusion_table(m))
     console.print(f"[bold]accuracy {m['accuracy']:.1%}[/] ({m['n'] - m['errors']} of {m['n']} right)")
+    if "tta" in m:
+        t = m["tta"]
+        console.print(f"test-time augmentation (mirror averaging): {t['accuracy_plain']:.1%} -> {t['accuracy_tta']:.1%} "
+                      f"({t['gain'] * 100:+.1f} points)")
     return 0
 
 

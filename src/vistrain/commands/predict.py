@@ -16,7 +16,10 @@ def register(sub) -> None:
     pr.add_argument("--top-k", type=int, default=3)
     pr.add_argument("--csv", type=Path, help="write predictions to this CSV file")
     pr.add_argument("--into", type=Path, help="copy each image into DIR/<predicted class>/ (or DIR/unsure/)")
-    pr.add_argument("--unsure", type=float, metavar="P", help="answer 'unsure' when the top probability is below P")
+    pr.add_argument("--unsure", type=float, metavar="P",
+                    help="answer 'unsure' when the top probability is below P (default: the run's threshold; 0: never)")
+    pr.add_argument("--tta", action="store_true", help="average each image with its mirror image (2x the time)")
+    pr.add_argument("--heatmap", type=Path, metavar="DIR", help="write a Grad-CAM heat map of each answer into DIR")
     pr.add_argument("--json", action="store_true", help="print predictions as JSON")
 
 
@@ -24,12 +27,12 @@ def run(args, console, reporter) -> int:
     from vistrain.api import predict
     from vistrain.evaluation.render import predictions_table
 
-    if args.unsure is not None and not 0 < args.unsure < 1:
-        raise ValueError(f"--unsure {args.unsure} must be a probability between 0 and 1")
+    if args.unsure is not None and not 0 <= args.unsure < 1:
+        raise ValueError(f"--unsure {args.unsure} must be a probability from 0 (never unsure) up to 1")
     if args.top_k < 1:
         raise ValueError(f"--top-k {args.top_k} must be at least 1")
     rows = predict(args.run, args.inputs, top_k=args.top_k, unsure=args.unsure, csv_path=args.csv,
-                   into=args.into, reporter=reporter)
+                   into=args.into, reporter=reporter, tta=args.tta, heatmap=args.heatmap)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -38,7 +41,8 @@ def run(args, console, reporter) -> int:
     unsure = sum(1 for r in rows if r["unsure"])
     console.print(f"{len(rows)} file(s): {len(rows) - failed} classified ({unsure} unsure), {failed} failed"
                   + (f"; CSV written to {args.csv}" if args.csv else "")
-                  + (f"; copies sorted into {args.into}/" if args.into else ""))
+                  + (f"; copies sorted into {args.into}/" if args.into else "")
+                  + (f"; heat maps in {args.heatmap}/" if args.heatmap else ""))
     return 0
 
 

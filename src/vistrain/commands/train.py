@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vistrain.commands import add_data_flags, cache_dir
+from vistrain.commands.lr_find import learning_rate
 from vistrain.config_file import resolve_train_args, track_explicit_flags
 
 NAME = "train"
@@ -30,7 +31,8 @@ def register(sub) -> None:
     t.add_argument("--resize", default="crop", choices=["crop", "pad", "squish"],
                    help="how non-square photos become square (default crop)")
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=1e-4, help="head learning rate for fine-tuning (default 1e-4)")
+    t.add_argument("--lr", type=learning_rate, default=1e-4,
+                   help="head learning rate for fine-tuning (default 1e-4); auto: run lr-find first")
     t.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing while fine-tuning (default 0)")
     t.add_argument("--valid-fraction", type=float, default=0.2, help="share held out when vistrain splits (0.2)")
     t.add_argument("--seed", type=int, default=0, help="fixes the split and the training (default 0)")
@@ -47,6 +49,7 @@ def register(sub) -> None:
 
 def run(args, console, reporter) -> int:
     from vistrain.api import train
+    from vistrain.evaluation.confidence import describe
     from vistrain.evaluation.render import confusion_table, per_class_table, top_confusions, worst_classes
 
     args, extra = resolve_train_args(args)
@@ -68,6 +71,7 @@ def run(args, console, reporter) -> int:
                   f"; linear probe alone {res.probe_accuracy:.1%}")
     if "test" in m:
         console.print(f"  test accuracy {m['test']['accuracy']:.1%} ({m['test']['n'] - m['test']['errors']} of {m['test']['n']} right)")
+    console.print(f"  confidence: {describe(trained.predictor.config)}")
     for note in res.notes:
         console.print(f"  note: {note}")
     weak = worst_classes(m["valid"])

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ class Predictor:
         self.batch_size = batch_size
 
     @classmethod
-    def from_folder(cls, folder: Path | str, batch_size: int = 32) -> "Predictor":
+    def from_folder(cls, folder: Path | str, batch_size: int = 32) -> Predictor:
         model, cfg = load_model(folder)
         return cls(model, cfg, batch_size)
 
@@ -46,19 +46,48 @@ class Predictor:
         return self.config.classes
 
     @torch.inference_mode()
-    def logits_from_pixels(self, pixels: np.ndarray) -> np.ndarray:
+    def logits_from_pixels(self, pixels: np.ndarray, tta: bool = False) -> np.ndarray:
+        """Logits of ``N x size x size x 3`` uint8 pixels; ``tta`` averages them with the mirror image's."""
+        views = self.view_logits(pixels, 2 if tta else 1)
+        return views.mean(axis=1)
+
+    @torch.inference_mode()
+    def view_logits(self, pixels: np.ndarray, views: int = 1) -> np.ndarray:
+        """``N x views x classes`` logits: view 0 is the image, view 1 its horizontal mirror.
+
+        Mirroring is the one augmentation that is label-preserving for photos in general and
+        that every network here saw while fine-tuning; averaging logits keeps temperature
+        scaling meaningful afterwards.
+        """
+        if views not in (1, 2):
+            raise ValueError(f"views must be 1 (plain) or 2 (plain + mirror), got {views}")
         prep = self.config.preprocessing
-        outs = [self.model(normalize(np.ascontiguousarray(pixels[i : i + self.batch_size]), prep)).float().numpy()
-                for i in range(0, len(pixels), self.batch_size)]
-        return np.concatenate(outs) if outs else np.zeros((0, len(self.classes)), dtype=np.float32)
+        outs = []
+        for i in range(0, len(pixels), self.batch_size):
+            chunk = np.ascontiguousarray(pixels[i : i + self.batch_size])
+            batch = [chunk] + ([np.ascontiguousarray(chunk[:, :, ::-1])] if views == 2 else [])
+            outs.append(np.stack([self.model(normalize(b, prep)).float().numpy() for b in batch], axis=1))
+        return np.concatenate(outs) if outs else np.zeros((0, views, len(self.classes)), dtype=np.float32)
 
-    def probabilities_from_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return softmax(self.logits_from_pixels(pixels), self.config.temperature)
+    def probabilities_from_pixels(self, pixels: np.ndarray, tta: bool = False) -> np.ndarray:
+        return softmax(self.logits_from_pixels(pixels, tta), self.config.temperature)
 
-    def predict_paths(self, paths: list[str | Path], progress: Callable[[int], None] | None = None) -> list[Prediction]:
+    def predict_paths(self, paths: list[str | Path], progress: Callable[[int], None] | None = None,
+                      tta: bool = False) -> list[Prediction]:
         """Decode (threads) and classify batch by batch; files that fail carry their reason."""
+        logits, errors = self.logits_from_paths(paths, progress, views=2 if tta else 1)
+        results = []
+        for p, z, err in zip(paths, logits, errors):
+            probs = None if err else softmax(z.mean(axis=0, keepdims=True), self.config.temperature)[0]
+            results.append(Prediction(str(p), probs, err))
+        return results
+
+    def logits_from_paths(self, paths: list[str | Path], progress: Callable[[int], None] | None = None,
+                          views: int = 1) -> tuple[np.ndarray, list[str | None]]:
+        """``N x views x classes`` logits (NaN where a file failed) and each file's error or None."""
         prep = self.config.preprocessing
-        results: list[Prediction] = []
+        logits = np.full((len(paths), views, len(self.classes)), np.nan, dtype=np.float32)
+        errors: list[str | None] = []
 
         def decode(p):
             try:
@@ -71,13 +100,12 @@ class Predictor:
                 chunk = [str(p) for p in paths[start : start + self.batch_size]]
                 decoded = list(pool.map(decode, chunk))
                 good = [i for i, (px, _) in enumerate(decoded) if px is not None]
-                probs = self.probabilities_from_pixels(np.stack([decoded[i][0] for i in good])) if good else []
-                by_index = dict(zip(good, probs))
-                for i, p in enumerate(chunk):
-                    results.append(Prediction(p, by_index.get(i), decoded[i][1]))
+                if good:
+                    logits[[start + i for i in good]] = self.view_logits(np.stack([decoded[i][0] for i in good]), views)
+                errors.extend(err for _, err in decoded)
                 if progress:
                     progress(len(chunk))
-        return results
+        return logits, errors
 
 
 def collect_images(inputs: list[str | Path]) -> list[Path]:

@@ -71,7 +71,7 @@ def _lite(index: int, native: int, file: str, features: int = 1280) -> BackboneS
             interpolation="bicubic",
             license="Apache-2.0",
             has_imagenet_head=True,
-            cam_layer="conv_head",
+            cam_layer="bn2",  # conv_head + BatchNorm + ReLU6: the activated last stage, as for mobilenet_v2
         )
     )
 

@@ -1,0 +1,48 @@
+"""``vistrain report``: RUN/report.html with errors, heat maps, calibration and abstention."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vistrain.commands import add_data_flags, cache_dir
+
+NAME = "report"
+ORDER = 25
+
+
+def register(sub) -> None:
+    r = sub.add_parser(NAME, help="write RUN/report.html: errors, heat maps, calibration, abstention")
+    r.add_argument("run", type=Path, help="run folder")
+    r.add_argument("data", type=Path, nargs="?",
+                   help="labelled images to report on (default: the run's validation split, where the "
+                        "temperature and the 'unsure' threshold are refitted and stored)")
+    r.add_argument("--target-precision", type=float, default=None, metavar="P",
+                   help="precision the 'unsure' threshold must reach (default: the run's, else 0.95)")
+    r.add_argument("--top-losses", type=int, default=16, metavar="N", help="worst errors to show (default 16)")
+    r.add_argument("--per-class", type=int, default=2, metavar="N",
+                   help="correct predictions per class shown with heat maps (default 2)")
+    r.add_argument("--tta", action="store_true", help="average each image with its mirror image; reports the gain")
+    add_data_flags(r)
+
+
+def run(args, console, reporter) -> int:
+    from vistrain.evaluation.report import write_report
+
+    path, a = write_report(args.run, args.data, args.label_from_name, args.target_precision, args.tta,
+                           args.top_losses, args.per_class, reporter, cache_dir(args))
+    m, c, s = a.metrics, a.calibration, a.abstention
+    console.print(f"[bold]Report written:[/] {path}")
+    console.print(f"  {a.source}: accuracy {m['accuracy']:.1%} (95% CI {m['accuracy_ci'][0]:.1%}–{m['accuracy_ci'][1]:.1%}), "
+                  f"{m['errors']} error(s) copied into {Path(args.run) / 'errors'}/")
+    console.print(f"  calibration error {c['ece_before']:.1%} -> {c['ece_after']:.1%} with temperature {a.temperature:.2f}"
+                  + (" (fitted here and stored in the run)" if a.fitted_here else " (the run's, fitted on validation)"))
+    if s["threshold"] is None:
+        console.print(f"  no 'unsure' threshold reaches {s['target_precision']:.0%} precision on these images")
+    else:
+        console.print(f"  'unsure' below {s['threshold']:.3f}: {s['precision']:.1%} precision on {s['coverage']:.0%} "
+                      f"of the images (target {s['target_precision']:.0%})")
+    if a.tta:
+        console.print(f"  mirror TTA: {a.tta['accuracy_plain']:.1%} -> {a.tta['accuracy_tta']:.1%}")
+    for sk in a.skipped:
+        console.print(f"  [yellow]left out[/] {sk['path']}: {sk['reason']}")
+    return 0

@@ -1,0 +1,150 @@
+"""Everything the report shows about a model on one labelled set, computed once.
+
+Without data, the set is the run's validation split (from ``split.csv``): the temperature and
+the 'unsure' threshold are refitted there and stored in the run. With data (e.g. a test folder),
+the run's stored settings are applied and judged on images they never saw.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vistrain.data.dataset import DataConfig, build_eval_index
+from vistrain.evaluation.abstention import CoverageCurve, apply_threshold, coverage_curve, threshold_for_precision
+from vistrain.evaluation.calibration import expected_calibration_error, nll, reliability_bins
+from vistrain.evaluation.confidence import DEFAULT_TARGET_PRECISION, apply_confidence, fit_confidence
+from vistrain.evaluation.intervals import metrics_with_intervals
+from vistrain.evaluation.metrics import classification_metrics
+from vistrain.evaluation.predictor import Predictor, softmax
+from vistrain.models.classifier import CONFIG_FILE
+from vistrain.progress import Reporter, SilentReporter
+
+
+class ReportError(ValueError):
+    """A run or data set the report cannot use; the message names the file and the reason."""
+
+
+@dataclass
+class Analysis:
+    source: str  # what the images are, in words
+    fitted_here: bool  # temperature and threshold fitted on these very images (in-sample)
+    classes: list[str]
+    paths: list[str]
+    y_true: np.ndarray
+    logits: np.ndarray  # N x classes (TTA-averaged when asked)
+    temperature: float
+    metrics: dict  # classification_metrics + 95% intervals
+    calibration: dict  # ece/nll before and after, temperature, n
+    abstention: dict  # target_precision, threshold, coverage, precision (on these images)
+    curve: CoverageCurve
+    skipped: list[dict] = field(default_factory=list)
+    tta: dict | None = None  # accuracy without / with mirror averaging, when asked
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return softmax(self.logits, self.temperature)
+
+    @property
+    def y_pred(self) -> np.ndarray:
+        return self.logits.argmax(axis=1)
+
+    @property
+    def losses(self) -> np.ndarray:
+        """Cross-entropy of each image under the calibrated probabilities (fastai's 'top losses')."""
+        p = self.probabilities[np.arange(len(self.y_true)), self.y_true]
+        return -np.log(np.maximum(p, 1e-12))
+
+
+def validation_records(run_dir: Path) -> list[tuple[str, str]]:
+    split = run_dir / "split.csv"
+    if not split.exists():
+        raise ReportError(f"{split}: missing; give a labelled DATA folder to report on instead")
+    with split.open(newline="") as f:
+        rows = [(r["path"], r["label"]) for r in csv.DictReader(f) if r["split"] == "valid"]
+    if not rows:
+        raise ReportError(f"{split}: no validation images listed")
+    return rows
+
+
+def analyse(run_dir: Path | str, predictor: Predictor, data: Path | str | None = None, label_from_name: str | None = None,
+            target_precision: float | None = None, tta: bool = False, reporter: Reporter | None = None,
+            cache_dir: Path | None = None) -> Analysis:
+    ui = reporter or SilentReporter()
+    run_dir = Path(run_dir)
+    classes = predictor.classes
+    skipped: list[dict] = []
+    if data is None:
+        pairs = validation_records(run_dir)
+        missing = [p for p, _ in pairs if not Path(p).is_file()]
+        skipped += [{"path": p, "reason": "file no longer exists"} for p in missing]
+        pairs = [(p, lab) for p, lab in pairs if Path(p).is_file()]
+        source = f"the validation split of {run_dir} ({len(pairs)} images)"
+    else:
+        index = build_eval_index(DataConfig(Path(data), label_from_name, cache_dir=cache_dir), reporter=ui)
+        unknown = sorted({r.label for r in index.records} - set(classes))
+        if unknown:
+            raise ReportError(f"{data}: label(s) the model does not know: {', '.join(unknown)} "
+                              f"(model classes: {', '.join(classes)})")
+        pairs = [(r.path, r.label) for r in index.records]
+        skipped += [{"path": r.path, "reason": r.reason} for r in index.skipped]
+        source = f"{data} ({len(pairs)} images)"
+    with ui.stage("predict", len(pairs)) as advance:
+        views, errors = predictor.logits_from_paths([p for p, _ in pairs], advance, views=2 if tta else 1)
+    skipped += [{"path": p, "reason": e} for (p, _), e in zip(pairs, errors) if e]
+    ok = [i for i, e in enumerate(errors) if not e]
+    if not ok:
+        raise ReportError(f"{source}: no image could be classified")
+    views = views[ok].astype(np.float64)
+    paths = [pairs[i][0] for i in ok]
+    y = np.array([classes.index(pairs[i][1]) for i in ok])
+    logits = views.mean(axis=1)
+    tta_info = None
+    if tta:
+        plain, both = float((views[:, 0].argmax(1) == y).mean()), float((logits.argmax(1) == y).mean())
+        tta_info = {"accuracy_plain": plain, "accuracy_tta": both, "gain": both - plain, "n": len(y)}
+
+    target = target_precision or predictor.config.extra.get("calibration", {}).get("target_precision") \
+        or DEFAULT_TARGET_PRECISION
+    if data is None:
+        settings = fit_confidence(logits, y, target)
+        apply_confidence(predictor.config, settings)
+        store_confidence(run_dir, settings)
+        temperature = settings["temperature"]
+        calibration = settings["calibration"]
+        abst = {k: calibration[k] for k in ("target_precision", "coverage", "precision")}
+        abst["threshold"] = settings["unsure_threshold"]
+    else:
+        temperature = predictor.config.temperature
+        before, after = softmax(logits, 1.0), softmax(logits, temperature)
+        calibration = {"temperature": temperature, "n": len(y),
+                       "ece_before": expected_calibration_error(before, y), "ece_after": expected_calibration_error(after, y),
+                       "nll_before": nll(logits, y, 1.0), "nll_after": nll(logits, y, temperature),
+                       "fitted_on": "validation (stored in the run)"}
+        threshold = predictor.config.unsure_threshold
+        cov, prec = apply_threshold(after, y, threshold)
+        here = threshold_for_precision(after, y, target)
+        abst = {"target_precision": target, "threshold": threshold, "coverage": cov, "precision": prec,
+                "threshold_here": here.threshold, "coverage_here": here.coverage}
+    metrics = metrics_with_intervals(classification_metrics(y, logits.argmax(1), classes), y, logits.argmax(1))
+    return Analysis(source, data is None, classes, paths, y, logits, temperature, metrics, calibration, abst,
+                    coverage_curve(softmax(logits, temperature), y), skipped, tta_info)
+
+
+def reliability_pair(a: Analysis) -> tuple[list, list]:
+    return reliability_bins(softmax(a.logits, 1.0), a.y_true), reliability_bins(a.probabilities, a.y_true)
+
+
+def store_confidence(run_dir: Path, settings: dict) -> None:
+    """Update the run's config.json in place with refitted confidence settings (nothing else changes)."""
+    path = run_dir / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"{path}: cannot read the run configuration ({exc})") from exc
+    config.update(settings)
+    path.write_text(json.dumps(config, indent=2) + "\n")

@@ -1,0 +1,128 @@
+"""The learning-rate range test (Smith, 2015; fastai's ``lr_find``), from the probe-initialised model.
+
+Fine-tuning in vistrain starts from the linear probe's head, so the test does too: the
+learning rate grows exponentially over ~100 training steps (same augmentation, frozen layers and
+discriminative groups as fine-tuning), the loss is smoothed, and the suggestion is a tenth of the
+rate at the lowest smoothed loss, where the loss still falls steadily without blowing up.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from vistrain.data.augment import augment_batch
+from vistrain.data.dataset import DatasetIndex
+from vistrain.models.classifier import ModelConfig, build_classifier
+from vistrain.models.registry import get_backbone
+from vistrain.progress import Reporter, SilentReporter
+from vistrain.training.feature_cache import FeatureCache
+from vistrain.training.finetune import FinetuneConfig, param_groups, set_train_mode, train_preprocessing
+from vistrain.training.pixels import decode_all
+from vistrain.training.probe import fit_probe
+from vistrain.training.trainer import TrainConfig, cached_features, choose_image_size
+
+
+@dataclass
+class LRFindResult:
+    lrs: np.ndarray  # the head's learning rate at each step (the backbone groups get lr/3, lr/10)
+    losses: np.ndarray  # raw training loss per step
+    smoothed: np.ndarray  # bias-corrected exponential moving average of the loss
+    suggestion: float  # a tenth of the rate at the lowest smoothed loss
+    steepest: float | None  # where the smoothed loss falls fastest (None when it never falls)
+    min_loss_lr: float
+    stopped_early: bool  # the loss diverged before the last step
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"suggestion": self.suggestion, "steepest": self.steepest, "min_loss_lr": self.min_loss_lr,
+                "steps": len(self.lrs), "stopped_early": self.stopped_early, "seconds": round(self.seconds, 1),
+                "lrs": [float(v) for v in self.lrs], "losses": [float(v) for v in self.smoothed]}
+
+
+def smooth(losses: np.ndarray, beta: float = 0.9) -> np.ndarray:
+    avg, out = 0.0, []
+    for i, v in enumerate(losses, start=1):
+        avg = beta * avg + (1 - beta) * float(v)
+        out.append(avg / (1 - beta**i))
+    return np.array(out)
+
+
+def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float, float | None, float]:
+    """(min/10, steepest descent, lr at the minimum) of a smoothed loss curve."""
+    lowest = int(np.argmin(smoothed))
+    min_lr = float(lrs[lowest])
+    steepest = None
+    if lowest >= 2:
+        slope = np.gradient(smoothed[: lowest + 1], np.log(lrs[: lowest + 1]))
+        if slope.min() < 0:
+            steepest = float(lrs[int(np.argmin(slope))])
+    return min_lr / 10, steepest, min_lr
+
+
+def lr_range_test(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | None = None, steps: int = 100,
+                  start: float = 1e-7, end: float = 1.0, diverge: float = 4.0) -> LRFindResult:
+    """Train ``steps`` batches at exponentially growing rates from the probe head; the model is discarded."""
+    if steps < 10:
+        raise ValueError(f"lr-find needs at least 10 steps (got {steps})")
+    if not 0 < start < end:
+        raise ValueError(f"learning rate range {start}..{end} must be increasing and positive")
+    ui = reporter or SilentReporter()
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    size = cfg.image_size or choose_image_size(index, cfg.backbone)
+    prep = get_backbone(cfg.backbone).preprocessing(size, cfg.resize)
+    train = index.split("train")
+    classes = index.classes
+    y = np.array([classes.index(r.label) for r in train])
+    model = build_classifier(ModelConfig(cfg.backbone, classes, prep)).to(memory_format=torch.channels_last)
+    with ui.stage("decode", len(train)) as advance:
+        pixels, canvases = decode_all([r.path for r in train], prep, canvases=True, progress=advance)
+    features = cached_features(ui, model.backbone, train, prep, FeatureCache(cfg.data.cache_dir, cfg.backbone, prep), pixels)
+    del pixels
+    w, b = fit_probe(features, y, len(classes), C=cfg.probe_c, seed=cfg.seed)
+    with torch.no_grad():
+        model.head.weight.copy_(w)
+        model.head.bias.copy_(b)
+
+    groups = param_groups(model, 1.0, FinetuneConfig().freeze_bottom)  # at lr 1, each group's lr is its share
+    shares = [g["lr"] for g in groups]
+    opt = torch.optim.AdamW(groups, lr=1.0, weight_decay=0.01)
+    loss_fn = nn.CrossEntropyLoss()
+    set_train_mode(model, freeze_bn=True)
+    small = train_preprocessing(prep)
+    lrs = start * (end / start) ** (np.arange(steps) / (steps - 1))
+    n = min(cfg.batch_size, len(canvases))
+    queue = np.zeros(0, dtype=int)
+    losses: list[float] = []
+    best = math.inf
+    stopped = False
+    with ui.stage("lr-find", steps, unit="step") as advance:
+        for i, lr in enumerate(lrs):
+            for g, share in zip(opt.param_groups, shares):
+                g["lr"] = lr * share
+            if len(queue) < n:  # whole passes over the training set, reshuffled each time
+                queue = np.r_[queue, rng.permutation(len(canvases))].astype(int)
+            idx, queue = queue[:n], queue[n:]
+            x = augment_batch([canvases[j] for j in idx], small, cfg.augment, rng)
+            loss = loss_fn(model(x), torch.as_tensor(y[idx]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            advance(1)
+            current = smooth(np.array(losses))[-1]
+            best = min(best, current)
+            if not math.isfinite(current) or (i > 10 and current > diverge * best):
+                stopped = i < steps - 1
+                break
+    done = len(losses)
+    sm = smooth(np.array(losses))
+    suggestion, steepest, min_lr = suggest(lrs[:done], sm)
+    return LRFindResult(lrs[:done], np.array(losses), sm, suggestion, steepest, min_lr, stopped, time.perf_counter() - t0)

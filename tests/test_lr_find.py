@@ -1,0 +1,60 @@
+"""The learning-rate range test: its suggestion rule, the command's plot, and train --lr auto."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import vistrain
+from vistrain.cli import main
+from vistrain.commands.lr_find import learning_rate
+from vistrain.progress import SilentReporter
+from vistrain.training.lr_find import smooth, suggest
+
+
+def test_suggestion_is_a_tenth_of_the_minimum_and_steepest_is_before_it():
+    lrs = np.logspace(-7, 0, 100)
+    x = np.log10(lrs)
+    loss = 1 + 0.02 * (x + 3) ** 2  # lowest at 1e-3
+    s, steepest, lowest = suggest(lrs, loss)
+    assert lowest == pytest.approx(1e-3, rel=0.2) and s == pytest.approx(lowest / 10)
+    assert steepest is not None and steepest < lowest
+    assert suggest(lrs, np.linspace(1, 2, 100))[1] is None  # never falls: no steepest descent
+    np.testing.assert_allclose(smooth(np.full(20, 0.7)), 0.7)  # bias-corrected: no warm-up dip
+
+
+def test_lr_find_command_plots_and_suggests(trained_run, tmp_path, capsys):
+    _, data = trained_run
+    cache = trained_run[0].parent / "cache"  # the shared run's features: no backbone export here
+    png = tmp_path / "plots" / "lr.png"
+    assert main(["lr-find", str(data), "--out", str(png), "--steps", "12", "--image-size", "64",
+                 "--batch-size", "8", "--cache-dir", str(cache)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Suggested learning rate" in out and ("12 steps" in out or "stopped" in out)
+    with Image.open(png) as im:
+        assert im.size[0] > 300 and np.asarray(im.convert("L")).std() > 5
+    assert main(["lr-find", str(data), "--steps", "3", "--cache-dir", str(cache)]) == 2
+    assert "at least 10 steps" in capsys.readouterr().out
+
+
+def test_train_lr_auto_uses_the_suggestion(trained_run, tmp_path):
+    _, data = trained_run
+    logs = []
+
+    class Log(SilentReporter):
+        def log(self, message):
+            logs.append(message)
+
+    run = vistrain.train(data, out=tmp_path / "run", mode="finetune", epochs=1, lr="auto", lr_find_steps=10,
+                         image_size=64, batch_size=8, time_budget=None, cache_dir=trained_run[0].parent / "cache",
+                         reporter=Log())
+    lr = json.loads((run.path / "config.json").read_text())["training"]["lr"]
+    assert isinstance(lr, float) and lr != 1e-4 and 0 < lr < 0.1
+    assert any(f"lr-find: learning rate {lr:.2g}" in m for m in logs)
+    assert learning_rate("auto") == "auto" and learning_rate("3e-4") == 3e-4
+    with pytest.raises(argparse.ArgumentTypeError, match="neither a number nor 'auto'"):
+        learning_rate("fast")

@@ -1,0 +1,96 @@
+"""``vistrain report``: the HTML page in a real browser, the errors folder, refitted confidence settings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+from conftest import make_image, write_class_folders
+
+from vistrain.cli import main
+
+SECTIONS = ["data", "audit", "training", "metrics", "errors", "heatmaps", "calibration", "abstention"]
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    return run
+
+
+@pytest.fixture
+def mislabelled(tmp_path):
+    """Two images per class, plus a circle filed under 'squares': one certain error."""
+    data = write_class_folders(tmp_path / "eval", per_class=2, start=300)
+    make_image("circles", 777).save(data / "squares" / "odd_circle.png")
+    return data
+
+
+def test_report_page_in_a_browser(run_copy, mislabelled, browser, capsys):
+    (run_copy / "audit.json").write_text(json.dumps({"version": 1, "data": "photos", "summary": {"duplicate": 1},
+        "findings": [{"kind": "duplicate", "severity": "warning", "message": "2 identical files",
+                      "files": ["a.png", "b.png"], "score": 1.0}]}))
+    before = _digest(mislabelled)
+    assert main(["report", str(run_copy), str(mislabelled), "--tta"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Report written" in out and "calibration error" in out and "1 error(s)" in out
+
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    try:
+        page.goto((run_copy / "report.html").as_uri())
+        ids = page.eval_on_selector_all("section", "els => els.map(e => e.id)")
+        assert [s for s in SECTIONS if s not in ids] == []
+        assert "tta" in ids
+        images = page.eval_on_selector_all("img", "els => els.map(e => [e.alt, e.naturalWidth, e.src.slice(0, 11)])")
+        assert len(images) >= 8 and all(w > 0 for _, w, _ in images), images
+        assert all(src.startswith("data:image") for _, _, src in images)  # self-contained
+        errors = page.inner_text("#errors")
+        assert "circles / squares" in errors and "odd_circle.png" in errors  # predicted / actual, fastai's order
+        assert page.eval_on_selector_all("#errors figure img", "els => els.length") == 1
+        assert "duplicate" in page.inner_text("#audit")
+        assert "[" in page.inner_text("#metrics")  # confidence intervals shown
+    finally:
+        page.close()
+    assert _digest(mislabelled) == before  # copies, never moves
+    copied = run_copy / "errors" / "squares" / "circles" / "odd_circle.png"
+    assert copied.read_bytes() == (mislabelled / "squares" / "odd_circle.png").read_bytes()
+    # A second report reuses its own earlier copy; another file of the same name gets a suffix.
+    assert main(["report", str(run_copy), str(mislabelled)]) == 0
+    assert [p.name for p in copied.parent.iterdir()] == ["odd_circle.png"]
+    copied.write_bytes(b"someone else's file")
+    assert main(["report", str(run_copy), str(mislabelled)]) == 0
+    assert sorted(p.name for p in copied.parent.iterdir()) == ["odd_circle.png", "odd_circle_1.png"]
+
+
+def test_report_on_validation_refits_and_stores(run_copy, capsys):
+    assert main(["report", str(run_copy), "--target-precision", "0.9", "--top-losses", "4"]) == 0
+    assert "fitted here and stored in the run" in " ".join(capsys.readouterr().out.split())  # rich wraps lines
+    cfg = json.loads((run_copy / "config.json").read_text())
+    assert cfg["calibration"]["target_precision"] == 0.9 and cfg["calibration"]["fitted_on"] == "validation"
+    html = (run_copy / "report.html").read_text()
+    assert 'id="abstention"' in html and "target 90%" in html
+    assert ('id="audit"' in html) == (run_copy / "audit.json").exists()
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--target-precision", "1.5"], "target precision 1.5"),
+    (["--top-losses", "0"], "top losses 0"),
+])
+def test_report_rejects_bad_settings(run_copy, capsys, argv, fragment):
+    assert main(["report", str(run_copy), *argv]) == 2
+    assert fragment in capsys.readouterr().out
+
+
+def test_report_names_unknown_labels(run_copy, tmp_path, capsys):
+    data = write_class_folders(tmp_path / "other", per_class=1, classes=("circles",))
+    (data / "triangles").mkdir()
+    make_image("squares", 5).save(data / "triangles" / "t.png")
+    assert main(["report", str(run_copy), str(data)]) == 2
+    assert "triangles" in capsys.readouterr().out
