@@ -115,7 +115,7 @@ def reliability(before: list, after: list, ece_before: float, ece_after: float, 
         ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
         for m, b in zip(mids, bins):
             if b.count:
-                ax.text(m, 0.02, str(b.count), ha="center", fontsize=7, color="white")
+                ax.text(m, 0.02, str(b.count), ha="center", fontsize=7, color="white" if b.accuracy > 0.08 else "black")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("confidence (top probability)")
