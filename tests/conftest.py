@@ -102,9 +102,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Debian's chromium driven by Playwright (never a downloaded browser); skips, saying why, without it."""
+    """Debian's chromium driven by Playwright (never a downloaded browser); skips, saying why, without it.
+
+    Module-scoped: Playwright's sync API keeps an event loop running in the main thread while it is
+    open, which would break later tests that call ``asyncio.run``.
+    """
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: run scripts/system-deps.sh (apt-get install chromium) as root")
     from playwright.sync_api import sync_playwright
