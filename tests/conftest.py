@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +132,27 @@ def exported_run(trained_run, tmp_path_factory) -> Path:
     export_run(trained_run[0], ExportConfig(out=out, int8=True, int8_method="static", calibration_images=12,
                                             max_accuracy_drop=100))
     return out
+
+
+@contextlib.contextmanager
+def live_server(app, start_timeout: float = 60.0):
+    """A real uvicorn server for ``app`` on 127.0.0.1 at an ephemeral port; yields its base URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

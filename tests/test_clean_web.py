@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
-import time
 
 import httpx
 import pytest
-from conftest import write_class_folders
+from conftest import live_server, write_class_folders
 
 from vistrain.clean.app import create_app
 from vistrain.clean.audit import AuditConfig, audit
@@ -23,28 +21,14 @@ from vistrain.data.dataset import DataConfig
 @pytest.fixture
 def review(tmp_path):
     """A dataset with a conflict and a duplicate, served on 127.0.0.1 at an ephemeral port."""
-    import uvicorn
-
     root = write_class_folders(tmp_path / "photos", per_class=4)
     shutil.copy(root / "circles/circles_0.png", root / "squares/circle_copy.png")  # conflict
     shutil.copy(root / "stripes/stripes_1.png", root / "stripes/stripes_1_again.png")  # duplicate
     (tmp_path / "outside.txt").write_text("not yours")
     os.symlink(tmp_path / "outside.txt", root / "circles/sneaky.png")
     result = audit(AuditConfig(DataConfig(root, cache_dir=tmp_path / "cache"), features=False))
-    server = uvicorn.Server(uvicorn.Config(create_app(root, result), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the review server did not start")
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield root, f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with live_server(create_app(root, result), start_timeout=20) as url:
+        yield root, url
 
 
 def _card(page, path: str):

@@ -4,15 +4,12 @@ oversized upload, OpenAPI fuzzing with schemathesis, and the web page in headles
 from __future__ import annotations
 
 import io
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 import schemathesis
-import uvicorn
-from conftest import make_image
+from conftest import live_server, make_image
 from hypothesis import HealthCheck, given, settings
 
 from vistrain.serve import ServeConfig, create_app
@@ -27,18 +24,8 @@ def png_bytes(kind: str, seed: int) -> bytes:
 @pytest.fixture(scope="module")
 def live_url(exported_run):
     app = create_app(ServeConfig(exported_run, max_request_bytes=300_000, max_files=4))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(app) as url:
+        yield url
 
 
 def test_concurrent_clients_each_get_their_own_answer(live_url):

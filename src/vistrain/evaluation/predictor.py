@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,20 +13,7 @@ import torch
 from vistrain.data.images import ImageError, is_candidate, load_rgb
 from vistrain.data.transforms import normalize, to_model_pixels
 from vistrain.models.classifier import ImageClassifier, ModelConfig, load_model
-
-
-@dataclass
-class Prediction:
-    path: str
-    probabilities: np.ndarray | None  # over the model's classes; None when the file failed
-    error: str | None = None
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+from vistrain.prediction import Prediction, softmax  # noqa: F401 (re-exported)
 
 
 class Predictor:

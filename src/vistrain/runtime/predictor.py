@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from vistrain.data.images import (
 )
 from vistrain.data.transforms import normalize_array, to_model_pixels
 from vistrain.heatmap import cam_from_features
+from vistrain.prediction import Prediction, softmax  # noqa: F401 (re-exported)
 from vistrain.runtime.bundle import (
     HEAD_FILE,
     VARIANTS,
@@ -30,20 +30,6 @@ from vistrain.runtime.bundle import (
     ExportInfo,
     read_export,
 )
-
-
-@dataclass
-class Prediction:
-    path: str
-    probabilities: np.ndarray | None  # over the model's classes; None when the file failed
-    error: str | None = None
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class OnnxPredictor:
