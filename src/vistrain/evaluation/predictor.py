@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vistrain.data.images import ImageError, is_candidate, load_rgb
+from vistrain.data.images import is_candidate, load_rgb
 from vistrain.data.transforms import normalize, to_model_pixels
 from vistrain.models.classifier import ImageClassifier, ModelConfig, load_model
-from vistrain.prediction import Prediction, softmax  # noqa: F401 (re-exported)
+from vistrain.prediction import Prediction, decoded_batches, softmax  # noqa: F401 (re-exported)
 
 
 class Predictor:
@@ -75,22 +73,15 @@ class Predictor:
         logits = np.full((len(paths), views, len(self.classes)), np.nan, dtype=np.float32)
         errors: list[str | None] = []
 
-        def decode(p):
-            try:
-                return to_model_pixels(load_rgb(p, min_side=prep.size), prep), None
-            except ImageError as exc:
-                return None, exc.reason
+        def decode(p: str) -> np.ndarray:
+            return to_model_pixels(load_rgb(p, min_side=prep.size), prep)
 
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            for start in range(0, len(paths), self.batch_size):
-                chunk = [str(p) for p in paths[start : start + self.batch_size]]
-                decoded = list(pool.map(decode, chunk))
-                good = [i for i, (px, _) in enumerate(decoded) if px is not None]
-                if good:
-                    logits[[start + i for i in good]] = self.view_logits(np.stack([decoded[i][0] for i in good]), views)
-                errors.extend(err for _, err in decoded)
-                if progress:
-                    progress(len(chunk))
+        start = 0
+        for chunk, good, pixels, errs in decoded_batches(paths, decode, self.batch_size, progress):
+            if good:
+                logits[[start + i for i in good]] = self.view_logits(pixels, views)
+            errors.extend(errs)
+            start += len(chunk)
         return logits, errors
 
 

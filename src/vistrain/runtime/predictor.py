@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from vistrain.data.images import (
     DEFAULT_MAX_PIXELS,
-    ImageError,
     decode_with_header,
     load_rgb,
 )
 from vistrain.data.transforms import normalize_array, to_model_pixels
 from vistrain.heatmap import cam_from_features
-from vistrain.prediction import Prediction, softmax  # noqa: F401 (re-exported)
+from vistrain.prediction import Prediction, decoded_batches, softmax  # noqa: F401 (re-exported)
 from vistrain.runtime.bundle import (
     HEAD_FILE,
     VARIANTS,
@@ -123,21 +121,7 @@ class OnnxPredictor:
     def predict_paths(self, paths: list[str | Path], progress: Callable[[int], None] | None = None) -> list[Prediction]:
         """Decode (threads) and classify batch by batch; files that fail carry their reason."""
         results: list[Prediction] = []
-
-        def decode(p):
-            try:
-                return self.pixels_from_file(p), None
-            except ImageError as exc:
-                return None, exc.reason
-
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            for start in range(0, len(paths), self.batch_size):
-                chunk = [str(p) for p in paths[start : start + self.batch_size]]
-                decoded = list(pool.map(decode, chunk))
-                good = [i for i, (px, _) in enumerate(decoded) if px is not None]
-                probs = self.probabilities_from_pixels(np.stack([decoded[i][0] for i in good])) if good else []
-                by_index = dict(zip(good, probs))
-                results.extend(Prediction(p, by_index.get(i), decoded[i][1]) for i, p in enumerate(chunk))
-                if progress:
-                    progress(len(chunk))
+        for chunk, good, pixels, errors in decoded_batches(paths, self.pixels_from_file, self.batch_size, progress):
+            by_index = dict(zip(good, self.probabilities_from_pixels(pixels))) if good else {}
+            results.extend(Prediction(p, by_index.get(i), errors[i]) for i, p in enumerate(chunk))
         return results
