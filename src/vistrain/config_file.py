@@ -90,15 +90,20 @@ def normalise(mapping: dict, source: str) -> dict:
     return out
 
 
+def read_yaml(path: Path, what: str):
+    """A YAML file's content (``{}`` when empty); ConfigError naming the file when missing or invalid."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+
+
 def load_config(path: Path | str) -> dict:
     """The settings in a YAML file, checked; raises ConfigError naming the file and the key."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: configuration file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    data = read_yaml(path, "configuration file")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings (key: value), got {type(data).__name__}")
     return normalise(data, str(path))

@@ -15,9 +15,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from vistrain.config_file import ConfigError, config_keys, normalise
+from vistrain.config_file import ConfigError, config_keys, normalise, read_yaml
 
 NOT_SWEPT = ("data", "out", "cache_dir", "resume")  # where and what, not how: the sweep decides these
 
@@ -67,12 +66,7 @@ def _param(name: str, spec, source: str) -> Param:
 
 def load_space(path: Path | str) -> dict[str, Param]:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: search space file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    data = read_yaml(path, "search space file")
     if not isinstance(data, dict) or not data:
         raise ConfigError(f"{path}: expected a mapping of settings to ranges or choices")
     known = _known_keys()
