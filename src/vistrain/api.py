@@ -29,6 +29,7 @@ from vistrain.evaluation.predictor import Prediction, Predictor, collect_images
 from vistrain.models.classifier import save_model
 from vistrain.progress import Reporter, SilentReporter
 from vistrain.training.checkpoint import remove_checkpoint
+from vistrain.training.device import resolve_device
 from vistrain.training.distributed import init_from_env, is_main, world_size
 from vistrain.training.trainer import TrainConfig, TrainResult, run_training
 
@@ -58,12 +59,14 @@ class Run:
         return folder
 
 
-def load(folder: Path | str) -> Run:
-    """Load a run folder (or any folder with model.safetensors + config.json); runs no code from it."""
+def load(folder: Path | str, device: str = "auto") -> Run:
+    """Load a run folder (or any folder with model.safetensors + config.json); runs no code from it.
+
+    ``device``: where the model runs, ``auto`` (a GPU when PyTorch sees one), ``cpu`` or ``cuda``."""
     folder = Path(folder)
     metrics_file = folder / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-    return Run(folder, Predictor.from_folder(folder), metrics)
+    return Run(folder, Predictor.from_folder(folder, device=device), metrics)
 
 
 def train(
@@ -82,9 +85,8 @@ def train(
     ``cache_dir``: where scan results are cached; None for the default user cache, False for none.
     ``on_epoch(epoch, best validation score so far)`` runs after each fine-tuning epoch.
     ``lr="auto"``: run the learning-rate range test (``lr_find_steps`` steps) and use its suggestion.
+    ``device="auto"|"cpu"|"cuda"``: where to train (auto: a GPU when PyTorch sees one; mixed precision there).
     """
-    backend = init_from_env()  # under torchrun: join the other processes; only rank 0 reports and writes
-    ui = (reporter or SilentReporter()) if is_main() else SilentReporter()
     t0 = time.perf_counter()
     out = Path(out)
     data_cfg = DataConfig(Path(data), label_from_name, valid_fraction, options.get("seed", 0),
@@ -92,7 +94,10 @@ def train(
     auto_lr = options.get("lr") == "auto"
     if auto_lr:
         options = {**options, "lr": TrainConfig.lr}  # replaced by the range test's suggestion below
-    cfg = TrainConfig(data=data_cfg, out=out, **options)
+    cfg = TrainConfig(data=data_cfg, out=out, **options)  # checks every setting, the device included
+    # Under torchrun: join the other processes (NCCL on GPUs, gloo on CPUs); only rank 0 reports and writes.
+    backend = init_from_env(resolve_device(cfg.device))
+    ui = (reporter or SilentReporter()) if is_main() else SilentReporter()
     index = build_index(data_cfg, reporter=ui)
     if auto_lr and cfg.mode != "probe":
         from vistrain.training.lr_find import lr_range_test
@@ -117,7 +122,7 @@ def train(
     result = run_training(index, cfg, ui, on_epoch=on_epoch)
     if backend:
         result.notes.append(f"data-parallel fine-tuning over {world_size()} processes ({backend})")
-    predictor = Predictor(result.model, result.model_config)
+    predictor = Predictor(result.model, result.model_config)  # on the training device
     metrics = _final_metrics(index, result, predictor, ui)
     y_valid = [result.model_config.classes.index(r.label) for r in index.split("valid")]
     apply_confidence(result.model_config, fit_confidence(result.valid_logits, y_valid))
@@ -172,6 +177,8 @@ def _write_run(out: Path, index: DatasetIndex, cfg: TrainConfig, result: TrainRe
     import torch
 
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("data", "out")}
+    # What ran, next to what was asked (train_config.yaml keeps the request, e.g. auto, to stay portable).
+    settings.update(device=result.device, device_requested=cfg.device, amp=result.amp)
     settings["data"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg.data).items()}
     result.model_config.extra = {
         **result.model_config.extra,  # calibration
@@ -190,6 +197,8 @@ def _write_run(out: Path, index: DatasetIndex, cfg: TrainConfig, result: TrainRe
         "probe_valid_accuracy": result.probe_accuracy,
         "finetune_best_valid_accuracy": result.finetune.best_accuracy if result.finetune and result.finetune.history else None,
         "seconds": round(seconds, 1),
+        "device": result.device,
+        "amp": result.amp,
         "notes": result.notes,
     }, indent=2) + "\n")
     with (out / "history.csv").open("w", newline="") as f:
@@ -205,12 +214,14 @@ def _write_run(out: Path, index: DatasetIndex, cfg: TrainConfig, result: TrainRe
 
 
 def evaluate(run: str | Path | Run, data: str | Path, label_from_name: str | None = None,
-             reporter: Reporter | None = None, cache_dir: Path | str | bool | None = None, tta: bool = False) -> dict:
+             reporter: Reporter | None = None, cache_dir: Path | str | bool | None = None, tta: bool = False,
+             device: str = "auto") -> dict:
     """Metrics of a saved model on a labelled folder (class folders, flat with a regex, or CSV).
 
-    ``tta``: average each image with its mirror image; ``metrics["tta"]`` gives the gain."""
+    ``tta``: average each image with its mirror image; ``metrics["tta"]`` gives the gain.
+    ``device``: where a run given as a folder is loaded (a :class:`Run` stays where it is)."""
     ui = reporter or SilentReporter()
-    run = run if isinstance(run, Run) else load(run)
+    run = run if isinstance(run, Run) else load(run, device)
     index = build_eval_index(DataConfig(Path(data), label_from_name, cache_dir=_resolve_cache(cache_dir)),
                              reporter=ui)
     unknown = sorted({r.label for r in index.records} - set(run.classes))
@@ -247,11 +258,12 @@ def prediction_row(p: Prediction, classes: list[str], top_k: int, unsure: float 
 
 def predict(run: str | Path | Run, inputs: list[str | Path], top_k: int = 3, unsure: float | None = None,
             csv_path: Path | None = None, into: Path | None = None, reporter: Reporter | None = None,
-            tta: bool = False, heatmap: Path | None = None) -> list[dict]:
+            tta: bool = False, heatmap: Path | None = None, device: str = "auto") -> list[dict]:
     """Classify files and folders; optionally write a CSV, sort copies into class folders and write
-    Grad-CAM heat maps (``heatmap``). ``unsure`` defaults to the run's stored threshold (0: never)."""
+    Grad-CAM heat maps (``heatmap``). ``unsure`` defaults to the run's stored threshold (0: never).
+    ``device``: where a run given as a folder is loaded (a :class:`Run` stays where it is)."""
     ui = reporter or SilentReporter()
-    run = run if isinstance(run, Run) else load(run)
+    run = run if isinstance(run, Run) else load(run, device)
     paths = collect_images(inputs)
     threshold = unsure if unsure is not None else run.predictor.config.unsure_threshold
     with ui.stage("predict", len(paths)) as advance:

@@ -19,5 +19,11 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="do not read or write any cache")
 
 
+def add_device_flag(p: argparse.ArgumentParser, what: str) -> None:
+    # Checked where it is used (vistrain.training.device), which lists the choices: no torch import here.
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
+                   help=f"where {what}: auto (a GPU when PyTorch sees one, else the CPU), cpu or cuda (default auto)")
+
+
 def cache_dir(args) -> Path | bool | None:
     return False if args.no_cache else args.cache_dir

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vistrain.commands import add_data_flags, cache_dir
+from vistrain.commands import add_data_flags, add_device_flag, cache_dir
 
 NAME = "evaluate"
 ORDER = 20
@@ -17,6 +17,7 @@ def register(sub) -> None:
     e.add_argument("data", type=Path, help="labelled images: class folders, flat folder with --label-from-name, or CSV")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.add_argument("--tta", action="store_true", help="average each image with its mirror image; reports the gain")
+    add_device_flag(e, "the model runs")
     add_data_flags(e)
 
 
@@ -25,7 +26,7 @@ def run(args, console, reporter) -> int:
     from vistrain.evaluation.render import confusion_table, per_class_table
 
     m = evaluate(args.run, args.data, args.label_from_name, reporter=reporter, cache_dir=cache_dir(args),
-                 tta=args.tta)
+                 tta=args.tta, device=args.device)
     if args.json:
         print(json.dumps(m, indent=2))
         return 0

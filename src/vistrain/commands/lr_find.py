@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vistrain.commands import add_data_flags, cache_dir
+from vistrain.commands import add_data_flags, add_device_flag, cache_dir
 
 NAME = "lr-find"
 ORDER = 15
@@ -33,6 +33,7 @@ def register(sub) -> None:
     f.add_argument("--batch-size", type=int, default=32)
     f.add_argument("--valid-fraction", type=float, default=0.2)
     f.add_argument("--seed", type=int, default=0)
+    add_device_flag(f, "to train (on CUDA: mixed precision)")
     add_data_flags(f)
 
 
@@ -42,7 +43,7 @@ def run(args, console, reporter) -> int:
 
     res = find_lr(args.data, reporter=reporter, label_from_name=args.label_from_name, valid_fraction=args.valid_fraction,
                   cache_dir=cache_dir(args), steps=args.steps, start=args.start, end=args.end,
-                  backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size, seed=args.seed)
+                  backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size, seed=args.seed, device=args.device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(plot(res.lrs, res.smoothed, res.suggestion, res.steepest))
     console.print(f"[bold]Suggested learning rate {res.suggestion:.2g}[/] (a tenth of {res.min_loss_lr:.2g}, "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vistrain.commands import add_device_flag
+
 NAME = "predict"
 ORDER = 30
 
@@ -21,6 +23,7 @@ def register(sub) -> None:
     pr.add_argument("--tta", action="store_true", help="average each image with its mirror image (2x the time)")
     pr.add_argument("--heatmap", type=Path, metavar="DIR", help="write a Grad-CAM heat map of each answer into DIR")
     pr.add_argument("--json", action="store_true", help="print predictions as JSON")
+    add_device_flag(pr, "the model runs")
 
 
 def run(args, console, reporter) -> int:
@@ -32,7 +35,7 @@ def run(args, console, reporter) -> int:
     if args.top_k < 1:
         raise ValueError(f"--top-k {args.top_k} must be at least 1")
     rows = predict(args.run, args.inputs, top_k=args.top_k, unsure=args.unsure, csv_path=args.csv,
-                   into=args.into, reporter=reporter, tta=args.tta, heatmap=args.heatmap)
+                   into=args.into, reporter=reporter, tta=args.tta, heatmap=args.heatmap, device=args.device)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

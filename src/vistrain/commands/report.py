@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vistrain.commands import add_data_flags, cache_dir
+from vistrain.commands import add_data_flags, add_device_flag, cache_dir
 
 NAME = "report"
 ORDER = 25
@@ -22,6 +22,7 @@ def register(sub) -> None:
     r.add_argument("--per-class", type=int, default=2, metavar="N",
                    help="correct predictions per class shown with heat maps (default 2)")
     r.add_argument("--tta", action="store_true", help="average each image with its mirror image; reports the gain")
+    add_device_flag(r, "the model runs")
     add_data_flags(r)
 
 
@@ -29,7 +30,7 @@ def run(args, console, reporter) -> int:
     from vistrain.evaluation.report import write_report
 
     path, a = write_report(args.run, args.data, args.label_from_name, args.target_precision, args.tta,
-                           args.top_losses, args.per_class, reporter, cache_dir(args))
+                           args.top_losses, args.per_class, reporter, cache_dir(args), args.device)
     m, c, s = a.metrics, a.calibration, a.abstention
     console.print(f"[bold]Report written:[/] {path}")
     console.print(f"  {a.source}: accuracy {m['accuracy']:.1%} (95% CI {m['accuracy_ci'][0]:.1%}–{m['accuracy_ci'][1]:.1%}), "

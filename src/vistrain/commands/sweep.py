@@ -26,6 +26,8 @@ def register(sub) -> None:
     s.add_argument("--config", type=Path, metavar="FILE.yaml", help="settings shared by every trial (a train --config file)")
     s.add_argument("--out", type=Path, help="sweep folder (default sweeps/STUDY)")
     s.add_argument("--seed", type=int, default=0, help="the sampler's seed (default 0)")
+    s.add_argument("--device", metavar="auto|cpu|cuda",
+                   help="where every trial trains (default: the --config file's, else auto)")
     add_data_flags(s)
 
 
@@ -39,6 +41,12 @@ def run(args, console, reporter) -> int:
 
     space = load_space(args.space)
     base = load_config(args.config) if args.config else {}
+    if args.device is not None:
+        base["device"] = args.device
+    if "device" in base:
+        from vistrain.training.device import resolve_device
+
+        resolve_device(base["device"])  # refused before the first trial, not by every trial in turn
     study = args.study or args.space.stem
     cfg = SweepConfig(
         data=args.data, space=space, trials=args.trials, out=args.out or Path("sweeps") / study,

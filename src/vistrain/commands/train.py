@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vistrain.commands import add_data_flags, cache_dir
+from vistrain.commands import add_data_flags, add_device_flag, cache_dir
 from vistrain.commands.lr_find import learning_rate
 from vistrain.config_file import resolve_train_args, track_explicit_flags
 
@@ -41,6 +41,7 @@ def register(sub) -> None:
                    help="class-imbalance correction; auto picks one from the measured imbalance (default auto)")
     t.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine-restarts", "exp-decay", "constant"],
                    help="fine-tuning learning-rate schedule (default onecycle)")
+    add_device_flag(t, "to train (on CUDA: mixed precision)")
     t.add_argument("--mlflow", nargs="?", const="mlruns", metavar="URI",
                    help="also log the run to MLflow: a folder (default ./mlruns, SQLite inside) or a tracking URI")
     add_data_flags(t)
@@ -59,14 +60,16 @@ def run(args, console, reporter) -> int:
         backbone=args.backbone, mode=args.mode, epochs=args.epochs,
         time_budget=None if args.no_time_budget else args.time_budget, image_size=args.image_size,
         resize=args.resize, batch_size=args.batch_size, lr=args.lr, label_smoothing=args.label_smoothing,
-        seed=args.seed, resume=args.resume, balance=args.balance, schedule=args.schedule, **extra,
+        seed=args.seed, resume=args.resume, balance=args.balance, schedule=args.schedule, device=args.device,
+        **extra,
     )
     m, res = trained.metrics, trained.result
     console.print()
     console.print(per_class_table(m["valid"], "Validation, per class"))
     console.print(confusion_table(m["valid"]))
     kept = "fine-tuned network" if res.stage == "finetune" else "linear probe on frozen features"
-    console.print(f"\n[bold green]Done[/] in {res.seconds:.0f} s. Kept: {kept}.")
+    console.print(f"\n[bold green]Done[/] in {res.seconds:.0f} s on {res.device}"
+                  + (" (mixed precision)" if res.amp else "") + f". Kept: {kept}.")
     console.print(f"  validation accuracy {m['valid']['accuracy']:.1%} ({m['valid']['errors']} of {m['valid']['n']} wrong)"
                   f"; linear probe alone {res.probe_accuracy:.1%}")
     if "test" in m:

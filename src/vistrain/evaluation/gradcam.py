@@ -19,6 +19,7 @@ from vistrain.data.transforms import normalize, to_model_pixels
 from vistrain.heatmap import normalise_cam, overlay
 from vistrain.models.classifier import ImageClassifier
 from vistrain.models.registry import get_backbone
+from vistrain.training.device import model_device, to_device
 
 
 def cam_module(model: ImageClassifier, backbone: str) -> torch.nn.Module:
@@ -43,20 +44,21 @@ def grad_cam(model: ImageClassifier, backbone: str, pixels: np.ndarray, prep, cl
         return act
 
     handle = layer.register_forward_hook(keep)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     maps = []
     try:
         for start in range(0, len(pixels), batch_size):
-            x = normalize(np.ascontiguousarray(pixels[start : start + batch_size]), prep)
+            x = to_device(normalize(np.ascontiguousarray(pixels[start : start + batch_size]), prep), device)
             with torch.enable_grad():
                 logits = model(x)
-                idx = torch.as_tensor(np.asarray(classes[start : start + batch_size]), dtype=torch.long)
+                idx = torch.as_tensor(np.asarray(classes[start : start + batch_size]), dtype=torch.long, device=device)
                 model.zero_grad(set_to_none=True)
                 logits.gather(1, idx[:, None]).sum().backward()
             act, grad = captured["act"].detach(), captured["act"].grad
             weights = grad.mean(dim=(2, 3), keepdim=True)
-            cams = (weights * act).sum(dim=1).float().numpy()
+            cams = (weights * act).sum(dim=1).float().cpu().numpy()
             maps.extend(normalise_cam(c) for c in cams)
     finally:
         handle.remove()

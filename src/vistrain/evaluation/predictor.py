@@ -12,18 +12,27 @@ from vistrain.data.images import is_candidate, load_rgb
 from vistrain.data.transforms import normalize, to_model_pixels
 from vistrain.models.classifier import ImageClassifier, ModelConfig, load_model
 from vistrain.prediction import Prediction, decoded_batches, softmax  # noqa: F401 (re-exported)
+from vistrain.training.device import model_device, resolve_device, to_device
 
 
 class Predictor:
-    def __init__(self, model: ImageClassifier, config: ModelConfig, batch_size: int = 32):
-        self.model = model.eval().to(memory_format=torch.channels_last)
+    """``device``: "auto", "cpu" or "cuda" moves the model there; None leaves it where it is.
+    Inference is float32 on every device (cuDNN's default TF32 convolutions make a GPU's logits
+    differ slightly from the CPU's)."""
+
+    def __init__(self, model: ImageClassifier, config: ModelConfig, batch_size: int = 32,
+                 device: str | torch.device | None = None):
+        if isinstance(device, str):
+            device = resolve_device(device)
+        self.model = model.eval().to(device, memory_format=torch.channels_last)
+        self.device = model_device(self.model)
         self.config = config
         self.batch_size = batch_size
 
     @classmethod
-    def from_folder(cls, folder: Path | str, batch_size: int = 32) -> Predictor:
+    def from_folder(cls, folder: Path | str, batch_size: int = 32, device: str | torch.device = "cpu") -> Predictor:
         model, cfg = load_model(folder)
-        return cls(model, cfg, batch_size)
+        return cls(model, cfg, batch_size, device)
 
     @property
     def classes(self) -> list[str]:
@@ -50,7 +59,8 @@ class Predictor:
         for i in range(0, len(pixels), self.batch_size):
             chunk = np.ascontiguousarray(pixels[i : i + self.batch_size])
             batch = [chunk] + ([np.ascontiguousarray(chunk[:, :, ::-1])] if views == 2 else [])
-            outs.append(np.stack([self.model(normalize(b, prep)).float().numpy() for b in batch], axis=1))
+            outs.append(np.stack([self.model(to_device(normalize(b, prep), self.device)).float().cpu().numpy()
+                                  for b in batch], axis=1))
         return np.concatenate(outs) if outs else np.zeros((0, views, len(self.classes)), dtype=np.float32)
 
     def probabilities_from_pixels(self, pixels: np.ndarray, tta: bool = False) -> np.ndarray:

@@ -271,8 +271,11 @@ def render_report(run_dir: Path, a: Analysis, predictor: Predictor, top_n: int =
 
 def write_report(run_dir: Path | str, data: Path | str | None = None, label_from_name: str | None = None,
                  target_precision: float | None = None, tta: bool = False, top_n: int = 16, per_class: int = 2,
-                 reporter: Reporter | None = None, cache_dir: Path | None = None) -> tuple[Path, Analysis]:
-    """Analyse the run on ``data`` (default: its validation split) and write ``RUN/report.html``."""
+                 reporter: Reporter | None = None, cache_dir: Path | None = None,
+                 device: str = "auto") -> tuple[Path, Analysis]:
+    """Analyse the run on ``data`` (default: its validation split) and write ``RUN/report.html``.
+
+    ``device``: where the model runs (auto|cpu|cuda, see :mod:`vistrain.training.device`)."""
     from vistrain.evaluation.analysis import analyse
 
     run_dir = Path(run_dir)
@@ -280,7 +283,7 @@ def write_report(run_dir: Path | str, data: Path | str | None = None, label_from
         raise ValueError(f"target precision {target_precision} must be between 0 and 1 (e.g. 0.95)")
     if top_n < 1 or per_class < 0:
         raise ValueError(f"top losses {top_n} must be at least 1 and samples per class {per_class} at least 0")
-    predictor = Predictor.from_folder(run_dir)
+    predictor = Predictor.from_folder(run_dir, device=device)
     a = analyse(run_dir, predictor, data, label_from_name, target_precision, tta, reporter, cache_dir)
     out = run_dir / "report.html"
     out.write_text(render_report(run_dir, a, predictor, top_n, per_class, reporter), encoding="utf-8")

@@ -81,7 +81,7 @@ def build_classifier(cfg: ModelConfig, pretrained: bool = True) -> ImageClassifi
 
 def save_model(folder: Path, model: ImageClassifier, cfg: ModelConfig) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # loads on any device
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "vistrain-model"})
     (folder / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
@@ -105,7 +105,7 @@ def load_model(folder: Path | str) -> tuple[ImageClassifier, ModelConfig]:
         raise ModelError(f"{folder}: no {WEIGHTS_FILE}")
     model = build_classifier(cfg, pretrained=False)
     try:
-        model.load_state_dict(load_file(str(weights)), strict=True)
+        model.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
     except RuntimeError as exc:
         raise ModelError(f"{weights}: weights do not fit backbone {cfg.backbone!r} with {len(cfg.classes)} classes") from exc
     return model.eval(), cfg

@@ -1,4 +1,6 @@
-"""Resumable fine-tuning state in safetensors + JSON (optimizer included), never pickle."""
+"""Resumable fine-tuning state in safetensors + JSON (optimizer included), never pickle.
+
+Tensors are saved from the CPU and load onto it: a run interrupted on a GPU resumes anywhere."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
     for idx, st in sd["state"].items():
         for name, value in st.items():
             if torch.is_tensor(value):
-                tensors[f"{idx}.{name}"] = value.detach().contiguous()
+                tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
             else:
                 scalars[f"{idx}.{name}"] = value
     return tensors, {"param_groups": [{k: v for k, v in g.items()} for g in sd["param_groups"]], "scalars": scalars}
@@ -37,9 +39,9 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: FinetuneState, extra: dict) -> None:
     d = run_dir / CHECKPOINT_DIR
     d.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "last.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(d / "last.safetensors"))
     if state.best_state is not None:
-        save_file({k: v.contiguous() for k, v in state.best_state.items()}, str(d / "best.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.best_state.items()}, str(d / "best.safetensors"))
     tensors, meta = _flatten_optimizer(optimizer.state_dict())
     save_file(tensors, str(d / "optimizer.safetensors"))
     info = {
@@ -76,7 +78,7 @@ class Resumable:
 def save_probe_head(run_dir: Path, head: torch.nn.Module) -> None:
     d = run_dir / CHECKPOINT_DIR
     d.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(d / "probe_head.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(d / "probe_head.safetensors"))
 
 
 def load_checkpoint(run_dir: Path) -> Resumable | None:

@@ -3,6 +3,8 @@
 ``torchrun --nproc_per_node N -m vistrain train ...``: every process builds the same split and the
 same probe (both are seeded), fine-tuning shards each epoch's images across the processes and
 averages gradients (DistributedDataParallel), and only rank 0 writes checkpoints and the run folder.
+The backend follows ``--device`` (see :mod:`vistrain.training.device`): NCCL when the processes
+train on GPUs (each on ``cuda:LOCAL_RANK``), gloo on the CPU, even on a machine that has GPUs.
 Decisions that end an epoch loop early (time budget, a NaN loss) are taken together, or one
 process would wait forever for the others.
 """
@@ -33,13 +35,27 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_env() -> str | None:
-    """Join the process group torchrun describes; returns the backend, or None when running alone."""
+def init_from_env(device: torch.device | None = None) -> str | None:
+    """Join the process group torchrun describes; returns the backend, or None when running alone.
+
+    ``device``: where this process trains (:func:`~vistrain.training.device.resolve_device`);
+    NCCL for a CUDA device, made this process's current GPU, gloo otherwise.
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     if not active():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        cuda = device is not None and device.type == "cuda"
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo")
     return dist.get_backend()
+
+
+def _comm_device() -> torch.device:
+    """Where tensors for collectives live: NCCL only moves GPU tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def wrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -48,7 +64,8 @@ def wrap(model: torch.nn.Module) -> torch.nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model)
+    device = next(model.parameters()).device
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def shard_length(n: int) -> int:
@@ -70,7 +87,7 @@ def agree_min(value: float) -> float:
     """The smallest ``value`` over all processes (e.g. epochs planned from each one's measured speed)."""
     if world_size() == 1:
         return value
-    t = torch.tensor([float(value)], dtype=torch.float64)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return t.item()
 
@@ -79,7 +96,7 @@ def any_rank(flag: bool) -> bool:
     """True on every process when ``flag`` is true on any."""
     if world_size() == 1:
         return bool(flag)
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 

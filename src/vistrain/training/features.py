@@ -15,6 +15,7 @@ from torch import nn
 
 from vistrain import __version__
 from vistrain.data.transforms import Preprocessing, normalize
+from vistrain.training.device import model_device, to_device
 
 
 def onnx_session(backbone: nn.Module, name: str, prep: Preprocessing, cache_dir: Path | None):
@@ -56,8 +57,9 @@ def extract_features(
     progress: Callable[[int], None] | None = None,
     session=None,
 ) -> np.ndarray:
-    """Pooled features for ``N x S x S x 3`` uint8 pixels."""
+    """Pooled features for ``N x S x S x 3`` uint8 pixels (float32, on the backbone's device without a session)."""
     backbone.eval()
+    device = model_device(backbone)
     out = []
     for start in range(0, len(pixels), batch_size):
         chunk = pixels[start : start + batch_size]
@@ -65,7 +67,7 @@ def extract_features(
         if session is not None:
             out.append(session.run(None, {"x": x.contiguous().numpy()})[0])
         else:
-            out.append(backbone(x).float().numpy())
+            out.append(backbone(to_device(x, device)).float().cpu().numpy())
         if progress:
             progress(len(chunk))
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)

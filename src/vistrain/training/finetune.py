@@ -26,6 +26,7 @@ from vistrain.training.balance import (
     macro_f1,
     sample_probabilities,
 )
+from vistrain.training.device import autocast, grad_scaler, model_device, pin, synchronize, to_device
 from vistrain.training.loader import Prefetcher
 from vistrain.training.distributed import any_rank, shard, shard_length, wrap
 from vistrain.training.schedules import build_scheduler
@@ -120,8 +121,10 @@ def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
 
 @torch.inference_mode()
 def evaluate_logits(model: nn.Module, pixels: np.ndarray, prep: Preprocessing, batch_size: int = 64) -> np.ndarray:
+    """float32 logits on the model's device (no autocast: they fit the temperature prediction uses)."""
     model.eval()
-    outs = [model(normalize(np.ascontiguousarray(pixels[i : i + batch_size]), prep)).float().numpy()
+    device = model_device(model)
+    outs = [model(to_device(normalize(np.ascontiguousarray(pixels[i : i + batch_size]), prep), device)).float().cpu().numpy()
             for i in range(0, len(pixels), batch_size)]
     return np.concatenate(outs)
 
@@ -136,6 +139,7 @@ def measure_step_seconds(model: ImageClassifier, canvases, labels, prep, cfg: Fi
     """Seconds for one training step (forward + backward), measured after one warm-up step."""
     rng = np.random.default_rng(cfg.seed)
     loss_fn = nn.CrossEntropyLoss()
+    device = model_device(model)
     param_groups(model, cfg.lr, cfg.freeze_bottom)  # same frozen layers as training: same cost
     set_train_mode(model, cfg.freeze_bn)
     n = min(cfg.batch_size, len(canvases))
@@ -143,9 +147,11 @@ def measure_step_seconds(model: ImageClassifier, canvases, labels, prep, cfg: Fi
     for _ in range(steps + 1):
         idx = rng.choice(len(canvases), n, replace=False)
         t = time.perf_counter()
-        x = augment_batch([canvases[i] for i in idx], train_preprocessing(prep), cfg.augment, rng)
-        loss = loss_fn(model(x), torch.as_tensor(labels[idx]))
+        x = to_device(augment_batch([canvases[i] for i in idx], train_preprocessing(prep), cfg.augment, rng), device)
+        with autocast(device):  # the same precision as the training steps
+            loss = loss_fn(model(x), to_device(torch.as_tensor(labels[idx]), device))
         loss.backward()
+        synchronize(device)
         times.append(time.perf_counter() - t)
     model.zero_grad(set_to_none=True)
     return float(np.median(times[1:])) * cfg.batch_size / n
@@ -191,11 +197,14 @@ def finetune(
             for _ in range(done * steps_per_epoch):
                 sched.step()
     k = model.head.out_features
-    weight = torch.tensor(class_weights(train_labels, k), dtype=torch.float32) if cfg.balance == "loss" else None
+    device = model_device(model)
+    scaler = grad_scaler(device)  # float16 mixed precision on CUDA; None (float32, as ever) on the CPU
+    weight = (torch.tensor(class_weights(train_labels, k), dtype=torch.float32, device=device)
+              if cfg.balance == "loss" else None)
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     draw_p = sample_probabilities(train_labels, k) if cfg.balance == "sampler" else None
     train_prep = train_preprocessing(prep)
-    labels_t = torch.as_tensor(train_labels)
+    labels_t = to_device(torch.as_tensor(train_labels), device)
     t_begin = time.perf_counter()
     try:
         for epoch in range(done + 1, state.planned_epochs + 1):
@@ -210,21 +219,30 @@ def finetune(
 
             def make_batch(s: int, order=order, rng=rng):
                 idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-                return idx, augment_batch([canvases[i] for i in idx], train_prep, cfg.augment, rng)
+                # Pinned here, in the prefetch thread, so the copy to a GPU does not wait.
+                return idx, pin(augment_batch([canvases[i] for i in idx], train_prep, cfg.augment, rng), device)
 
             batches = Prefetcher(make_batch, steps_per_epoch)
             for s, (idx, x) in enumerate(batches):
-                y = labels_t[idx]
-                logits = net(x)
-                loss = loss_fn(logits, y)
+                x, y = to_device(x, device), labels_t[idx]
+                with autocast(device):
+                    logits = net(x)
+                    loss = loss_fn(logits, y)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss if scaler is None else scaler.scale(loss)).backward()
                 if any_rank(not torch.isfinite(loss)):
                     state.stop_reason = (f"training diverged: the loss became {loss.item()} in epoch {epoch}, "
                                          f"step {s + 1}; stopped early (try a lower --lr)")
                     return state
-                opt.step()
-                sched.step()
+                if scaler is None:
+                    opt.step()
+                    sched.step()
+                else:
+                    scaler.step(opt)  # skipped when float16 gradients overflowed; the scale adapts
+                    scaler.update()
+                    with warnings.catch_warnings():  # a skipped first step makes the scheduler warn
+                        warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+                        sched.step()
                 total_loss += loss.item() * len(idx)
                 correct += int((logits.argmax(1) == y).sum())
                 if progress:

@@ -21,6 +21,7 @@ from vistrain.data.dataset import DatasetIndex
 from vistrain.models.classifier import ModelConfig, build_classifier
 from vistrain.models.registry import get_backbone
 from vistrain.progress import Reporter, SilentReporter
+from vistrain.training.device import autocast, grad_scaler, resolve_device, to_device
 from vistrain.training.feature_cache import FeatureCache
 from vistrain.training.finetune import FinetuneConfig, param_groups, set_train_mode, train_preprocessing
 from vistrain.training.pixels import decode_all
@@ -81,7 +82,8 @@ def lr_range_test(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | No
     train = index.split("train")
     classes = index.classes
     y = np.array([classes.index(r.label) for r in train])
-    model = build_classifier(ModelConfig(cfg.backbone, classes, prep)).to(memory_format=torch.channels_last)
+    device = resolve_device(cfg.device)  # the same device (and precision) as the training it tunes
+    model = build_classifier(ModelConfig(cfg.backbone, classes, prep)).to(device, memory_format=torch.channels_last)
     with ui.stage("decode", len(train)) as advance:
         pixels, canvases = decode_all([r.path for r in train], prep, canvases=True, progress=advance)
     features = cached_features(ui, model.backbone, train, prep, FeatureCache(cfg.data.cache_dir, cfg.backbone, prep), pixels)
@@ -95,6 +97,7 @@ def lr_range_test(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | No
     shares = [g["lr"] for g in groups]
     opt = torch.optim.AdamW(groups, lr=1.0, weight_decay=0.01)
     loss_fn = nn.CrossEntropyLoss()
+    scaler = grad_scaler(device)
     set_train_mode(model, freeze_bn=True)
     small = train_preprocessing(prep)
     lrs = start * (end / start) ** (np.arange(steps) / (steps - 1))
@@ -110,11 +113,17 @@ def lr_range_test(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | No
             if len(queue) < n:  # whole passes over the training set, reshuffled each time
                 queue = np.r_[queue, rng.permutation(len(canvases))].astype(int)
             idx, queue = queue[:n], queue[n:]
-            x = augment_batch([canvases[j] for j in idx], small, cfg.augment, rng)
-            loss = loss_fn(model(x), torch.as_tensor(y[idx]))
+            x = to_device(augment_batch([canvases[j] for j in idx], small, cfg.augment, rng), device)
+            with autocast(device):
+                loss = loss_fn(model(x), to_device(torch.as_tensor(y[idx]), device))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             losses.append(float(loss.detach()))
             advance(1)
             current = smooth(np.array(losses))[-1]

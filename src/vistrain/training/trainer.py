@@ -20,6 +20,7 @@ from vistrain.models.registry import get_backbone
 from vistrain.progress import Reporter, SilentReporter
 from vistrain.training.balance import IMBALANCED_RATIO, imbalance_ratio, macro_f1, resolve_balance
 from vistrain.training.checkpoint import load_checkpoint, save_checkpoint, save_probe_head
+from vistrain.training.device import describe, model_device, resolve_device, uses_amp
 from vistrain.training.distributed import agree_min, is_main
 from vistrain.training.feature_cache import FeatureCache
 from vistrain.training.features import extract_features, onnx_session
@@ -63,6 +64,7 @@ class TrainConfig:
     dropout: float = 0.0  # before the head, while fine-tuning
     balance: str = "auto"  # auto|sampler|loss|none, see training.balance
     schedule: str = "onecycle"  # see training.schedules
+    device: str = "auto"  # auto|cpu|cuda, see training.device; the run records the one used
 
     def __post_init__(self) -> None:
         get_backbone(self.backbone)  # raises with the list of choices
@@ -93,6 +95,7 @@ class TrainConfig:
         try:
             resolve_balance(self.balance, 1.0)
             check_schedule(self.schedule)
+            resolve_device(self.device)  # an unknown name, or cuda where PyTorch sees no GPU
         except ValueError as exc:
             raise TrainError(str(exc)) from None
 
@@ -107,6 +110,8 @@ class TrainResult:
     valid_logits: np.ndarray
     seconds: float
     notes: list[str] = field(default_factory=list)
+    device: str = "cpu"  # where it trained, e.g. "cuda:0"
+    amp: bool = False  # fine-tuning steps in float16 mixed precision
 
 
 def choose_image_size(index: DatasetIndex, backbone: str) -> int:
@@ -155,6 +160,9 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
         ui.log(f"Classes imbalanced {ratio:.1f}:1 (largest/smallest); correction: {balance}"
                f" (--balance {cfg.balance}); best model chosen by {select_by.replace('_', ' ')}")
     ui.log(f"Backbone {cfg.backbone}, input {size} px ({cfg.resize}), {len(train)} train / {len(valid)} valid images")
+    device = resolve_device(cfg.device)
+    if device.type != "cpu":
+        ui.log(f"Device {describe(device)}" + (", mixed precision (float16) for fine-tuning" if uses_amp(device) else ""))
 
     train_pixels = canvases = valid_pixels = None
     pixel_cache = PixelCache(cfg.data.cache_dir, prep) if cfg.data.cache_dir else None
@@ -171,7 +179,7 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
             ui.log(f"  pixel cache: {pixel_cache.disk_bytes() / 1e6:.0f} MB in {pixel_cache.folder}")
 
     model_cfg = ModelConfig(cfg.backbone, classes, prep, dropout=cfg.dropout)
-    model = build_classifier(model_cfg).to(memory_format=torch.channels_last)
+    model = build_classifier(model_cfg).to(device, memory_format=torch.channels_last)
     if resumed is None:
         cache = FeatureCache(cfg.data.cache_dir, cfg.backbone, prep)
         f_train = cached_features(ui, model.backbone, train, prep, cache, train_pixels, pixel_cache)
@@ -239,7 +247,8 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
         model.load_state_dict(probe_state)
         valid_logits = probe_valid_logits if probe_valid_logits is not None else evaluate_logits(model, valid_pixels, prep)
     return TrainResult(model.eval(), model_cfg, stage, probe_acc, ft_state, valid_logits,
-                       time.perf_counter() - t_start, notes)
+                       time.perf_counter() - t_start, notes, str(device),
+                       uses_amp(device) and bool(ft_state and ft_state.history))
 
 
 def cached_features(ui: Reporter, backbone, records, prep: Preprocessing, cache: FeatureCache,
@@ -252,7 +261,9 @@ def cached_features(ui: Reporter, backbone, records, prep: Preprocessing, cache:
     features, missing = cache.get(keys)
     if not missing:
         return features
-    session = onnx_session(backbone, cache.backbone, prep, cache.root)
+    # ONNX Runtime runs on the CPU here: a backbone on a GPU computes its features itself.
+    on_cpu = model_device(backbone).type == "cpu"
+    session = onnx_session(backbone, cache.backbone, prep, cache.root) if on_cpu else None
     with ui.stage("features", len(missing)) as advance:
         if pixels is None:
             pixels, _ = decode_all([records[i].path for i in missing], prep, cache=pixel_cache,
