@@ -25,7 +25,7 @@ DATA_KEYS = ("data", "label_from_name", "valid_fraction", "cache_dir")
 PATH_KEYS = ("data", "out", "cache_dir")
 # Numbers YAML may write as ints ("lr: 1" is 1.0); a string here is left for TrainConfig to judge
 # (e.g. a value like "auto" where a setting accepts one).
-FLOAT_KEYS = ("lr", "label_smoothing", "probe_c", "weight_decay", "dropout", "valid_fraction", "time_budget")
+FLOAT_KEYS = ("lr", "label_smoothing", "probe_c", "weight_decay", "dropout", "valid_fraction", "time_budget", "max_memory")
 INT_KEYS = ("epochs", "batch_size", "patience", "seed", "image_size")
 FLAGS_DEFAULTS = "_flag_defaults"
 

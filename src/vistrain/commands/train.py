@@ -31,6 +31,9 @@ def register(sub) -> None:
     t.add_argument("--resize", default="crop", choices=["crop", "pad", "squish"],
                    help="how non-square photos become square (default crop)")
     t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--max-memory", type=float, default=None, metavar="GB",
+                   help="keep fine-tuning under about this much memory by running each batch in smaller "
+                        "passes (same training, slower; default: half of the free memory)")
     t.add_argument("--lr", type=learning_rate, default=1e-4,
                    help="head learning rate for fine-tuning (default 1e-4); auto: run lr-find first")
     t.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing while fine-tuning (default 0)")
@@ -61,6 +64,7 @@ def run(args, console, reporter) -> int:
         time_budget=None if args.no_time_budget else args.time_budget, image_size=args.image_size,
         resize=args.resize, batch_size=args.batch_size, lr=args.lr, label_smoothing=args.label_smoothing,
         seed=args.seed, resume=args.resume, balance=args.balance, schedule=args.schedule, device=args.device,
+        max_memory=args.max_memory,
         **extra,
     )
     m, res = trained.metrics, trained.result

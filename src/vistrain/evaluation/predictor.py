@@ -10,6 +10,7 @@ import torch
 
 from vistrain.data.images import is_candidate, load_rgb
 from vistrain.data.transforms import normalize, to_model_pixels
+from vistrain.memory import inference_batch_size
 from vistrain.models.classifier import ImageClassifier, ModelConfig, load_model
 from vistrain.prediction import Prediction, decoded_batches, softmax  # noqa: F401 (re-exported)
 from vistrain.training.device import model_device, resolve_device, to_device
@@ -20,17 +21,17 @@ class Predictor:
     Inference is float32 on every device (cuDNN's default TF32 convolutions make a GPU's logits
     differ slightly from the CPU's)."""
 
-    def __init__(self, model: ImageClassifier, config: ModelConfig, batch_size: int = 32,
+    def __init__(self, model: ImageClassifier, config: ModelConfig, batch_size: int | None = None,
                  device: str | torch.device | None = None):
         if isinstance(device, str):
             device = resolve_device(device)
         self.model = model.eval().to(device, memory_format=torch.channels_last)
         self.device = model_device(self.model)
         self.config = config
-        self.batch_size = batch_size
+        self.batch_size = batch_size or inference_batch_size(config.preprocessing.size)
 
     @classmethod
-    def from_folder(cls, folder: Path | str, batch_size: int = 32, device: str | torch.device = "cpu") -> Predictor:
+    def from_folder(cls, folder: Path | str, batch_size: int | None = None, device: str | torch.device = "cpu") -> Predictor:
         model, cfg = load_model(folder)
         return cls(model, cfg, batch_size, device)
 

@@ -26,6 +26,7 @@ from vistrain.data.transforms import (
     to_model_pixels,
 )
 from vistrain.export.graph import export_graph
+from vistrain.memory import inference_batch_size
 from vistrain.export.quantize import METHODS, prepare, quantize, single_image_latency_ms
 from vistrain.models.classifier import WEIGHTS_FILE, load_model
 from vistrain.progress import Reporter, SilentReporter
@@ -179,13 +180,16 @@ def decode(items: list[tuple[Path, int]], prep: Preprocessing, ui: Reporter, sta
 
 
 @torch.inference_mode()
-def _torch_logits(model, pixels: np.ndarray, prep: Preprocessing, batch: int = 32) -> np.ndarray:
+def _torch_logits(model, pixels: np.ndarray, prep: Preprocessing, batch: int | None = None) -> np.ndarray:
+    batch = batch or inference_batch_size(prep.size)
     return np.concatenate([model(normalize(pixels[i : i + batch], prep)).float().numpy()
                            for i in range(0, len(pixels), batch)])
 
 
-def ort_logits(path: Path, pixels: np.ndarray, prep: Preprocessing, batch: int = 32) -> np.ndarray:
+def ort_logits(path: Path, pixels: np.ndarray, prep: Preprocessing, batch: int | None = None) -> np.ndarray:
     import onnxruntime as ort
+
+    batch = batch or inference_batch_size(prep.size)
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = os.cpu_count() or 1

@@ -19,6 +19,7 @@ from vistrain.data.images import (
     load_rgb,
 )
 from vistrain.data.transforms import normalize_array, to_model_pixels
+from vistrain.memory import inference_batch_size
 from vistrain.heatmap import cam_from_features
 from vistrain.prediction import Prediction, decoded_batches, softmax  # noqa: F401 (re-exported)
 from vistrain.runtime.bundle import (
@@ -34,7 +35,8 @@ class OnnxPredictor:
     """The same interface as the PyTorch ``Predictor`` (``classes``, ``probabilities_from_pixels``,
     ``predict_paths``), on ONNX Runtime; ``features_from_pixels`` and ``heatmap`` add the CAM."""
 
-    def __init__(self, folder: Path, info: ExportInfo, variant: str, threads: int | None = None, batch_size: int = 32):
+    def __init__(self, folder: Path, info: ExportInfo, variant: str, threads: int | None = None,
+                 batch_size: int | None = None):
         import onnxruntime as ort
         from safetensors.numpy import load_file
 
@@ -43,7 +45,7 @@ class OnnxPredictor:
         self.folder = folder
         self.info = info
         self.variant = variant
-        self.batch_size = batch_size
+        self.batch_size = batch_size or inference_batch_size(info.preprocessing.size)
         self.model_path = folder / info.models[variant]["file"]
         if not self.model_path.is_file():
             raise ExportFolderError(f"{self.model_path}: model file missing")
@@ -60,7 +62,7 @@ class OnnxPredictor:
 
     @classmethod
     def from_folder(cls, folder: Path | str, variant: str = "auto", threads: int | None = None,
-                    batch_size: int = 32) -> OnnxPredictor:
+                    batch_size: int | None = None) -> OnnxPredictor:
         """``folder``: an export folder or a run folder holding ``export/``. ``variant``: fp32, int8 or
         auto (the export's default: int8 when it passed its accuracy check)."""
         if variant not in ("auto", *VARIANTS):

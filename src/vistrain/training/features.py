@@ -15,6 +15,7 @@ from torch import nn
 
 from vistrain import __version__
 from vistrain.data.transforms import Preprocessing, normalize
+from vistrain.memory import inference_batch_size
 from vistrain.training.device import model_device, to_device
 
 
@@ -53,13 +54,14 @@ def extract_features(
     backbone: nn.Module,
     pixels: np.ndarray,
     prep: Preprocessing,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
     session=None,
 ) -> np.ndarray:
     """Pooled features for ``N x S x S x 3`` uint8 pixels (float32, on the backbone's device without a session)."""
     backbone.eval()
     device = model_device(backbone)
+    batch_size = batch_size or inference_batch_size(prep.size)  # a big batch buys no speed on a CPU, only memory
     out = []
     for start in range(0, len(pixels), batch_size):
         chunk = pixels[start : start + batch_size]

@@ -19,6 +19,7 @@ from torch import nn
 
 from vistrain.data.augment import AugmentConfig, augment_batch
 from vistrain.data.transforms import Preprocessing, normalize
+from vistrain.memory import inference_batch_size
 from vistrain.models.classifier import ImageClassifier
 from vistrain.training.balance import (
     class_weights,
@@ -37,6 +38,9 @@ class FinetuneConfig:
     epochs: int = 8  # the most epochs; the time budget may plan fewer
     time_budget: float | None = None  # seconds available for fine-tuning, None: no limit
     batch_size: int = 32
+    # Images per forward/backward pass; gradients of a step's micro-batches add up to the whole
+    # batch's (exactly, with BatchNorm frozen), so only memory changes. None: the whole batch.
+    micro_batch: int | None = None
     lr: float = 1e-4  # the head's; the backbone's groups get lr/3, lr/10, lr/30 from top to bottom
     weight_decay: float = 0.01
     label_smoothing: float = 0.0
@@ -120,10 +124,11 @@ def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
 
 
 @torch.inference_mode()
-def evaluate_logits(model: nn.Module, pixels: np.ndarray, prep: Preprocessing, batch_size: int = 64) -> np.ndarray:
+def evaluate_logits(model: nn.Module, pixels: np.ndarray, prep: Preprocessing, batch_size: int | None = None) -> np.ndarray:
     """float32 logits on the model's device (no autocast: they fit the temperature prediction uses)."""
     model.eval()
     device = model_device(model)
+    batch_size = batch_size or inference_batch_size(prep.size)
     outs = [model(to_device(normalize(np.ascontiguousarray(pixels[i : i + batch_size]), prep), device)).float().cpu().numpy()
             for i in range(0, len(pixels), batch_size)]
     return np.concatenate(outs)
@@ -135,11 +140,41 @@ def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
     return float(-logp[np.arange(len(y)), y].mean())
 
 
+def micro_batch_size(cfg: FinetuneConfig, distributed: bool) -> int:
+    """Images per pass. Whole batches when BatchNorm learns batch statistics (smaller passes would
+    change them) and under DistributedDataParallel (every process must run the same passes)."""
+    if cfg.micro_batch is None or not cfg.freeze_bn or distributed:
+        return cfg.batch_size
+    return max(1, min(cfg.micro_batch, cfg.batch_size))
+
+
+def accumulate(net: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, micro: int, device,
+               scaler=None) -> tuple[torch.Tensor, int]:
+    """Forward and backward over ``x`` in passes of ``micro`` images; gradients accumulate in ``.grad``.
+
+    ``loss_fn`` sums (``reduction="sum"``); each pass is divided by the whole batch's weight, so the
+    gradients equal one pass's over the whole batch. Returns the batch's mean loss and correct count.
+    """
+    weight = getattr(loss_fn, "weight", None)
+    denom = float(weight[y].sum()) if weight is not None else float(len(y))
+    total = torch.zeros((), device=x.device)
+    correct = 0
+    for a in range(0, len(y), micro):
+        with autocast(device):
+            logits = net(x[a : a + micro])
+            part = loss_fn(logits, y[a : a + micro]) / denom
+        (part if scaler is None else scaler.scale(part)).backward()
+        total += part.detach().float()
+        correct += int((logits.argmax(1) == y[a : a + micro]).sum())
+    return total, correct
+
+
 def measure_step_seconds(model: ImageClassifier, canvases, labels, prep, cfg: FinetuneConfig, steps: int = 2) -> float:
     """Seconds for one training step (forward + backward), measured after one warm-up step."""
     rng = np.random.default_rng(cfg.seed)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
     device = model_device(model)
+    micro = micro_batch_size(cfg, distributed=False)
     param_groups(model, cfg.lr, cfg.freeze_bottom)  # same frozen layers as training: same cost
     set_train_mode(model, cfg.freeze_bn)
     n = min(cfg.batch_size, len(canvases))
@@ -148,9 +183,7 @@ def measure_step_seconds(model: ImageClassifier, canvases, labels, prep, cfg: Fi
         idx = rng.choice(len(canvases), n, replace=False)
         t = time.perf_counter()
         x = to_device(augment_batch([canvases[i] for i in idx], train_preprocessing(prep), cfg.augment, rng), device)
-        with autocast(device):  # the same precision as the training steps
-            loss = loss_fn(model(x), to_device(torch.as_tensor(labels[idx]), device))
-        loss.backward()
+        accumulate(model, loss_fn, x, to_device(torch.as_tensor(labels[idx]), device), micro, device)  # as training does
         synchronize(device)
         times.append(time.perf_counter() - t)
     model.zero_grad(set_to_none=True)
@@ -201,7 +234,8 @@ def finetune(
     scaler = grad_scaler(device)  # float16 mixed precision on CUDA; None (float32, as ever) on the CPU
     weight = (torch.tensor(class_weights(train_labels, k), dtype=torch.float32, device=device)
               if cfg.balance == "loss" else None)
-    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing, reduction="sum")
+    micro = micro_batch_size(cfg, distributed=net is not model)
     draw_p = sample_probabilities(train_labels, k) if cfg.balance == "sampler" else None
     train_prep = train_preprocessing(prep)
     labels_t = to_device(torch.as_tensor(train_labels), device)
@@ -225,11 +259,8 @@ def finetune(
             batches = Prefetcher(make_batch, steps_per_epoch)
             for s, (idx, x) in enumerate(batches):
                 x, y = to_device(x, device), labels_t[idx]
-                with autocast(device):
-                    logits = net(x)
-                    loss = loss_fn(logits, y)
                 opt.zero_grad(set_to_none=True)
-                (loss if scaler is None else scaler.scale(loss)).backward()
+                loss, right = accumulate(net, loss_fn, x, y, micro, device, scaler)
                 if any_rank(not torch.isfinite(loss)):
                     state.stop_reason = (f"training diverged: the loss became {loss.item()} in epoch {epoch}, "
                                          f"step {s + 1}; stopped early (try a lower --lr)")
@@ -244,7 +275,7 @@ def finetune(
                         warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
                         sched.step()
                 total_loss += loss.item() * len(idx)
-                correct += int((logits.argmax(1) == y).sum())
+                correct += right
                 if progress:
                     progress(len(idx))
             vlog = evaluate_logits(model, valid_pixels, prep)
