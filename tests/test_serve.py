@@ -7,6 +7,7 @@ import asyncio
 import base64
 import io
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -77,6 +78,33 @@ def test_health_and_model(client, exported_run):
     assert m["metrics"]["models"]["int8"]["valid_accuracy"] == info["models"]["int8"]["valid_accuracy"]
     assert client.get("/openapi.json").json()["paths"]["/predict"]["post"]
     assert "<input id=\"file\"" in client.get("/").text
+
+
+def test_docs_pages_load_their_scripts_and_styles_from_this_server(client):
+    """/docs and /redoc work offline: every script, style and icon comes from /static-docs/, no CDN."""
+    for page in ("/docs", "/redoc"):
+        r = client.get(page)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert "cdn.jsdelivr" not in r.text and "googleapis" not in r.text
+        assets = re.findall(r'(?:src|href)="([^"]*)"', r.text)
+        assert assets and all(a.startswith("/static-docs/") for a in assets), assets
+    assert "url: '/openapi.json'" in client.get("/docs").text
+    expected = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
+                "redoc.standalone.js": "text/javascript", "favicon.png": "image/png"}
+    for name, ctype in expected.items():
+        r = client.get(f"/static-docs/{name}")
+        assert r.status_code == 200 and r.headers["content-type"].startswith(ctype), (name, r.headers)
+        assert len(r.content) > 1000
+    redirect = client.get("/docs/oauth2-redirect")  # the page Swagger UI's OAuth2 flow returns to
+    assert redirect.status_code == 200 and "oauth2" in redirect.text and "src=" not in redirect.text
+    assert client.get("/openapi.json").json()["paths"]["/predict"]["post"]
+
+
+def test_docs_fall_back_to_fastapis_cdn_pages_without_fastapi_offline(exported_run, monkeypatch):
+    monkeypatch.setitem(sys.modules, "fastapi_offline", None)  # import fails as if not installed
+    c = TestClient(create_app(ServeConfig(exported_run)))  # not started: the docs need no model
+    assert "cdn.jsdelivr.net" in c.get("/docs").text
+    assert c.get("/openapi.json").json()["paths"]["/predict"]["post"]
 
 
 HOSTILE = [

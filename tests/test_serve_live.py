@@ -107,3 +107,27 @@ def test_web_page_shows_the_prediction(live_url, browser, tmp_path):
         assert "notes.png: not an image" in page.inner_text("#error")
     finally:
         page.close()
+
+
+def test_docs_page_renders_swagger_ui_with_no_internet(live_url, browser):
+    """/docs in Chromium with every request that leaves this server refused: Swagger UI still renders."""
+    page = browser.new_page()
+    outside = []
+
+    def only_this_server(route):
+        if route.request.url.startswith(live_url + "/"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    try:
+        page.route("**/*", only_this_server)
+        page.goto(live_url + "/docs")
+        page.locator(".swagger-ui .opblock").filter(has_text="/predict").first.wait_for(timeout=30_000)
+        assert "vistrain image classifier" in page.inner_text(".swagger-ui .info .title")
+        paths = page.locator(".swagger-ui .opblock-summary-path").all_inner_texts()
+        assert {"/predict", "/health", "/model"} <= {p.strip() for p in paths}, paths
+        assert outside == []
+    finally:
+        page.close()

@@ -1,7 +1,11 @@
 """The prediction server: FastAPI, the model loaded once at start-up, requests micro-batched.
 
     POST /predict  multipart field ``file`` (repeatable) -> top classes, unsure flag, heat map
-    GET  /health, GET /model, GET / (a web page), GET /docs (OpenAPI)
+    GET  /health, GET /model, GET / (a web page), GET /openapi.json, GET /docs and /redoc
+
+The docs pages load Swagger UI and ReDoc from ``/static-docs/``, files shipped by the
+``fastapi-offline`` package, so they work without internet; without that package they fall back to
+FastAPI's defaults (scripts from a CDN).
 """
 
 from __future__ import annotations
@@ -110,6 +114,23 @@ async def _refuse(send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+DOCS_STATIC_URL = "/static-docs"
+
+
+def _fastapi_with_local_docs(**kwargs) -> FastAPI:
+    """FastAPI whose /docs and /redoc pages (and Swagger UI's OAuth2 redirect page) load their scripts,
+    styles and icon from ``DOCS_STATIC_URL`` on this server instead of cdn.jsdelivr.net.
+
+    fastapi-offline does what FastAPI's "self-hosting JavaScript and CSS for docs" recipe describes
+    (docs_url=None, own routes calling get_swagger_ui_html / get_redoc_html, a StaticFiles mount) with
+    Swagger UI 5, which renders FastAPI's OpenAPI 3.1 schema (Swagger UI 4 refuses it)."""
+    try:
+        from fastapi_offline import FastAPIOffline
+    except ImportError:  # not installed: FastAPI's own docs pages, which need the CDN
+        return FastAPI(**kwargs)
+    return FastAPIOffline(docs_url="/docs", redoc_url="/redoc", static_url=DOCS_STATIC_URL, **kwargs)
+
+
 def create_app(cfg: ServeConfig) -> FastAPI:
     """The app; the model is loaded by the lifespan (once, when the server starts), not here."""
 
@@ -124,8 +145,8 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         finally:
             await batcher.stop()
 
-    app = FastAPI(title="vistrain image classifier", version=__version__, lifespan=lifespan,
-                  description="Classify photos with a model exported by `vistrain export`.")
+    app = _fastapi_with_local_docs(title="vistrain image classifier", version=__version__, lifespan=lifespan,
+                                   description="Classify photos with a model exported by `vistrain export`.")
     refusals = {400: {"model": ErrorResponse, "description": "not a usable image (the message says why)"},
                 413: {"model": ErrorResponse, "description": "upload or image too large"},
                 415: {"model": ErrorResponse, "description": "not multipart/form-data, or a part that is not an image"}}
