@@ -6,8 +6,9 @@ DATASET defaults to ../shared/datasets/climbing. Stages: scan (cold), decode to 
 training canvases, frozen features with PyTorch and with ONNX Runtime (ratio printed), one
 fine-tuning epoch (forward + backward at the training crop size), and predict over a folder.
 Also: the disk pixel cache (build, warm reads), the share of a fine-tuning epoch spent waiting
-for data. Peak RSS is read from the operating system at the end (the whole process, which holds
-every stage's arrays at once: a training run holds less, see benchmarks/vs_fastai.py).
+for data. Peak RSS of this process is read at the end (it holds every stage's arrays at once);
+then the peak RSS of real `vistrain train --mode finetune --epochs 1` runs (Lite0, batch 32), each in
+a fresh process on the whole dataset: with default settings and with `--max-memory 3`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +41,30 @@ def timed(fn):
     t = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t
+
+
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child started from this
+# big process would report at least this process's size.
+CHILD = """
+import json, sys, time
+from vistrain.cli import main
+t = time.perf_counter()
+code = main(sys.argv[1:])
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print("PEAK " + json.dumps({"code": code, "seconds": time.perf_counter() - t, "peak_rss_gb": hwm / 1024**2}))
+"""
+
+
+def training_run_peak(data: Path, cache: Path, extra: list[str]) -> dict:
+    """Peak RSS and wall seconds of one fine-tuning epoch of `vistrain train` in a fresh process."""
+    out = Path(tempfile.mkdtemp(prefix="vistrain-throughput-run-"))
+    argv = ["train", str(data), "--out", str(out), "--mode", "finetune", "--epochs", "1", "--no-time-budget",
+            "--cache-dir", str(cache), *extra]
+    done = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("PEAK ")), None)
+    if line is None:
+        raise SystemExit(f"training run failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return json.loads(line[5:])
 
 
 def main() -> None:
@@ -95,7 +122,11 @@ def main() -> None:
     _, s = timed(lambda: predictor.predict_paths(paths))
     rates["predict_folder"] = len(paths) / s
 
-    rates["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    rates["peak_rss_gb_this_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    for name, extra in (("default", []), ("max_memory_3", ["--max-memory", "3"])):
+        run = training_run_peak(args.data, cache, extra)
+        rates[f"train_run_peak_rss_gb_{name}"] = run["peak_rss_gb"]
+        rates[f"train_run_seconds_{name}"] = run["seconds"]
     print(json.dumps({"dataset": str(args.data), "size": args.size, "images": len(paths), "threads": torch.get_num_threads(),
                       "figures": {k: float(f"{v:.3g}") for k, v in rates.items()}}, indent=2))
 

@@ -36,6 +36,7 @@ def test_two_process_training_matches_a_single_process_run(split_folders, tmp_pa
     history = (ddp / "history.csv").read_text().splitlines()
     assert len(history) == 3  # header + the 2 planned epochs, written once by rank 0
     assert not (ddp / "checkpoint").exists()
+    assert proc.stdout.count("Done in") == 1, proc.stdout[-3000:]  # one summary: rank 0's
     # Rank 0's files form a normal run: it loads and predicts.
     run = vistrain.load(ddp)
     assert run.classes == m_one["valid"]["classes"]

@@ -67,6 +67,10 @@ def run(args, console, reporter) -> int:
         max_memory=args.max_memory,
         **extra,
     )
+    from vistrain.training.distributed import is_main
+
+    if not is_main():  # under torchrun the summary is rank 0's to print, once
+        return 0
     m, res = trained.metrics, trained.result
     console.print()
     console.print(per_class_table(m["valid"], "Validation, per class"))
@@ -90,10 +94,8 @@ def run(args, console, reporter) -> int:
     console.print(f"  next: vistrain predict {trained.path} NEW_PHOTOS/ --csv predictions.csv")
     if args.mlflow:
         from vistrain.tracking import log_run
-        from vistrain.training.distributed import is_main
 
-        if is_main():  # under torchrun only rank 0 has the run folder
-            console.print(f"  MLflow: run {log_run(trained.path, args.mlflow)} logged to {args.mlflow}")
+        console.print(f"  MLflow: run {log_run(trained.path, args.mlflow)} logged to {args.mlflow}")
     return 0
 
 
