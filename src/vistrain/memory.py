@@ -8,7 +8,7 @@ EfficientNet-Lite0 at 352 px on 2 CPU cores (benchmarks/throughput.py prints the
   On a CPU a big inference batch buys no speed, only memory, so inference batches are sized to
   a fixed activation budget.
 - training (forward + backward, lowest third and BatchNorm frozen), 282 px crops: peak RSS 3.4 GB
-  at batch 32 in one pass, 2.6 GB in two passes of 16 (~0.85 GB of it is torch and timm imported);
+  at batch 32 in one pass, 2.6 GB in two passes of 16 (~0.85 GB of it is torch and timm imported).
 """
 
 from __future__ import annotations
@@ -86,4 +86,3 @@ def training_micro_batch(batch: int, crop: int, budget_bytes: float | None) -> i
     while passes < batch and math.ceil(batch / passes) * per_image > budget_bytes:
         passes += 1
     return math.ceil(batch / passes)
-
