@@ -32,15 +32,23 @@ def inference_batch_size(size: int, budget_bytes: float = INFERENCE_BUDGET_BYTES
     return max(1, min(MOST_INFERENCE_BATCH, int(budget_bytes // per_image)))
 
 
-def available_memory_bytes() -> int | None:
-    """Memory the kernel says can be had without swapping (Linux ``MemAvailable``), or None."""
+def _proc_kib(path: str, key: str) -> int | None:
+    """A ``key: N kB`` line of a Linux /proc file, in bytes; None elsewhere."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the kernel says can be had without swapping (Linux ``MemAvailable``), or None."""
+    found = _proc_kib("/proc/meminfo", "MemAvailable:")
+    if found is not None:
+        return found
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -49,14 +57,7 @@ def available_memory_bytes() -> int | None:
 
 def process_rss_bytes() -> int | None:
     """This process's resident memory now (Linux), or None."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return _proc_kib("/proc/self/status", "VmRSS:")
 
 
 def training_budget_bytes(max_memory_gb: float | None) -> float | None:
