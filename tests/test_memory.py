@@ -103,8 +103,9 @@ def test_passes_give_the_whole_batch_gradient(weighted):
 
 
 def test_training_under_a_memory_cap_is_the_same_training(split_folders, tmp_path, cache_dir):
-    import vistrain
     from conftest import FAST
+
+    import vistrain
 
     opts = dict(cache_dir=cache_dir, mode="finetune", epochs=2, batch_size=8, **FAST)
     free = vistrain.train(split_folders, out=tmp_path / "free", **opts)

@@ -26,8 +26,8 @@ from vistrain.data.transforms import (
     to_model_pixels,
 )
 from vistrain.export.graph import export_graph
-from vistrain.memory import inference_batch_size
 from vistrain.export.quantize import METHODS, prepare, quantize, single_image_latency_ms
+from vistrain.memory import inference_batch_size
 from vistrain.models.classifier import WEIGHTS_FILE, load_model
 from vistrain.progress import Reporter, SilentReporter
 from vistrain.runtime.bundle import HEAD_FILE, ExportInfo

@@ -19,8 +19,8 @@ from vistrain.data.images import (
     load_rgb,
 )
 from vistrain.data.transforms import normalize_array, to_model_pixels
-from vistrain.memory import inference_batch_size
 from vistrain.heatmap import cam_from_features
+from vistrain.memory import inference_batch_size
 from vistrain.prediction import Prediction, decoded_batches, softmax  # noqa: F401 (re-exported)
 from vistrain.runtime.bundle import (
     HEAD_FILE,

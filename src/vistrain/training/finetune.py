@@ -27,9 +27,16 @@ from vistrain.training.balance import (
     macro_f1,
     sample_probabilities,
 )
-from vistrain.training.device import autocast, grad_scaler, model_device, pin, synchronize, to_device
-from vistrain.training.loader import Prefetcher
+from vistrain.training.device import (
+    autocast,
+    grad_scaler,
+    model_device,
+    pin,
+    synchronize,
+    to_device,
+)
 from vistrain.training.distributed import any_rank, shard, shard_length, wrap
+from vistrain.training.loader import Prefetcher
 from vistrain.training.schedules import build_scheduler
 
 

@@ -15,18 +15,36 @@ from vistrain.data.dataset import DataConfig, DatasetIndex
 from vistrain.data.pixel_cache import PixelCache
 from vistrain.data.split import read_split
 from vistrain.data.transforms import RESIZE_METHODS, Preprocessing
+from vistrain.memory import training_budget_bytes, training_micro_batch
 from vistrain.models.classifier import ImageClassifier, ModelConfig, build_classifier
 from vistrain.models.registry import get_backbone
 from vistrain.progress import Reporter, SilentReporter
-from vistrain.training.balance import IMBALANCED_RATIO, imbalance_ratio, macro_f1, resolve_balance
-from vistrain.training.checkpoint import load_checkpoint, save_checkpoint, save_probe_head
+from vistrain.training.balance import (
+    IMBALANCED_RATIO,
+    imbalance_ratio,
+    macro_f1,
+    resolve_balance,
+)
+from vistrain.training.checkpoint import (
+    load_checkpoint,
+    save_checkpoint,
+    save_probe_head,
+)
 from vistrain.training.device import describe, model_device, resolve_device, uses_amp
 from vistrain.training.distributed import agree_min, is_main, world_size
 from vistrain.training.feature_cache import FeatureCache
 from vistrain.training.features import extract_features, onnx_session
-from vistrain.memory import training_budget_bytes, training_micro_batch
-from vistrain.training.finetune import (FinetuneConfig, FinetuneState, cross_entropy, evaluate_logits, finetune,
-                                     measure_step_seconds, micro_batch_size, plan_epochs, train_preprocessing)
+from vistrain.training.finetune import (
+    FinetuneConfig,
+    FinetuneState,
+    cross_entropy,
+    evaluate_logits,
+    finetune,
+    measure_step_seconds,
+    micro_batch_size,
+    plan_epochs,
+    train_preprocessing,
+)
 from vistrain.training.pixels import decode_all
 from vistrain.training.probe import fit_probe, probe_logits
 from vistrain.training.schedules import check_schedule
