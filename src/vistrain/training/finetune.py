@@ -35,7 +35,13 @@ from vistrain.training.device import (
     synchronize,
     to_device,
 )
-from vistrain.training.distributed import any_rank, shard, shard_length, wrap
+from vistrain.training.distributed import (
+    any_rank,
+    shard,
+    shard_length,
+    world_size,
+    wrap,
+)
 from vistrain.training.loader import Prefetcher
 from vistrain.training.schedules import build_scheduler
 
@@ -147,10 +153,10 @@ def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
     return float(-logp[np.arange(len(y)), y].mean())
 
 
-def micro_batch_size(cfg: FinetuneConfig, distributed: bool) -> int:
+def micro_batch_size(cfg: FinetuneConfig) -> int:
     """Images per pass. Whole batches when BatchNorm learns batch statistics (smaller passes would
     change them) and under DistributedDataParallel (every process must run the same passes)."""
-    if cfg.micro_batch is None or not cfg.freeze_bn or distributed:
+    if cfg.micro_batch is None or not cfg.freeze_bn or world_size() > 1:
         return cfg.batch_size
     return max(1, min(cfg.micro_batch, cfg.batch_size))
 
@@ -181,7 +187,7 @@ def measure_step_seconds(model: ImageClassifier, canvases, labels, prep, cfg: Fi
     rng = np.random.default_rng(cfg.seed)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     device = model_device(model)
-    micro = micro_batch_size(cfg, distributed=False)
+    micro = micro_batch_size(cfg)
     param_groups(model, cfg.lr, cfg.freeze_bottom)  # same frozen layers as training: same cost
     set_train_mode(model, cfg.freeze_bn)
     n = min(cfg.batch_size, len(canvases))
@@ -242,7 +248,7 @@ def finetune(
     weight = (torch.tensor(class_weights(train_labels, k), dtype=torch.float32, device=device)
               if cfg.balance == "loss" else None)
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing, reduction="sum")
-    micro = micro_batch_size(cfg, distributed=net is not model)
+    micro = micro_batch_size(cfg)
     draw_p = sample_probabilities(train_labels, k) if cfg.balance == "sampler" else None
     train_prep = train_preprocessing(prep)
     labels_t = to_device(torch.as_tensor(train_labels), device)

@@ -31,7 +31,7 @@ from vistrain.training.checkpoint import (
     save_probe_head,
 )
 from vistrain.training.device import describe, model_device, resolve_device, uses_amp
-from vistrain.training.distributed import agree_min, is_main, world_size
+from vistrain.training.distributed import agree_min, is_main
 from vistrain.training.feature_cache import FeatureCache
 from vistrain.training.features import extract_features, onnx_session
 from vistrain.training.finetune import (
@@ -237,7 +237,7 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
             micro_batch=training_micro_batch(cfg.batch_size, train_preprocessing(prep).size,
                                              training_budget_bytes(cfg.max_memory)),
         )
-        if micro_batch_size(ft_cfg, distributed=world_size() > 1) < ft_cfg.batch_size:
+        if micro_batch_size(ft_cfg) < ft_cfg.batch_size:
             why = (f"batches of {ft_cfg.batch_size} ran as passes of up to {ft_cfg.micro_batch} images, for memory "
                    f"(gradients summed: the same training, ~20% slower)")
             ui.log("  " + why)
