@@ -136,3 +136,17 @@ def test_cuda_training_with_mixed_precision_loads_and_predicts_on_the_cpu(split_
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 3 and all(r["error"] is None for r in rows)
     assert len(list((tmp_path / "heat").glob("*.png"))) == 3
+
+
+def test_batch_workers_and_activation_budget_by_device(monkeypatch):
+    from vistrain.training.device import batch_workers, gpu_activation_budget
+
+    assert batch_workers(torch.device("cpu")) == 1  # the step already uses every core
+    assert gpu_activation_budget(torch.device("cpu")) is None  # the host budget applies
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert batch_workers(torch.device("cuda", 0)) == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four torchrun processes share the cores
+    assert batch_workers(torch.device("cuda", 0)) == 3
+    if not NO_CUDA:
+        free, total = torch.cuda.mem_get_info(0)
+        assert 0 < gpu_activation_budget(torch.device("cuda", 0)) <= total / 2

@@ -133,3 +133,30 @@ def test_cache_command_reports_sizes_and_clears_parts(class_folders, tmp_path, c
     assert not (cache / "features").exists() and (cache / "scan.json").exists()
     assert main(["cache", "--cache-dir", str(cache), "--clear", "bogus"]) == 2
     assert "unknown cache part" in capsys.readouterr().out
+
+
+def test_prefetcher_with_several_workers_keeps_order():
+    def make(i):
+        time.sleep(0.001 * (7 - i % 7))  # later batches often finish first
+        return i, threading.current_thread().name
+
+    batches = Prefetcher(make, 40, workers=4)
+    out = list(batches)
+    assert [i for i, _ in out] == list(range(40))
+    assert len({name for _, name in out}) > 1
+    assert batches.ahead == 8
+    with pytest.raises(ValueError, match="workers=0"):
+        Prefetcher(make, 3, workers=0)
+
+
+def test_finetuning_batches_do_not_depend_on_the_number_of_workers(split_folders, tmp_path, cache_dir, monkeypatch):
+    """Each batch has its own seeded generator: a GPU run's several workers make the batches one makes."""
+    import vistrain
+    import vistrain.training.finetune as finetune
+    from conftest import FAST
+
+    opts = dict(cache_dir=cache_dir, mode="finetune", epochs=2, batch_size=4, device="cpu", **FAST)
+    one = vistrain.train(split_folders, out=tmp_path / "one", **opts).result.finetune.history
+    monkeypatch.setattr(finetune, "batch_workers", lambda device: 3)
+    three = vistrain.train(split_folders, out=tmp_path / "three", **opts).result.finetune.history
+    assert [(h.train_loss, h.valid_loss) for h in one] == [(h.train_loss, h.valid_loss) for h in three]

@@ -151,7 +151,7 @@ def test_second_run_reads_features_from_the_cache(class_folders, tmp_path, cache
     assert first.stages["features"] == 24
     assert "features" not in second.stages and "decode" not in second.stages
     assert a.metrics["valid"] == b.metrics["valid"]
-    np.testing.assert_allclose(a.predictor.model.head.weight.detach(), b.predictor.model.head.weight.detach(), atol=1e-5)
+    np.testing.assert_allclose(a.predictor.model.head.weight.detach().cpu(), b.predictor.model.head.weight.detach().cpu(), atol=1e-5)
     # One new photo: only its features are computed.
     from conftest import make_image
 

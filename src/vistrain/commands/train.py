@@ -33,7 +33,8 @@ def register(sub) -> None:
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--max-memory", type=float, default=None, metavar="GB",
                    help="keep fine-tuning under about this much memory by running each batch in smaller "
-                        "passes (same training, slower; default: half of the free memory)")
+                        "passes (same training, slower; default: half of the free memory). On a GPU, passes are "
+                        "sized to half of the GPU's free memory instead")
     t.add_argument("--lr", type=learning_rate, default=1e-4,
                    help="head learning rate for fine-tuning (default 1e-4); auto: run lr-find first")
     t.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing while fine-tuning (default 0)")

@@ -3,6 +3,15 @@
 Static quantization (QDQ, per-channel weights, activation ranges calibrated on training images) is
 the fast one on CPU for EfficientNet-Lite (ReLU6, no squeeze-excitation); dynamic quantization
 needs no calibration but runs depthwise convolutions slowly. The export measures both.
+
+The first convolution and the classifier stay in float32 (the usual practice for first and last
+layers). The head was the fragile one: it carries the linear probe's standardisation folded in,
+so 8-bit pooled features came out amplified, and on a small model the exact int8 result
+(ONNX Runtime with graph optimisation off, and the fused kernels of a VNNI CPU, which agree)
+matched float32 on only 43% of images; float32 head: 100%. The stem convolution is where CPUs
+without VNNI lose most to ONNX Runtime's saturating u8s8 kernels: keeping it float32 raised
+top-1 agreement with float32 from 90% to 97% on the climbing validation set here, at the same
+latency. Both layers together are ~0.1% of the weights.
 """
 
 from __future__ import annotations
@@ -59,14 +68,30 @@ def quantize(prepared: Path, out: Path, method: str, calibration: np.ndarray, pr
 
     if method not in METHODS:
         raise ValueError(f"int8 method {method!r} is not one of {', '.join(METHODS)}")
+    keep = float_nodes(prepared)
     # The quantizer logs a warning on the root logger for every tensor it leaves in float: noise here.
     with _quiet_root_logger():
         if method == "static":
             quantize_static(str(prepared), str(out), _reader(calibration, prep), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=keep)
         else:
-            quantize_dynamic(str(prepared), str(out), per_channel=True, weight_type=QuantType.QInt8)
+            quantize_dynamic(str(prepared), str(out), per_channel=True, weight_type=QuantType.QInt8,
+                             nodes_to_exclude=keep)
     return out
+
+
+def float_nodes(path: Path) -> list[str]:
+    """Names of the nodes that stay float32: the first convolution (the stem; ONNX lists nodes in
+    topological order) and the Gemm/MatMul writing an output (the classifier head). Found by
+    position in the graph, not by name, so any backbone's graph works."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    outputs = {o.name for o in graph.output}
+    convs = [n.name for n in graph.node if n.op_type == "Conv"]
+    heads = [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul") and outputs & set(n.output)]
+    return convs[:1] + heads
 
 
 @contextlib.contextmanager

@@ -101,3 +101,22 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work (for honest timings); nothing on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def batch_workers(device: torch.device) -> int:
+    """Threads preparing training batches. One on the CPU: the step itself keeps every core busy and
+    one thread already hides batch preparation. For a GPU, whose steps are ~20x shorter, the cores
+    this process may use (shared with the other torchrun processes on the machine), at most 8."""
+    if device.type != "cuda":
+        return 1
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(8, ((os.cpu_count() or 2) - 1) // local))
+
+
+def gpu_activation_budget(device: torch.device) -> float | None:
+    """Bytes a training pass's activations may take on ``device``: half of the GPU memory free now.
+    None for the CPU, whose budget comes from the process's memory (:mod:`vistrain.memory`)."""
+    if device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return free / 2

@@ -29,6 +29,7 @@ from vistrain.training.balance import (
 )
 from vistrain.training.device import (
     autocast,
+    batch_workers,
     grad_scaler,
     model_device,
     pin,
@@ -251,6 +252,7 @@ def finetune(
     micro = micro_batch_size(cfg)
     draw_p = sample_probabilities(train_labels, k) if cfg.balance == "sampler" else None
     train_prep = train_preprocessing(prep)
+    workers = batch_workers(device)
     labels_t = to_device(torch.as_tensor(train_labels), device)
     t_begin = time.perf_counter()
     try:
@@ -264,12 +266,14 @@ def finetune(
             order = shard(order)  # this process's share (all of it when training alone)
             total_loss, correct = 0.0, 0
 
-            def make_batch(s: int, order=order, rng=rng):
+            def make_batch(s: int, order=order, epoch=epoch):
                 idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+                # Each batch its own generator: the same augmentations whichever worker thread makes it.
+                batch_rng = np.random.default_rng([cfg.seed, epoch, s])
                 # Pinned here, in the prefetch thread, so the copy to a GPU does not wait.
-                return idx, pin(augment_batch([canvases[i] for i in idx], train_prep, cfg.augment, rng), device)
+                return idx, pin(augment_batch([canvases[i] for i in idx], train_prep, cfg.augment, batch_rng), device)
 
-            batches = Prefetcher(make_batch, steps_per_epoch)
+            batches = Prefetcher(make_batch, steps_per_epoch, workers=workers)
             for s, (idx, x) in enumerate(batches):
                 x, y = to_device(x, device), labels_t[idx]
                 opt.zero_grad(set_to_none=True)
