@@ -30,7 +30,7 @@ class Prefetcher(Generic[T]):
         if workers < 1:
             raise ValueError(f"workers={workers}: at least one worker thread")
         self.make, self.n, self.workers = make, n, workers
-        self.ahead = max(ahead, 2 * workers)  # every worker busy, and one batch ready for each
+        self.ahead = max(ahead, workers + 1)  # every worker busy, and one batch ready
         self.wait_seconds = 0.0
 
     def __iter__(self) -> Iterator[T]:
