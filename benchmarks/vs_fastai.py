@@ -30,8 +30,18 @@ TEST_LABEL = re.compile(r"(.+)_\d+")
 
 def run_fastai(data: Path) -> dict:
     import torch
-    from fastai.vision.all import (L, Learner, Normalize, Resize, aug_transforms, create_head, error_rate,
-                                   get_image_files, ImageDataLoaders, params)
+    from fastai.vision.all import (
+        ImageDataLoaders,
+        L,
+        Learner,
+        Normalize,
+        Resize,
+        aug_transforms,
+        create_head,
+        error_rate,
+        get_image_files,
+        params,
+    )
     from torch import nn
 
     from vistrain.models.registry import create_backbone

@@ -5,8 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vistrain.evaluation.abstention import apply_threshold, coverage_curve, threshold_for_precision
-from vistrain.evaluation.calibration import calibrate, expected_calibration_error, fit_temperature, reliability_bins
+from vistrain.evaluation.abstention import (
+    apply_threshold,
+    coverage_curve,
+    threshold_for_precision,
+)
+from vistrain.evaluation.calibration import (
+    calibrate,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_bins,
+)
 from vistrain.evaluation.intervals import bootstrap_f1, metrics_with_intervals, wilson
 from vistrain.evaluation.metrics import classification_metrics
 from vistrain.evaluation.predictor import softmax

@@ -32,7 +32,7 @@ def test_class_folders_are_split_stratified_and_reproducibly(class_folders):
     c = _index(class_folders, seed=2)
     assert a.layout.kind == "class-folders"
     assert a.counts()["valid"] == {"circles": 2, "squares": 2, "stripes": 2}  # round(8 * 0.2)
-    split = lambda i: {r.path: r.split for r in i.records}  # noqa: E731
+    split = lambda i: {r.path: r.split for r in i.records}
     assert split(a) == split(b)
     assert split(a) != split(c)
 

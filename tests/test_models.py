@@ -7,7 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from vistrain.data.transforms import Preprocessing, normalize, to_model_pixels, to_train_canvas
+from vistrain.data.transforms import (
+    Preprocessing,
+    normalize,
+    to_model_pixels,
+    to_train_canvas,
+)
 from vistrain.models import BACKBONES, BackboneError, create_backbone, get_backbone
 
 IMAGENET_CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat

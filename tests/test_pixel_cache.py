@@ -8,9 +8,9 @@ import time
 
 import numpy as np
 import pytest
-import vistrain
 from conftest import FAST
 
+import vistrain
 from vistrain.data.pixel_cache import DiskCanvases, PixelCache
 from vistrain.models.registry import get_backbone
 from vistrain.training.loader import Prefetcher
@@ -151,9 +151,10 @@ def test_prefetcher_with_several_workers_keeps_order():
 
 def test_finetuning_batches_do_not_depend_on_the_number_of_workers(split_folders, tmp_path, cache_dir, monkeypatch):
     """Each batch has its own seeded generator: a GPU run's several workers make the batches one makes."""
-    import vistrain
-    import vistrain.training.finetune as finetune
     from conftest import FAST
+
+    import vistrain
+    from vistrain.training import finetune
 
     opts = dict(cache_dir=cache_dir, mode="finetune", epochs=2, batch_size=4, device="cpu", **FAST)
     one = vistrain.train(split_folders, out=tmp_path / "one", **opts).result.finetune.history

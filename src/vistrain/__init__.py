@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "train", "load", "evaluate", "predict"]
+__all__ = ["__version__", "evaluate", "load", "predict", "train"]
 
 
 def __getattr__(name: str):

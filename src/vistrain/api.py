@@ -11,9 +11,9 @@ import json
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -21,7 +21,13 @@ from vistrain import __version__
 from vistrain.clean.audit import quick_audit
 from vistrain.clean.render import summary_line
 from vistrain.config_file import CONFIG_NAME, save_config
-from vistrain.data.dataset import DataConfig, DatasetIndex, build_eval_index, build_index, default_cache_dir
+from vistrain.data.dataset import (
+    DataConfig,
+    DatasetIndex,
+    build_eval_index,
+    build_index,
+    default_cache_dir,
+)
 from vistrain.data.split import write_split
 from vistrain.evaluation.confidence import apply_confidence, fit_confidence
 from vistrain.evaluation.metrics import classification_metrics

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 
 class Reporter(Protocol):
@@ -32,8 +33,15 @@ class RichReporter:
 
     @contextlib.contextmanager
     def stage(self, name: str, total: int, unit: str = "img") -> Iterator[Callable[[int], None]]:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         columns = [
             TextColumn("[bold]{task.description:<12}"),

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from vistrain.data.images import DEFAULT_MAX_PIXELS, ImageError, decode_with_header
 from vistrain.data.layout import Entry

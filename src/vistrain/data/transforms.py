@@ -41,7 +41,7 @@ class Preprocessing:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
+    def from_dict(cls, d: dict) -> Preprocessing:
         return cls(
             size=int(d["size"]),
             mean=tuple(float(v) for v in d["mean"]),

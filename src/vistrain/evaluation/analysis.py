@@ -15,9 +15,22 @@ from pathlib import Path
 import numpy as np
 
 from vistrain.data.dataset import DataConfig, build_eval_index
-from vistrain.evaluation.abstention import CoverageCurve, apply_threshold, coverage_curve, threshold_for_precision
-from vistrain.evaluation.calibration import expected_calibration_error, nll, reliability_bins
-from vistrain.evaluation.confidence import DEFAULT_TARGET_PRECISION, apply_confidence, fit_confidence
+from vistrain.evaluation.abstention import (
+    CoverageCurve,
+    apply_threshold,
+    coverage_curve,
+    threshold_for_precision,
+)
+from vistrain.evaluation.calibration import (
+    expected_calibration_error,
+    nll,
+    reliability_bins,
+)
+from vistrain.evaluation.confidence import (
+    DEFAULT_TARGET_PRECISION,
+    apply_confidence,
+    fit_confidence,
+)
 from vistrain.evaluation.intervals import metrics_with_intervals
 from vistrain.evaluation.metrics import classification_metrics
 from vistrain.evaluation.predictor import Predictor, softmax

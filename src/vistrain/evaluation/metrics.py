@@ -23,7 +23,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
     recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros(k), where=denom > 0)
-    n = int(len(y_true))
+    n = len(y_true)
     present = support > 0
     per_class = {
         c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}

@@ -12,7 +12,11 @@ from vistrain.data.images import is_candidate, load_rgb
 from vistrain.data.transforms import normalize, to_model_pixels
 from vistrain.memory import inference_batch_size
 from vistrain.models.classifier import ImageClassifier, ModelConfig, load_model
-from vistrain.prediction import Prediction, decoded_batches, softmax  # noqa: F401 (re-exported)
+from vistrain.prediction import (  # Prediction, softmax: re-exported
+    Prediction,
+    decoded_batches,
+    softmax,
+)
 from vistrain.training.device import model_device, resolve_device, to_device
 
 

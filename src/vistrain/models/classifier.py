@@ -59,7 +59,7 @@ class ModelConfig:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         known = {"format", "format_version", "backbone", "classes", "num_classes", "preprocessing",
                  "dropout", "temperature", "unsure_threshold"}
         return cls(

@@ -6,9 +6,9 @@ Weights come from pip packages installed with vistrain; nothing is downloaded at
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn

@@ -21,7 +21,11 @@ from vistrain.data.images import (
 from vistrain.data.transforms import normalize_array, to_model_pixels
 from vistrain.heatmap import cam_from_features
 from vistrain.memory import inference_batch_size
-from vistrain.prediction import Prediction, decoded_batches, softmax  # noqa: F401 (re-exported)
+from vistrain.prediction import (  # Prediction, softmax: re-exported
+    Prediction,
+    decoded_batches,
+    softmax,
+)
 from vistrain.runtime.bundle import (
     HEAD_FILE,
     VARIANTS,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

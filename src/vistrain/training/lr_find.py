@@ -23,7 +23,12 @@ from vistrain.models.registry import get_backbone
 from vistrain.progress import Reporter, SilentReporter
 from vistrain.training.device import autocast, grad_scaler, resolve_device, to_device
 from vistrain.training.feature_cache import FeatureCache
-from vistrain.training.finetune import FinetuneConfig, param_groups, set_train_mode, train_preprocessing
+from vistrain.training.finetune import (
+    FinetuneConfig,
+    param_groups,
+    set_train_mode,
+    train_preprocessing,
+)
 from vistrain.training.pixels import decode_all
 from vistrain.training.probe import fit_probe
 from vistrain.training.trainer import TrainConfig, cached_features, choose_image_size

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -30,7 +30,13 @@ from vistrain.training.checkpoint import (
     save_checkpoint,
     save_probe_head,
 )
-from vistrain.training.device import describe, gpu_activation_budget, model_device, resolve_device, uses_amp
+from vistrain.training.device import (
+    describe,
+    gpu_activation_budget,
+    model_device,
+    resolve_device,
+    uses_amp,
+)
 from vistrain.training.distributed import agree_min, is_main
 from vistrain.training.feature_cache import FeatureCache
 from vistrain.training.features import extract_features, onnx_session
