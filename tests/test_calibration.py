@@ -111,3 +111,38 @@ def test_intervals_contain_the_estimate_and_shrink_with_more_images():
 def test_no_errors_keep_the_raw_softmax():
     z = np.array([[3.0, 0.0], [0.0, 2.0], [1.0, 0.0]])
     assert calibrate(z, np.array([0, 1, 0])).temperature == 1.0
+
+
+def test_a_temperature_that_does_not_help_held_out_images_is_not_applied():
+    """On 60 calibrated images a fitted T mostly fits noise: the 5-fold held-out check rejects it
+    (the raw softmax stays), while real over- and under-confidence is corrected on every seed."""
+    fits = [calibrate(*_sampled(n=60, seed=s)) for s in range(20)]
+    rejected = [c for c in fits if c.rejected]
+    assert len(rejected) >= 15
+    for c in rejected:
+        assert c.temperature == 1.0 and c.fitted_temperature != 1.0
+        assert c.heldout_nll_scaled >= c.heldout_nll_raw
+        assert (c.ece_after, c.nll_after) == (c.ece_before, c.nll_before)
+    for scale in (3.0, 0.5):
+        for s in range(20):
+            z, y = _sampled(n=60, seed=s)
+            c = calibrate(z * scale, y)
+            assert not c.rejected and c.temperature == c.fitted_temperature
+            assert c.heldout_nll_scaled < c.heldout_nll_raw
+
+    from vistrain.evaluation.confidence import describe, fit_confidence
+    from vistrain.models.classifier import ModelConfig
+
+    z, y = _sampled(n=60, seed=next(s for s, c in enumerate(fits) if c.rejected))
+    settings = fit_confidence(z, y)
+    assert settings["temperature"] == 1.0 and settings["calibration"]["fitted_temperature"] != 1.0
+    config = ModelConfig(backbone="efficientnet_lite0", classes=list("abcd"), preprocessing=None,
+                         temperature=settings["temperature"], extra={"calibration": settings["calibration"]})
+    assert "raw softmax kept" in describe(config) and "did not lower the held-out log-loss" in describe(config)
+
+
+def test_too_few_images_to_check_keep_the_raw_softmax():
+    z, y = _sampled(n=9, seed=2)
+    c = calibrate(z * 3.0, y)
+    assert c.fitted_temperature > 1.5  # overconfident, but 9 images cannot show it on held-out ones
+    assert c.heldout_nll_raw is None and c.temperature == 1.0 and c.rejected

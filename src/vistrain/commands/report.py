@@ -36,7 +36,9 @@ def run(args, console, reporter) -> int:
     console.print(f"  {a.source}: accuracy {m['accuracy']:.1%} (95% CI {m['accuracy_ci'][0]:.1%}–{m['accuracy_ci'][1]:.1%}), "
                   f"{m['errors']} error(s) copied into {Path(args.run) / 'errors'}/")
     console.print(f"  calibration error {c['ece_before']:.1%} -> {c['ece_after']:.1%} with temperature {a.temperature:.2f}"
-                  + (" (fitted here and stored in the run)" if a.fitted_here else " (the run's, fitted on validation)"))
+                  + (" (fitted here and stored in the run)" if a.fitted_here else " (the run's, fitted on validation)")
+                  + (f"; {c['fitted_temperature']:.2f} fitted, not applied: it did not help held-out images"
+                     if c.get("fitted_temperature", 1.0) != 1.0 and a.temperature == 1.0 else ""))
     if s["threshold"] is None:
         console.print(f"  no 'unsure' threshold reaches {s['target_precision']:.0%} precision on these images")
     else:

@@ -3,6 +3,13 @@
 A network's softmax is usually over-confident after training; dividing the logits by one scalar
 ``T`` (Guo et al., "On Calibration of Modern Neural Networks", 2017) fixes most of that without
 changing any prediction. ``T`` is chosen to minimise the negative log-likelihood of the labels.
+
+Fitted and judged on the same few validation images, ``T`` always looks better than 1 by NLL,
+and yet it can hurt new images: on the 80 validation digits of the README's demo, T = 1.24
+lowered the in-sample NLL (0.635 -> 0.613) but raised the 5-fold held-out NLL to 0.882 and the
+binned calibration error from 6.9% to 11.3%. So ``T`` is applied only when, fitted on four
+fifths of the images, it lowers the NLL of the fifth left out, summed over the five folds (and
+never with fewer than 10 validation images, too few to check it).
 """
 
 from __future__ import annotations
@@ -83,24 +90,56 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, n_
 
 @dataclass
 class Calibration:
-    temperature: float
+    temperature: float  # the one applied: the fitted one, or 1 when it did not help held-out images
     ece_before: float
     ece_after: float
     nll_before: float
     nll_after: float
     n: int
+    fitted_temperature: float = 1.0  # fitted on every image, before the held-out check
+    heldout_nll_raw: float | None = None  # k-fold held-out NLL at T = 1 (None: too few images to fold)
+    heldout_nll_scaled: float | None = None  # ... with T fitted on the other folds
 
     def to_dict(self) -> dict:
         return {k: round(v, 6) if isinstance(v, float) else v for k, v in self.__dict__.items()}
 
+    @property
+    def rejected(self) -> bool:
+        """A temperature was fitted but did not help the images it was not fitted on."""
+        return self.temperature == 1.0 and self.fitted_temperature != 1.0
 
-def calibrate(logits: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> Calibration:
-    """Fit ``T`` on these logits (1 when every image is right) and report ECE and NLL at T = 1
-    and at the fitted T."""
-    labels = np.asarray(labels, dtype=int)
+
+def _fit_or_one(logits: np.ndarray, labels: np.ndarray) -> float:
     # With no error to learn from, a lower T always lowers the NLL, down to certainty on every
     # image: nothing supports that, so the raw softmax stays.
-    t = 1.0 if (np.asarray(logits).argmax(axis=1) == labels).all() else fit_temperature(logits, labels)
+    return 1.0 if (np.asarray(logits).argmax(axis=1) == labels).all() else fit_temperature(logits, labels)
+
+
+def heldout_nll(logits: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> tuple[float, float] | None:
+    """Mean NLL of each image while left out, at T = 1 and at T fitted on the other folds.
+    None when there are fewer than two images per fold."""
+    n = len(labels)
+    if n < 2 * folds:
+        return None
+    order = np.random.default_rng(seed).permutation(n)
+    raw = scaled = 0.0
+    for held in np.array_split(order, folds):
+        rest = np.setdiff1d(order, held)
+        t = _fit_or_one(logits[rest], labels[rest])
+        raw += nll(logits[held], labels[held], 1.0) * len(held)
+        scaled += nll(logits[held], labels[held], t) * len(held)
+    return raw / n, scaled / n
+
+
+def calibrate(logits: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> Calibration:
+    """Fit ``T`` on these logits (1 when every image is right), keep it only if it also lowers the
+    held-out NLL (see the module's note), and report ECE and NLL at T = 1 and at the T applied."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=int)
+    fitted = _fit_or_one(logits, labels)
+    check = heldout_nll(logits, labels) if fitted != 1.0 else None
+    # Too few images to check it on held-out ones: nothing supports the fitted T either.
+    t = fitted if check is not None and check[1] < check[0] else 1.0
     return Calibration(
         temperature=t,
         ece_before=expected_calibration_error(softmax(logits, 1.0), labels, n_bins),
@@ -108,4 +147,7 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> Calib
         nll_before=nll(logits, labels, 1.0),
         nll_after=nll(logits, labels, t),
         n=len(labels),
+        fitted_temperature=fitted,
+        heldout_nll_raw=None if check is None else check[0],
+        heldout_nll_scaled=None if check is None else check[1],
     )

@@ -43,8 +43,15 @@ def describe(config: ModelConfig) -> str:
     c = config.extra.get("calibration")
     if not c:
         return "no calibration stored (older run): vistrain report RUN fits one"
-    text = (f"temperature {config.temperature:.2f} (calibration error {c['ece_before']:.1%} -> "
-            f"{c['ece_after']:.1%} on {c['n']} validation images)")
+    fitted = c.get("fitted_temperature", config.temperature)
+    if config.temperature == 1.0 and fitted != 1.0:
+        why = ("did not lower the held-out log-loss" if c.get("heldout_nll_raw") is not None
+               else "could not be checked on held-out images (fewer than 10)")
+        text = (f"raw softmax kept (calibration error {c['ece_before']:.1%} on {c['n']} validation images): "
+                f"a temperature of {fitted:.2f} {why}")
+    else:
+        text = (f"temperature {config.temperature:.2f} (calibration error {c['ece_before']:.1%} -> "
+                f"{c['ece_after']:.1%} on {c['n']} validation images)")
     if config.unsure_threshold is None:
         return text + f"; no threshold reaches {c['target_precision']:.0%} precision on validation"
     return (text + f"; 'unsure' below {config.unsure_threshold:.2f} keeps {c['target_precision']:.0%} precision "

@@ -207,8 +207,19 @@ def _calibration_section(a: Analysis) -> str:
             f'<div>temperature<b>{a.temperature:.2f}</b></div><div>NLL<b>{c["nll_before"]:.3f} → {c["nll_after"]:.3f}</b></div></div>'
             f"<p>Expected calibration error: the gap between confidence and accuracy, averaged over 10 confidence bins. "
             f"Temperature scaling divides the logits by one number, {where}; it changes no prediction. "
-            f"<code>predict</code> uses the stored temperature.</p>"
+            f"<code>predict</code> uses the stored temperature.{_rejected_note(c)}</p>"
             + _img(plots.reliability(before, after, c["ece_before"], c["ece_after"], a.temperature), "reliability diagram"))
+
+
+def _rejected_note(c: dict) -> str:
+    fitted, raw, scaled = c.get("fitted_temperature"), c.get("heldout_nll_raw"), c.get("heldout_nll_scaled")
+    if fitted is None or fitted == 1.0 or c.get("temperature", 1.0) != 1.0:
+        return ""
+    if raw is None:
+        return (f" A temperature of {fitted:.2f} was fitted but not applied: fewer than 10 validation images "
+                f"are too few to check it on images it was not fitted on.")
+    return (f" A temperature of {fitted:.2f} was fitted but not applied: fitted on four fifths of the images, it raised "
+            f"the log-loss of the fifth left out ({raw:.3f} → {scaled:.3f}, over five folds).")
 
 
 def _abstention_section(a: Analysis) -> str:
