@@ -27,6 +27,7 @@ def register(sub) -> None:
 
 
 def run(args, console, reporter) -> int:
+    from vistrain.evaluation.calibration import set_aside
     from vistrain.evaluation.report import write_report
 
     path, a = write_report(args.run, args.data, args.label_from_name, args.target_precision, args.tta,
@@ -38,7 +39,7 @@ def run(args, console, reporter) -> int:
     console.print(f"  calibration error {c['ece_before']:.1%} -> {c['ece_after']:.1%} with temperature {a.temperature:.2f}"
                   + (" (fitted here and stored in the run)" if a.fitted_here else " (the run's, fitted on validation)")
                   + (f"; {c['fitted_temperature']:.2f} fitted, not applied: it did not help held-out images"
-                     if c.get("fitted_temperature", 1.0) != 1.0 and a.temperature == 1.0 else ""))
+                     if set_aside(c) else ""))
     if s["threshold"] is None:
         console.print(f"  no 'unsure' threshold reaches {s['target_precision']:.0%} precision on these images")
     else:

@@ -106,7 +106,13 @@ class Calibration:
     @property
     def rejected(self) -> bool:
         """A temperature was fitted but did not help the images it was not fitted on."""
-        return self.temperature == 1.0 and self.fitted_temperature != 1.0
+        return set_aside(self.to_dict())
+
+
+def set_aside(calibration: dict) -> bool:
+    """Whether a stored calibration (``Calibration.to_dict``, as in ``config.json``) fitted a
+    temperature and then kept the raw softmax (older runs lack ``fitted_temperature``: False)."""
+    return calibration.get("temperature", 1.0) == 1.0 and calibration.get("fitted_temperature", 1.0) != 1.0
 
 
 def _fit_or_one(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from vistrain.evaluation.abstention import threshold_for_precision
-from vistrain.evaluation.calibration import calibrate
+from vistrain.evaluation.calibration import calibrate, set_aside
 from vistrain.evaluation.predictor import softmax
 from vistrain.models.classifier import ModelConfig
 
@@ -43,12 +43,11 @@ def describe(config: ModelConfig) -> str:
     c = config.extra.get("calibration")
     if not c:
         return "no calibration stored (older run): vistrain report RUN fits one"
-    fitted = c.get("fitted_temperature", config.temperature)
-    if config.temperature == 1.0 and fitted != 1.0:
+    if set_aside(c):
         why = ("did not lower the held-out log-loss" if c.get("heldout_nll_raw") is not None
                else "could not be checked on held-out images (fewer than 10)")
         text = (f"raw softmax kept (calibration error {c['ece_before']:.1%} on {c['n']} validation images): "
-                f"a temperature of {fitted:.2f} {why}")
+                f"a temperature of {c['fitted_temperature']:.2f} {why}")
     else:
         text = (f"temperature {config.temperature:.2f} (calibration error {c['ece_before']:.1%} -> "
                 f"{c['ece_after']:.1%} on {c['n']} validation images)")

@@ -17,6 +17,7 @@ from vistrain.data.images import ImageError, load_rgb
 from vistrain.data.transforms import to_model_pixels
 from vistrain.evaluation import plots
 from vistrain.evaluation.analysis import Analysis, reliability_pair
+from vistrain.evaluation.calibration import set_aside
 from vistrain.evaluation.gradcam import grad_cam
 from vistrain.evaluation.predictor import Predictor
 from vistrain.evaluation.report_audit import audit_section, data_section
@@ -212,9 +213,9 @@ def _calibration_section(a: Analysis) -> str:
 
 
 def _rejected_note(c: dict) -> str:
-    fitted, raw, scaled = c.get("fitted_temperature"), c.get("heldout_nll_raw"), c.get("heldout_nll_scaled")
-    if fitted is None or fitted == 1.0 or c.get("temperature", 1.0) != 1.0:
+    if not set_aside(c):
         return ""
+    fitted, raw, scaled = c["fitted_temperature"], c.get("heldout_nll_raw"), c.get("heldout_nll_scaled")
     if raw is None:
         return (f" A temperature of {fitted:.2f} was fitted but not applied: fewer than 10 validation images "
                 f"are too few to check it on images it was not fitted on.")
