@@ -43,6 +43,7 @@ from vistrain.training.distributed import (
     world_size,
     wrap,
 )
+from vistrain.training.fold import folded_batchnorm
 from vistrain.training.loader import Prefetcher
 from vistrain.training.schedules import build_scheduler
 
@@ -193,13 +194,14 @@ def measure_step_seconds(model: ImageClassifier, canvases, labels, prep, cfg: Fi
     set_train_mode(model, cfg.freeze_bn)
     n = min(cfg.batch_size, len(canvases))
     times = []
-    for _ in range(steps + 1):
-        idx = rng.choice(len(canvases), n, replace=False)
-        t = time.perf_counter()
-        x = to_device(augment_batch([canvases[i] for i in idx], train_preprocessing(prep), cfg.augment, rng), device)
-        accumulate(model, loss_fn, x, to_device(torch.as_tensor(labels[idx]), device), micro, device)  # as training does
-        synchronize(device)
-        times.append(time.perf_counter() - t)
+    with folded_batchnorm(model, cfg.freeze_bn):
+        for _ in range(steps + 1):
+            idx = rng.choice(len(canvases), n, replace=False)
+            t = time.perf_counter()
+            x = to_device(augment_batch([canvases[i] for i in idx], train_preprocessing(prep), cfg.augment, rng), device)
+            accumulate(model, loss_fn, x, to_device(torch.as_tensor(labels[idx]), device), micro, device)  # as training does
+            synchronize(device)
+            times.append(time.perf_counter() - t)
     model.zero_grad(set_to_none=True)
     return float(np.median(times[1:])) * cfg.batch_size / n
 
@@ -228,6 +230,14 @@ def finetune(
     progress: Callable[[int], None] | None = None,
 ) -> FinetuneState:
     """Train for ``state.planned_epochs`` (continuing after ``len(state.history)`` on resume)."""
+    # Frozen BatchNorms run folded into their convolutions: the same function, less memory.
+    with folded_batchnorm(model, cfg.freeze_bn):
+        return _finetune(model, canvases, train_labels, valid_pixels, valid_labels, prep, cfg, state,
+                         optimizer_state, on_epoch, progress)
+
+
+def _finetune(model, canvases, train_labels, valid_pixels, valid_labels, prep, cfg: FinetuneConfig,
+              state: FinetuneState, optimizer_state, on_epoch, progress) -> FinetuneState:
     torch.manual_seed(cfg.seed)
     groups = param_groups(model, cfg.lr, cfg.freeze_bottom)
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)

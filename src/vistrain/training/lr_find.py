@@ -29,6 +29,7 @@ from vistrain.training.finetune import (
     set_train_mode,
     train_preprocessing,
 )
+from vistrain.training.fold import folded_batchnorm
 from vistrain.training.pixels import decode_all
 from vistrain.training.probe import fit_probe
 from vistrain.training.trainer import TrainConfig, cached_features, choose_image_size
@@ -111,7 +112,7 @@ def lr_range_test(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | No
     losses: list[float] = []
     best = math.inf
     stopped = False
-    with ui.stage("lr-find", steps, unit="step") as advance:
+    with ui.stage("lr-find", steps, unit="step") as advance, folded_batchnorm(model):  # as fine-tuning runs
         for i, lr in enumerate(lrs):
             for g, share in zip(opt.param_groups, shares):
                 g["lr"] = lr * share
