@@ -22,6 +22,15 @@ from vistrain.progress import RichReporter
 HERE = Path(__file__).resolve().parent
 
 
+def peak_rss_gb() -> float | None:
+    """This process's peak resident memory (Linux VmHWM), or None elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            return round(next(int(x.split()[1]) for x in f if x.startswith("VmHWM:")) / 1024**2, 2)
+    except (OSError, StopIteration):
+        return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", nargs="?", type=Path, default=HERE.parent.parent / "shared" / "datasets" / "climbing")
@@ -56,6 +65,7 @@ def main() -> None:
         "epochs": [(h.epoch, round(h.valid_accuracy, 4), round(h.seconds)) for h in (run.result.finetune.history if run.result.finetune else [])],
         "notes": run.result.notes,
         "wall_seconds": round(wall, 1),
+        "peak_rss_gb": peak_rss_gb(),
         "run": str(out),
     }
     print(json.dumps(summary, indent=2))

@@ -19,7 +19,7 @@ from torch import nn
 
 from vistrain.data.augment import AugmentConfig, augment_batch
 from vistrain.data.transforms import Preprocessing, normalize
-from vistrain.memory import inference_batch_size
+from vistrain.memory import inference_batch_size, release_freed_memory
 from vistrain.models.classifier import ImageClassifier
 from vistrain.training.balance import (
     class_weights,
@@ -322,6 +322,7 @@ def _finetune(model, canvases, train_labels, valid_pixels, valid_labels, prep, c
                 state.lowest_loss, state.lowest_loss_epoch = vloss, epoch
             if on_epoch:
                 on_epoch(state, opt)
+            release_freed_memory()  # freed activations fragment the heap; the peak would creep up each epoch
             stuck = collapsed_class(vlog.argmax(1), valid_labels)
             if stuck is not None:
                 state.stop_reason = (f"training diverged: after epoch {epoch} the network predicts class #{stuck} "

@@ -15,7 +15,7 @@ from vistrain.data.dataset import DataConfig, DatasetIndex
 from vistrain.data.pixel_cache import PixelCache
 from vistrain.data.split import read_split
 from vistrain.data.transforms import RESIZE_METHODS, Preprocessing
-from vistrain.memory import training_budget_bytes, training_micro_batch
+from vistrain.memory import release_freed_memory, training_budget_bytes, training_micro_batch
 from vistrain.models.classifier import ImageClassifier, ModelConfig, build_classifier
 from vistrain.models.registry import get_backbone
 from vistrain.progress import Reporter, SilentReporter
@@ -253,6 +253,7 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
             model.load_state_dict(resumed.model_state)
             ui.log(f"Resuming fine-tuning after epoch {len(ft_state.history)} of {ft_state.planned_epochs}")
         else:
+            release_freed_memory()  # what decoding and the features' ONNX session used, before training
             ft_state = _plan(ui, model, canvases, y_train, valid_pixels, prep, ft_cfg, cfg, t_start, notes)
             if is_main():
                 save_probe_head(cfg.out, model.head)
