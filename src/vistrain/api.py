@@ -185,6 +185,8 @@ def _write_run(out: Path, index: DatasetIndex, cfg: TrainConfig, result: TrainRe
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("data", "out")}
     # What ran, next to what was asked (train_config.yaml keeps the request, e.g. auto, to stay portable).
     settings.update(device=result.device, device_requested=cfg.device, amp=result.amp)
+    if result.mirror is not None:
+        settings["mirror_check"] = {**asdict(result.mirror), "flips_used": result.mirror.keep_flips}
     settings["data"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg.data).items()}
     result.model_config.extra = {
         **result.model_config.extra,  # calibration

@@ -22,10 +22,13 @@ class AugmentConfig:
 
     scale: tuple[float, float] = (0.35, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip: bool = True
+    # "auto": flip unless the mirror check (training/mirror.py) finds that mirror images change labels.
+    flip: bool | str = "auto"
     jitter: float = 0.2
 
     def __post_init__(self) -> None:
+        if self.flip not in (True, False, "auto"):
+            raise ValueError(f"augmentation flip {self.flip!r} must be true, false or auto")
         lo, hi = self.scale
         if not 0.05 <= lo <= hi <= 1.0:
             raise ValueError(f"augmentation scale {self.scale} must satisfy 0.05 <= low <= high <= 1")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,11 @@ from vistrain.data.dataset import DataConfig, DatasetIndex
 from vistrain.data.pixel_cache import PixelCache
 from vistrain.data.split import read_split
 from vistrain.data.transforms import RESIZE_METHODS, Preprocessing
-from vistrain.memory import release_freed_memory, training_budget_bytes, training_micro_batch
+from vistrain.memory import (
+    release_freed_memory,
+    training_budget_bytes,
+    training_micro_batch,
+)
 from vistrain.models.classifier import ImageClassifier, ModelConfig, build_classifier
 from vistrain.models.registry import get_backbone
 from vistrain.progress import Reporter, SilentReporter
@@ -51,6 +55,7 @@ from vistrain.training.finetune import (
     plan_epochs,
     train_preprocessing,
 )
+from vistrain.training.mirror import MirrorCheck, mirror_check, mirrored
 from vistrain.training.pixels import decode_all
 from vistrain.training.probe import fit_probe, probe_logits
 from vistrain.training.schedules import check_schedule
@@ -140,6 +145,7 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
     device: str = "cpu"  # where it trained, e.g. "cuda:0"
     amp: bool = False  # fine-tuning steps in float16 mixed precision
+    mirror: MirrorCheck | None = None  # whether fine-tuning flipped its crops, and why (flip "auto")
 
 
 def choose_image_size(index: DatasetIndex, backbone: str) -> int:
@@ -235,10 +241,19 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     if ratio >= IMBALANCED_RATIO or balance != "none":
         notes.append(f"classes imbalanced {ratio:.1f}:1; correction: {balance}; best model by {select_by.replace('_', ' ')}")
     ft_state: FinetuneState | None = None
+    check: MirrorCheck | None = None
     if want_finetune:
+        augment = cfg.augment
+        if augment.flip == "auto":
+            check = _mirror_check(ui, model, valid, valid_pixels, y_valid, prep,
+                                  FeatureCache(cfg.data.cache_dir, cfg.backbone, prep))
+            ui.log("  " + check.describe())
+            augment = replace(augment, flip=check.keep_flips)
+            if not check.keep_flips:
+                notes.append(check.describe())
         ft_cfg = FinetuneConfig(
             epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, label_smoothing=cfg.label_smoothing,
-            patience=cfg.patience, augment=cfg.augment, seed=cfg.seed, weight_decay=cfg.weight_decay,
+            patience=cfg.patience, augment=augment, seed=cfg.seed, weight_decay=cfg.weight_decay,
             schedule=cfg.schedule, balance=balance, select_by=select_by,
             micro_batch=training_micro_batch(cfg.batch_size, train_preprocessing(prep).size,
                                              _activation_budget(cfg, device)),
@@ -284,7 +299,7 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
         valid_logits = probe_valid_logits if probe_valid_logits is not None else evaluate_logits(model, valid_pixels, prep)
     return TrainResult(model.eval(), model_cfg, stage, probe_acc, ft_state, valid_logits,
                        time.perf_counter() - t_start, notes, str(device),
-                       uses_amp(device) and bool(ft_state and ft_state.history))
+                       uses_amp(device) and bool(ft_state and ft_state.history), check)
 
 
 def cached_features(ui: Reporter, backbone, records, prep: Preprocessing, cache: FeatureCache,
@@ -313,6 +328,17 @@ def cached_features(ui: Reporter, backbone, records, prep: Preprocessing, cache:
         return new
     features[missing] = new
     return features
+
+
+def _mirror_check(ui: Reporter, model, valid, valid_pixels: np.ndarray, y_valid: np.ndarray, prep: Preprocessing,
+                  cache: FeatureCache) -> MirrorCheck:
+    """The probe (``model.head``) on the validation images and on their mirror images (features of
+    both cached: a second run pays nothing)."""
+    f = cached_features(ui, model.backbone, valid, prep, cache, valid_pixels)
+    flipped = [replace(r, sha1=f"{r.sha1}-mirrored") for r in valid]
+    f_mirrored = cached_features(ui, model.backbone, flipped, prep, cache, mirrored(valid_pixels))
+    w, b = model.head.weight.detach().cpu(), model.head.bias.detach().cpu()
+    return mirror_check(y_valid, probe_logits(f, w, b).argmax(1), probe_logits(f_mirrored, w, b).argmax(1))
 
 
 def _activation_budget(cfg: TrainConfig, device: torch.device) -> float | None:
