@@ -214,8 +214,8 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
 
     model_cfg = ModelConfig(cfg.backbone, classes, prep, dropout=cfg.dropout)
     model = build_classifier(model_cfg).to(device, memory_format=torch.channels_last)
+    cache = FeatureCache(cfg.data.cache_dir, cfg.backbone, prep)
     if resumed is None:
-        cache = FeatureCache(cfg.data.cache_dir, cfg.backbone, prep)
         f_train = cached_features(ui, model.backbone, train, prep, cache, train_pixels, pixel_cache)
         f_valid = cached_features(ui, model.backbone, valid, prep, cache, valid_pixels, pixel_cache)
         train_pixels = None  # fine-tuning reads the canvases; free the eval views of the training set
@@ -245,8 +245,7 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     if want_finetune:
         augment = cfg.augment
         if augment.flip == "auto":
-            check = _mirror_check(ui, model, valid, valid_pixels, y_valid, prep,
-                                  FeatureCache(cfg.data.cache_dir, cfg.backbone, prep))
+            check = _mirror_check(ui, model, valid, valid_pixels, y_valid, prep, cache)
             ui.log("  " + check.describe())
             augment = replace(augment, flip=check.keep_flips)
             if not check.keep_flips:
