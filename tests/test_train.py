@@ -179,3 +179,20 @@ def test_training_crops_are_smaller_than_the_evaluation_input():
         return train_preprocessing(Preprocessing(s, (0.5,) * 3, (0.5,) * 3)).size
 
     assert (size(352), size(224), size(64)) == (288, 192, 64)
+
+
+def test_kept_probe_scores_the_test_split_from_cached_features(split_folders, tmp_path, cache_dir):
+    first, second = StageRecorder(), StageRecorder()
+    a = vistrain.train(split_folders, out=tmp_path / "a", cache_dir=cache_dir, mode="probe", reporter=first, **FAST)
+    assert first.stages["features"] == 18 + 9 + 6 and "test" not in first.stages
+    # The same answers as the saved model gives when it runs end to end on the test files.
+    test = sorted((split_folders / "test").iterdir())
+    logits = a.predictor.logits_from_paths([str(p) for p in test])[0][:, 0]
+    labels = np.array([a.classes.index(p.name.rsplit("_", 1)[0]) for p in test])
+    assert a.metrics["test"]["accuracy"] == pytest.approx(float((logits.argmax(1) == labels).mean()))
+    gaps = np.abs(a.result.test_logits[:, None, :] - logits[None, :, :]).max(axis=2)
+    assert len(a.result.test_logits) == 6 and gaps.min(axis=1).max() < 1e-3  # each row is one file's logits
+    # A second run on the same data computes no feature and runs no network on the test images.
+    b = vistrain.train(split_folders, out=tmp_path / "b", cache_dir=cache_dir, mode="probe", reporter=second, **FAST)
+    assert not {"features", "decode", "test"} & set(second.stages)
+    assert b.metrics["test"] == a.metrics["test"]

@@ -48,6 +48,7 @@ class Run:
     predictor: Predictor
     metrics: dict = field(default_factory=dict)
     result: TrainResult | None = None
+    seconds: float | None = None  # wall time of the whole ``train`` call: scan, training, metrics, saving
 
     @property
     def classes(self) -> list[str]:
@@ -136,7 +137,7 @@ def train(
         _write_run(out, index, cfg, result, metrics, time.perf_counter() - t0)
         if not (result.finetune and result.finetune.interrupted):
             remove_checkpoint(out)  # finished: the run folder holds the result; keep it for --resume otherwise
-    return Run(out, predictor, metrics, result)
+    return Run(out, predictor, metrics, result, seconds=time.perf_counter() - t0)
 
 
 def find_lr(data: str | Path, reporter: Reporter | None = None, label_from_name: str | None = None,
@@ -171,10 +172,13 @@ def _final_metrics(index: DatasetIndex, result: TrainResult, predictor: Predicto
     )
     test = index.split("test")
     if test:
-        with ui.stage("test", len(test)) as advance:
-            preds = predictor.predict_paths([r.path for r in test], progress=advance)
         y_test = np.array([classes.index(r.label) for r in test])
-        y_hat = np.array([int(np.argmax(p.probabilities)) for p in preds])
+        if result.test_logits is not None:  # the kept probe, from cached features
+            y_hat = result.test_logits.argmax(1)
+        else:
+            with ui.stage("test", len(test)) as advance:
+                preds = predictor.predict_paths([r.path for r in test], progress=advance)
+            y_hat = np.array([int(np.argmax(p.probabilities)) for p in preds])
         metrics["test"] = classification_metrics(y_test, y_hat, classes)
     return metrics
 

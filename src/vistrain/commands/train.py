@@ -82,7 +82,7 @@ def run(args, console, reporter) -> int:
     console.print(per_class_table(m["valid"], "Validation, per class"))
     console.print(confusion_table(m["valid"]))
     kept = "fine-tuned network" if res.stage == "finetune" else "linear probe on frozen features"
-    console.print(f"\n[bold green]Done[/] in {res.seconds:.0f} s on {res.device}"
+    console.print(f"\n[bold green]Done[/] in {trained.seconds:.0f} s on {res.device}"
                   + (" (mixed precision)" if res.amp else "") + f". Kept: {kept}.")
     console.print(f"  validation accuracy {m['valid']['accuracy']:.1%} ({m['valid']['errors']} of {m['valid']['n']} wrong)"
                   f"; linear probe alone {res.probe_accuracy:.1%}")

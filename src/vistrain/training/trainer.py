@@ -146,6 +146,7 @@ class TrainResult:
     device: str = "cpu"  # where it trained, e.g. "cuda:0"
     amp: bool = False  # fine-tuning steps in float16 mixed precision
     mirror: MirrorCheck | None = None  # whether fine-tuning flipped its crops, and why (flip "auto")
+    test_logits: np.ndarray | None = None  # the kept probe on the test split, from (cached) features
 
 
 def choose_image_size(index: DatasetIndex, backbone: str) -> int:
@@ -296,9 +297,15 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
                          f"(loss {ft_state.best_loss:.3f}), the probe {probe_acc:.1%} (loss {probe_loss:.3f})")
         model.load_state_dict(probe_state)
         valid_logits = probe_valid_logits if probe_valid_logits is not None else evaluate_logits(model, valid_pixels, prep)
+    test_logits = None
+    if stage == "probe" and index.split("test"):
+        # The probe is a head on cached features: the test images' features are computed once (ONNX
+        # Runtime) and a later run on the same data reads them back instead of running the network.
+        f_test = cached_features(ui, model.backbone, index.split("test"), prep, cache, pixel_cache=pixel_cache)
+        test_logits = probe_logits(f_test, model.head.weight.detach().cpu(), model.head.bias.detach().cpu())
     return TrainResult(model.eval(), model_cfg, stage, probe_acc, ft_state, valid_logits,
                        time.perf_counter() - t_start, notes, str(device),
-                       uses_amp(device) and bool(ft_state and ft_state.history), check)
+                       uses_amp(device) and bool(ft_state and ft_state.history), check, test_logits)
 
 
 def cached_features(ui: Reporter, backbone, records, prep: Preprocessing, cache: FeatureCache,

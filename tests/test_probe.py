@@ -1,0 +1,53 @@
+"""The linear probe: exact folding of the standardisation, and no blow-up on near-constant features."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from vistrain.training.probe import fit_probe, probe_logits
+
+
+def _photo_like(n: int = 120, f: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.gamma(2.0, 0.1, (n, f)) * rng.uniform(0.5, 2.0, f)  # spreads within 4x of each other
+    x[:, :3] += 0.6 * np.eye(3)[y]
+    return x, y
+
+
+def test_folded_head_gives_the_fitted_models_logits() -> None:
+    x, y = _photo_like()
+    w, b = fit_probe(x, y, 3, C=0.3)
+    sigma = x.std(0) + 1e-6
+    ref = LogisticRegression(C=0.3, max_iter=2000, random_state=0).fit((x - x.mean(0)) / sigma, y)
+    expected = ref.decision_function((x - x.mean(0)) / sigma)
+    np.testing.assert_allclose(probe_logits(x, w, b), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_floor_changes_nothing_when_no_feature_is_flat() -> None:
+    x, y = _photo_like()
+    w, b = fit_probe(x, y, 3)
+    w0, b0 = fit_probe(x, y, 3, std_floor=0.0)
+    np.testing.assert_array_equal(w.numpy(), w0.numpy())
+    np.testing.assert_array_equal(b.numpy(), b0.numpy())
+
+
+def test_near_constant_features_do_not_get_huge_weights() -> None:
+    # Like ImageNet channels on enlarged 8x8 digits: a few barely move, but follow the label.
+    x, y = _photo_like()
+    rng = np.random.default_rng(1)
+    flat = 1e-4 * (np.eye(3)[y] + 0.5 * rng.random((len(y), 3)))
+    x = np.hstack([x, flat])
+    w, b = fit_probe(x, y, 3)
+    w_raw, _ = fit_probe(x, y, 3, std_floor=0.0)
+    flat_cols = slice(x.shape[1] - 3, None)
+    assert np.abs(w_raw.numpy()[:, flat_cols]).max() > 1000  # what the floor prevents
+    assert np.abs(w.numpy()[:, flat_cols]).max() < 50
+    # A change of one typical feature spread in a flat channel moves the logits by little.
+    nudge = np.zeros(x.shape[1])
+    nudge[-1] = np.median(x.std(0))
+    swing = np.abs(probe_logits(x + nudge, w, b) - probe_logits(x, w, b)).max()
+    assert swing < 2.0
+    # And the probe still classifies well.
+    assert (probe_logits(x, w, b).argmax(1) == y).mean() > 0.9
