@@ -11,6 +11,7 @@ want=$(sha1sum pyproject.toml scripts/setup.sh | sha1sum | cut -c1-40)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
+echo "Setting up .venv: PyTorch and vistrain's dependencies (a few minutes, the first time only)..."
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v -i "^warning" || true
 # torch first and pinned: the release that this machine's wheel store carries (CPU is enough).

@@ -50,6 +50,17 @@ def test_typed_flags_override_the_file_even_at_their_default_value(tmp_path):
         _resolve([])
 
 
+def test_resume_reads_the_runs_own_settings_and_typed_flags_win(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_config.yaml").write_text("data: photos\nlr: 0.0003\nepochs: 5\ntime_budget: 1200\n")
+    args, _ = _resolve(["photos", "--out", str(run), "--resume", "--epochs", "3"])
+    assert args.lr == 0.0003 and args.time_budget == 1200  # from the interrupted run, not the defaults
+    assert args.epochs == 3  # typed now
+    args, _ = _resolve(["photos", "--out", str(run)])  # not resuming: the file is not read
+    assert args.lr == 1e-4 and args.epochs == 8
+
+
 def test_resolved_config_in_the_run_reproduces_it(class_folders, tmp_path, cache_dir):
     cfg = tmp_path / "base.yaml"
     cfg.write_text(yaml.safe_dump({"mode": "probe", "image_size": 64, "time_budget": None, "seed": 4,

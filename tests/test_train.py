@@ -98,8 +98,11 @@ def test_ctrl_c_keeps_the_best_model_and_resume_finishes(split_folders, tmp_path
     assert (out / "model.safetensors").exists() and (out / "checkpoint" / "state.json").exists()
     split_before = (out / "split.csv").read_text()
 
-    resumed = vistrain.train(split_folders, out=out, resume=True, **opts)
+    # Resuming takes the interrupted run's settings from the run folder: none need repeating.
+    resumed = vistrain.train(split_folders, out=out, resume=True, cache_dir=cache_dir)
     assert [h.epoch for h in resumed.result.finetune.history] == [1, 2]
+    training = json.loads((out / "config.json").read_text())["training"]
+    assert (training["mode"], training["epochs"], training["batch_size"], training["image_size"]) == ("finetune", 2, 8, 64)
     assert not resumed.result.finetune.interrupted
     assert (out / "split.csv").read_text() == split_before
     assert not (out / "checkpoint").exists()
@@ -108,6 +111,13 @@ def test_ctrl_c_keeps_the_best_model_and_resume_finishes(split_folders, tmp_path
     straight = vistrain.train(split_folders, out=tmp_path / "straight", **opts)
     assert [round(h.valid_loss, 4) for h in straight.result.finetune.history] == \
         [round(h.valid_loss, 4) for h in resumed.result.finetune.history]
+
+
+def test_resume_on_other_data_is_a_clear_error(split_folders, class_folders, tmp_path, cache_dir):
+    out = tmp_path / "run"
+    vistrain.train(split_folders, out=out, cache_dir=cache_dir, mode="probe", **FAST)
+    with pytest.raises(TrainError, match="cannot resume on .*trained on"):
+        vistrain.train(class_folders, out=out, cache_dir=cache_dir, resume=True)
 
 
 def test_resume_without_checkpoint_is_a_clear_error(class_folders, tmp_path, cache_dir):

@@ -12,7 +12,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import numpy as np
 from vistrain import __version__
 from vistrain.clean.audit import quick_audit
 from vistrain.clean.render import summary_line
-from vistrain.config_file import CONFIG_NAME, save_config
+from vistrain.config_file import CONFIG_NAME, load_config, save_config
 from vistrain.data.dataset import (
     DataConfig,
     DatasetIndex,
@@ -37,7 +37,7 @@ from vistrain.progress import Reporter, SilentReporter
 from vistrain.training.checkpoint import remove_checkpoint
 from vistrain.training.device import resolve_device
 from vistrain.training.distributed import init_from_env, is_main, world_size
-from vistrain.training.trainer import TrainConfig, TrainResult, run_training
+from vistrain.training.trainer import TrainConfig, TrainError, TrainResult, run_training
 
 
 @dataclass
@@ -96,6 +96,8 @@ def train(
     """
     t0 = time.perf_counter()
     out = Path(out)
+    if options.get("resume"):
+        options, label_from_name = _resume_settings(Path(data), out, options, label_from_name)
     data_cfg = DataConfig(Path(data), label_from_name, valid_fraction, options.get("seed", 0),
                           cache_dir=_resolve_cache(cache_dir))
     auto_lr = options.get("lr") == "auto"
@@ -124,6 +126,7 @@ def train(
     if is_main():  # under torchrun, the other processes train but write nothing
         out.mkdir(parents=True, exist_ok=True)
         audit.save(out / "audit.json")
+        save_config(cfg, out / CONFIG_NAME)  # now, not only at the end: --resume after a crash reads it
     if backend:
         ui.log(f"Data-parallel training over {world_size()} processes ({backend})")
     result = run_training(index, cfg, ui, on_epoch=on_epoch)
@@ -151,6 +154,19 @@ def find_lr(data: str | Path, reporter: Reporter | None = None, label_from_name:
                           cache_dir=_resolve_cache(cache_dir))
     cfg = TrainConfig(data=data_cfg, out=Path("."), **options)
     return lr_range_test(build_index(data_cfg, reporter=ui), cfg, ui, steps, start, end)
+
+
+def _resume_settings(data: Path, out: Path, options: dict, label_from_name: str | None) -> tuple[dict, str | None]:
+    """The interrupted run's settings (its train_config.yaml), overridden by the options given now."""
+    saved_path = out / CONFIG_NAME
+    if not saved_path.exists():
+        return options, label_from_name  # an older run: the options given now are all there is
+    saved = load_config(saved_path)
+    if "data" in saved and Path(saved["data"]).resolve() != data.resolve():
+        raise TrainError(f"{out}: cannot resume on {data}: the run was trained on {saved['data']}")
+    known = {f.name for f in fields(TrainConfig)} - {"data", "out", "resume"}
+    merged = {**{k: v for k, v in saved.items() if k in known}, **options}
+    return merged, label_from_name if label_from_name is not None else saved.get("label_from_name")
 
 
 def _resolve_cache(cache_dir: Path | str | bool | None) -> Path | None:

@@ -143,6 +143,10 @@ def resolve_train_args(args: argparse.Namespace) -> tuple[argparse.Namespace, di
     defaults: dict = getattr(args, FLAGS_DEFAULTS, {})
     given = {k for k in defaults if hasattr(args, k)}
     config = getattr(args, "config", None)
+    if config is None and getattr(args, "resume", defaults.get("resume", False)):
+        # Resuming continues the interrupted run as it was set up; flags typed now still win.
+        saved = Path(getattr(args, "out", defaults.get("out") or ".")) / CONFIG_NAME
+        config = saved if saved.exists() else None
     file_cfg = load_config(config) if config else {}
     if "time_budget" in file_cfg and "no_time_budget" in defaults and file_cfg["time_budget"] is None:
         file_cfg.pop("time_budget")
