@@ -6,7 +6,7 @@ FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY src ./src
 # vistrain itself without its training dependencies (torch, timm, ...), then only the `serve` extra's
 # requirements, read from pyproject.toml so the two never disagree.
