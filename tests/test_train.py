@@ -113,6 +113,28 @@ def test_ctrl_c_keeps_the_best_model_and_resume_finishes(split_folders, tmp_path
         [round(h.valid_loss, 4) for h in resumed.result.finetune.history]
 
 
+class CrashAfterFirstEpoch(SilentReporter):
+    """Like the process dying (power cut, OOM kill) once the first epoch has been checkpointed:
+    no KeyboardInterrupt handling, nothing written at the end."""
+
+    def log(self, message: str) -> None:
+        if "epoch 1/" in message:
+            raise RuntimeError("killed")
+
+
+def test_resume_after_a_crash(split_folders, tmp_path, cache_dir):
+    out = tmp_path / "ft"
+    opts = dict(cache_dir=cache_dir, mode="finetune", epochs=2, batch_size=8, **FAST)
+    with pytest.raises(RuntimeError, match="killed"):
+        vistrain.train(split_folders, out=out, reporter=CrashAfterFirstEpoch(), **opts)
+    assert not (out / "model.safetensors").exists() and (out / "checkpoint" / "state.json").exists()
+    resumed = vistrain.train(split_folders, out=out, resume=True, cache_dir=cache_dir)
+    straight = vistrain.train(split_folders, out=tmp_path / "straight", **opts)
+    assert [round(h.valid_loss, 4) for h in resumed.result.finetune.history] == \
+        [round(h.valid_loss, 4) for h in straight.result.finetune.history]
+    assert (out / "split.csv").read_text() == (tmp_path / "straight" / "split.csv").read_text()
+
+
 def test_resume_on_other_data_is_a_clear_error(split_folders, class_folders, tmp_path, cache_dir):
     out = tmp_path / "run"
     vistrain.train(split_folders, out=out, cache_dir=cache_dir, mode="probe", **FAST)

@@ -126,7 +126,10 @@ def train(
     if is_main():  # under torchrun, the other processes train but write nothing
         out.mkdir(parents=True, exist_ok=True)
         audit.save(out / "audit.json")
-        save_config(cfg, out / CONFIG_NAME)  # now, not only at the end: --resume after a crash reads it
+        # Now, not only at the end: --resume after a crash (no Ctrl-C) needs the settings and the split.
+        save_config(cfg, out / CONFIG_NAME)
+        if not (cfg.resume and (out / "split.csv").exists()):
+            write_split(index.records, out / "split.csv")
     if backend:
         ui.log(f"Data-parallel training over {world_size()} processes ({backend})")
     result = run_training(index, cfg, ui, on_epoch=on_epoch)
