@@ -17,18 +17,10 @@ import time
 from pathlib import Path
 
 import vistrain
+from vistrain.memory import peak_rss_gb
 from vistrain.progress import RichReporter
 
 HERE = Path(__file__).resolve().parent
-
-
-def peak_rss_gb() -> float | None:
-    """This process's peak resident memory (Linux VmHWM), or None elsewhere."""
-    try:
-        with open("/proc/self/status") as f:
-            return round(next(int(x.split()[1]) for x in f if x.startswith("VmHWM:")) / 1024**2, 2)
-    except (OSError, StopIteration):
-        return None
 
 
 def main() -> None:
@@ -51,6 +43,7 @@ def main() -> None:
     t0 = time.perf_counter()
     run = vistrain.train(args.data, out=out, reporter=RichReporter(), cache_dir=cache, **options)
     wall = time.perf_counter() - t0
+    peak = peak_rss_gb()
     m = run.metrics
     summary = {
         "dataset": str(args.data),
@@ -65,7 +58,7 @@ def main() -> None:
         "epochs": [(h.epoch, round(h.valid_accuracy, 4), round(h.seconds)) for h in (run.result.finetune.history if run.result.finetune else [])],
         "notes": run.result.notes,
         "wall_seconds": round(wall, 1),
-        "peak_rss_gb": peak_rss_gb(),
+        "peak_rss_gb": None if peak is None else round(peak, 2),
         "run": str(out),
     }
     print(json.dumps(summary, indent=2))

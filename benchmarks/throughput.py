@@ -43,15 +43,13 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
-# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child started from this
-# big process would report at least this process's size.
 CHILD = """
 import json, sys, time
 from vistrain.cli import main
+from vistrain.memory import peak_rss_gb
 t = time.perf_counter()
 code = main(sys.argv[1:])
-hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-print("PEAK " + json.dumps({"code": code, "seconds": time.perf_counter() - t, "peak_rss_gb": hwm / 1024**2}))
+print("PEAK " + json.dumps({"code": code, "seconds": time.perf_counter() - t, "peak_rss_gb": peak_rss_gb()}))
 """
 
 

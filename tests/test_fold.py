@@ -8,7 +8,13 @@ import torch
 from torch import nn
 
 from vistrain.models.registry import BACKBONES, create_backbone
-from vistrain.training.fold import ClampAct, FoldedConv, FoldedNorm, fold_pairs, folded_batchnorm
+from vistrain.training.fold import (
+    ClampAct,
+    FoldedConv,
+    FoldedNorm,
+    fold_pairs,
+    folded_batchnorm,
+)
 
 
 def frozen_bn_net(name: str) -> nn.Module:

@@ -108,3 +108,13 @@ def release_freed_memory() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except (OSError, AttributeError):  # musl and other C libraries have no malloc_trim
             pass
+
+
+def peak_rss_gb() -> float | None:
+    """This process's peak resident memory in GB (Linux VmHWM), or None elsewhere. Not ru_maxrss:
+    Linux carries that over fork and exec, so a child of a big process would report the parent's."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024**2
+    except (OSError, StopIteration):
+        return None

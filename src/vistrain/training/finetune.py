@@ -47,7 +47,6 @@ from vistrain.training.fold import folded_batchnorm
 from vistrain.training.loader import Prefetcher
 from vistrain.training.schedules import build_scheduler
 
-
 EPOCH_MARGIN = 1.2  # a whole epoch's seconds over its steps' calibrated seconds, see plan_epochs
 
 

@@ -34,9 +34,7 @@ def fit_probe(
     """
     mu = features.mean(axis=0)
     sigma = features.std(axis=0)
-    if sigma.size:
-        sigma = np.maximum(sigma, std_floor * np.median(sigma))
-    sigma = sigma + 1e-6
+    sigma = np.maximum(sigma, std_floor * np.median(sigma)) + 1e-6
     z = (features - mu) / sigma
     lr = LogisticRegression(C=C, max_iter=2000, random_state=seed, class_weight=class_weight)
     with warnings.catch_warnings():

@@ -246,7 +246,7 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     if want_finetune:
         augment = cfg.augment
         if augment.flip == "auto":
-            check = _mirror_check(ui, model, valid, valid_pixels, y_valid, prep, cache)
+            check = _mirror_check(ui, model, valid, valid_pixels, y_valid, prep, cache, probe_valid_logits)
             ui.log("  " + check.describe())
             augment = replace(augment, flip=check.keep_flips)
             if not check.keep_flips:
@@ -298,10 +298,11 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
         model.load_state_dict(probe_state)
         valid_logits = probe_valid_logits if probe_valid_logits is not None else evaluate_logits(model, valid_pixels, prep)
     test_logits = None
-    if stage == "probe" and index.split("test"):
+    test = index.split("test")
+    if stage == "probe" and test:
         # The probe is a head on cached features: the test images' features are computed once (ONNX
         # Runtime) and a later run on the same data reads them back instead of running the network.
-        f_test = cached_features(ui, model.backbone, index.split("test"), prep, cache, pixel_cache=pixel_cache)
+        f_test = cached_features(ui, model.backbone, test, prep, cache, pixel_cache=pixel_cache)
         test_logits = probe_logits(f_test, model.head.weight.detach().cpu(), model.head.bias.detach().cpu())
     return TrainResult(model.eval(), model_cfg, stage, probe_acc, ft_state, valid_logits,
                        time.perf_counter() - t_start, notes, str(device),
@@ -337,14 +338,15 @@ def cached_features(ui: Reporter, backbone, records, prep: Preprocessing, cache:
 
 
 def _mirror_check(ui: Reporter, model, valid, valid_pixels: np.ndarray, y_valid: np.ndarray, prep: Preprocessing,
-                  cache: FeatureCache) -> MirrorCheck:
-    """The probe (``model.head``) on the validation images and on their mirror images (features of
-    both cached: a second run pays nothing)."""
-    f = cached_features(ui, model.backbone, valid, prep, cache, valid_pixels)
+                  cache: FeatureCache, logits: np.ndarray | None) -> MirrorCheck:
+    """The probe (``model.head``) on the validation images (``logits``, or from the cached features
+    when resuming) and on their mirror images (features cached too: a second run pays nothing)."""
+    w, b = model.head.weight.detach().cpu(), model.head.bias.detach().cpu()
+    if logits is None:
+        logits = probe_logits(cached_features(ui, model.backbone, valid, prep, cache, valid_pixels), w, b)
     flipped = [replace(r, sha1=f"{r.sha1}-mirrored") for r in valid]
     f_mirrored = cached_features(ui, model.backbone, flipped, prep, cache, mirrored(valid_pixels))
-    w, b = model.head.weight.detach().cpu(), model.head.bias.detach().cpu()
-    return mirror_check(y_valid, probe_logits(f, w, b).argmax(1), probe_logits(f_mirrored, w, b).argmax(1))
+    return mirror_check(y_valid, logits.argmax(1), probe_logits(f_mirrored, w, b).argmax(1))
 
 
 def _activation_budget(cfg: TrainConfig, device: torch.device) -> float | None:
