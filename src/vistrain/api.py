@@ -33,6 +33,7 @@ from vistrain.evaluation.confidence import apply_confidence, fit_confidence
 from vistrain.evaluation.metrics import classification_metrics
 from vistrain.evaluation.predictor import Prediction, Predictor, collect_images
 from vistrain.models.classifier import save_model
+from vistrain.models.registry import ensemble_members
 from vistrain.progress import Reporter, SilentReporter
 from vistrain.training.checkpoint import remove_checkpoint
 from vistrain.training.device import resolve_device
@@ -108,7 +109,7 @@ def train(
     backend = init_from_env(resolve_device(cfg.device))
     ui = (reporter or SilentReporter()) if is_main() else SilentReporter()
     index = build_index(data_cfg, reporter=ui)
-    if auto_lr and cfg.mode != "probe":
+    if auto_lr and cfg.mode != "probe" and len(ensemble_members(cfg.backbone)) == 1:  # an ensemble only probes
         from vistrain.training.lr_find import lr_range_test
 
         found = lr_range_test(index, cfg, ui, steps=lr_find_steps)

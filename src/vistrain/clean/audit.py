@@ -224,16 +224,14 @@ def _fold_groups(records: list[Record], groups: list[list[int]], folds: int) -> 
 
 def _features(cfg: AuditConfig, records: list[Record], ui: Reporter) -> np.ndarray:
     from vistrain.models.registry import create_backbone, get_backbone
-    from vistrain.training.feature_cache import FeatureCache
-    from vistrain.training.trainer import cached_features, choose_image_size
+    from vistrain.training.trainer import backbone_features, choose_image_size
 
     spec = get_backbone(cfg.backbone)
     # The size ``train`` picks for these photos, so that either command fills the cache for the other.
     pool = [r for r in records if r.split in ("train", None)] or records
     size = cfg.image_size or choose_image_size(types.SimpleNamespace(split=lambda _: pool), cfg.backbone)
     prep = spec.preprocessing(size, "crop")
-    cache = FeatureCache(cfg.data.cache_dir, cfg.backbone, prep)
-    return cached_features(ui, create_backbone(cfg.backbone).eval(), records, prep, cache)
+    return backbone_features(ui, create_backbone(cfg.backbone).eval(), cfg.backbone, records, prep, cfg.data.cache_dir)
 
 
 def quick_audit(index) -> AuditResult:

@@ -20,7 +20,8 @@ def register(sub) -> None:
                    help="settings from a YAML file (any option below, by its long name with _); flags typed here win")
     t.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder to write (default runs/latest)")
     t.add_argument("--backbone", default="efficientnet_lite0",
-                   help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2, mobilenet_v2")
+                   help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2, mobilenet_v2; "
+                        "or an ensemble of linear probes, e.g. efficientnet_lite0+efficientnet_lite1+efficientnet_lite2")
     t.add_argument("--mode", default="auto", choices=["auto", "probe", "finetune"],
                    help="probe: frozen features + linear head; finetune: whole network; auto: both, keep the better")
     t.add_argument("--epochs", type=int, default=8, help="most fine-tuning epochs (default 8)")

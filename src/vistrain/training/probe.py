@@ -57,3 +57,25 @@ def fit_probe(
 
 def probe_logits(features: np.ndarray, w: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return features @ w.numpy().T + b.numpy()
+
+
+def fit_ensemble_probe(
+    features: np.ndarray, labels: np.ndarray, num_classes: int, widths: list[int], **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """One probe per member (``features`` holds the members' columns side by side, ``widths`` wide),
+    then one head whose logits are the average of the members' logits.
+
+    Each member is fitted alone, exactly as its single-backbone probe, so each member's own
+    validation score can be reported next to the ensemble's; one probe on all columns did no
+    better (clothing, three Lite members: 90.9% validation either way).
+    Returns the averaged head and the members' own heads.
+    """
+    if sum(widths) != features.shape[1]:
+        raise ValueError(f"member widths {widths} do not add up to {features.shape[1]} feature columns")
+    heads, start = [], 0
+    for width in widths:
+        heads.append(fit_probe(features[:, start : start + width], labels, num_classes, **kwargs))
+        start += width
+    w = torch.cat([h[0] for h in heads], dim=1) / len(heads)
+    b = torch.stack([h[1] for h in heads]).mean(dim=0)
+    return w, b, heads

@@ -21,7 +21,7 @@ from vistrain.memory import (
     training_micro_batch,
 )
 from vistrain.models.classifier import ImageClassifier, ModelConfig, build_classifier
-from vistrain.models.registry import get_backbone
+from vistrain.models.registry import ensemble_members, get_backbone
 from vistrain.progress import Reporter, SilentReporter
 from vistrain.training.balance import (
     IMBALANCED_RATIO,
@@ -57,7 +57,7 @@ from vistrain.training.finetune import (
 )
 from vistrain.training.mirror import MirrorCheck, mirror_check, mirrored
 from vistrain.training.pixels import decode_all
-from vistrain.training.probe import fit_probe, probe_logits
+from vistrain.training.probe import fit_ensemble_probe, probe_logits
 from vistrain.training.schedules import check_schedule
 
 MODES = ("auto", "probe", "finetune")
@@ -101,6 +101,9 @@ class TrainConfig:
         get_backbone(self.backbone)  # raises with the list of choices
         if self.mode not in MODES:
             raise TrainError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.mode == "finetune" and len(ensemble_members(self.backbone)) > 1:
+            raise TrainError(f"backbone {self.backbone!r} is an ensemble: it trains linear probes only "
+                             f"(--mode probe or auto), not --mode finetune")
         if self.epochs < 1:
             raise TrainError(f"epochs must be at least 1 (got {self.epochs})")
         if self.time_budget is not None and self.time_budget <= 0:
@@ -187,7 +190,8 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     train, valid = index.split("train"), index.split("valid")
     y_train = np.array([classes.index(r.label) for r in train])
     y_valid = np.array([classes.index(r.label) for r in valid])
-    want_finetune = cfg.mode in ("auto", "finetune")
+    members = ensemble_members(cfg.backbone)
+    want_finetune = cfg.mode in ("auto", "finetune") and len(members) == 1
     ratio = imbalance_ratio(y_train, len(classes))
     balance = resolve_balance(cfg.balance, ratio)
     select_by = "macro_f1" if ratio >= IMBALANCED_RATIO else "accuracy"
@@ -217,12 +221,17 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     model = build_classifier(model_cfg).to(device, memory_format=torch.channels_last)
     cache = FeatureCache(cfg.data.cache_dir, cfg.backbone, prep)
     if resumed is None:
-        f_train = cached_features(ui, model.backbone, train, prep, cache, train_pixels, pixel_cache)
-        f_valid = cached_features(ui, model.backbone, valid, prep, cache, valid_pixels, pixel_cache)
+        f_train = backbone_features(ui, model.backbone, cfg.backbone, train, prep, cache.root, train_pixels, pixel_cache)
+        f_valid = backbone_features(ui, model.backbone, cfg.backbone, valid, prep, cache.root, valid_pixels, pixel_cache)
         train_pixels = None  # fine-tuning reads the canvases; free the eval views of the training set
-        w, b = fit_probe(f_train, y_train, len(classes), C=cfg.probe_c, seed=cfg.seed,
-                         class_weight="balanced" if balance != "none" else None)
+        widths = [get_backbone(m).num_features for m in members]
+        w, b, heads = fit_ensemble_probe(f_train, y_train, len(classes), widths, C=cfg.probe_c, seed=cfg.seed,
+                                         class_weight="balanced" if balance != "none" else None)
         probe_valid_logits = probe_logits(f_valid, w, b)
+        if len(members) > 1:
+            ui.log("Ensemble of linear probes (logits averaged); alone on validation: " + ", ".join(
+                f"{m} {_accuracy(probe_logits(f, *h), y_valid):.1%}"
+                for m, f, h in zip(members, np.split(f_valid, np.cumsum(widths)[:-1], axis=1), heads)))
         with torch.no_grad():
             model.head.weight.copy_(w)
             model.head.bias.copy_(b)
@@ -239,6 +248,8 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     ui.log(f"Linear probe: validation accuracy {probe_acc:.1%} ({time.perf_counter() - t_start:.0f} s so far)")
 
     notes: list[str] = []
+    if len(members) > 1 and cfg.mode == "auto":
+        notes.append(f"an ensemble of {len(members)} backbones trains linear probes only: no fine-tuning")
     if ratio >= IMBALANCED_RATIO or balance != "none":
         notes.append(f"classes imbalanced {ratio:.1f}:1; correction: {balance}; best model by {select_by.replace('_', ' ')}")
     ft_state: FinetuneState | None = None
@@ -302,11 +313,36 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     if stage == "probe" and test:
         # The probe is a head on cached features: the test images' features are computed once (ONNX
         # Runtime) and a later run on the same data reads them back instead of running the network.
-        f_test = cached_features(ui, model.backbone, test, prep, cache, pixel_cache=pixel_cache)
+        f_test = backbone_features(ui, model.backbone, cfg.backbone, test, prep, cache.root, pixel_cache=pixel_cache)
         test_logits = probe_logits(f_test, model.head.weight.detach().cpu(), model.head.bias.detach().cpu())
     return TrainResult(model.eval(), model_cfg, stage, probe_acc, ft_state, valid_logits,
                        time.perf_counter() - t_start, notes, str(device),
                        uses_amp(device) and bool(ft_state and ft_state.history), check, test_logits)
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(1) == labels).mean())
+
+
+def backbone_features(ui: Reporter, backbone, name: str, records, prep: Preprocessing, cache_root: Path | None,
+                      pixels: np.ndarray | None = None, pixel_cache: PixelCache | None = None) -> np.ndarray:
+    """:func:`cached_features` for backbone ``name``; for an ensemble, each member's features, side by
+    side, each cached under the member's own name (so runs of a member alone share them)."""
+    names = ensemble_members(name)
+    if len(names) == 1:
+        return cached_features(ui, backbone, records, prep, FeatureCache(cache_root, name, prep), pixels, pixel_cache)
+    caches = [FeatureCache(cache_root, n, prep) for n in names]
+    keys = [r.sha1 for r in records]
+    if pixels is None and sum(len(c.get(keys)[1]) > 0 for c in caches) > 1:
+        with ui.stage("decode", len(records)) as advance:  # once for every member that needs the pixels
+            pixels, _ = decode_all([r.path for r in records], prep, progress=advance, cache=pixel_cache,
+                                   keys=keys if pixel_cache is not None else None)
+    parts = []
+    for member, member_name, cache in zip(backbone.members, names, caches):
+        if cache.get(keys)[1]:
+            ui.log(f"  features of {member_name}")
+        parts.append(cached_features(ui, member, records, prep, cache, pixels, pixel_cache))
+    return np.hstack(parts)
 
 
 def cached_features(ui: Reporter, backbone, records, prep: Preprocessing, cache: FeatureCache,
@@ -326,8 +362,8 @@ def cached_features(ui: Reporter, backbone, records, prep: Preprocessing, cache:
         with ui.stage("decode", len(missing)) as advance:
             pixels, _ = decode_all([records[i].path for i in missing], prep, progress=advance, cache=pixel_cache,
                                    keys=[keys[i] for i in missing] if pixel_cache is not None else None)
-    else:
-        pixels = pixels[missing]
+    elif len(missing) < len(records):
+        pixels = pixels[missing]  # a copy: only when some are cached (an ensemble's members share the rest)
     with ui.stage("features", len(missing)) as advance:
         new = extract_features(backbone, pixels, prep, progress=advance, session=session)
     cache.put([keys[i] for i in missing], new)

@@ -1,0 +1,130 @@
+"""Ensembles of linear probes (``--backbone a+b``): one backbone module and one linear head whose
+logits are the members' averaged logits, so saving, loading, Grad-CAM and ONNX work unchanged."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from conftest import FAST, make_image, write_class_folders
+from test_train import StageRecorder
+
+import vistrain
+from vistrain.data.dataset import DataConfig
+from vistrain.evaluation.gradcam import grad_cam
+from vistrain.evaluation.predictor import Predictor
+from vistrain.heatmap import cam_from_features
+from vistrain.models import BackboneError, create_backbone, get_backbone
+from vistrain.training.probe import fit_ensemble_probe, fit_probe, probe_logits
+from vistrain.training.trainer import TrainConfig, TrainError
+
+PAIR = "efficientnet_lite0+efficientnet_lite1"
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ensemble")
+    data = base / "split"
+    write_class_folders(data / "train", per_class=6)
+    write_class_folders(data / "valid", per_class=3, start=50)
+    (data / "test").mkdir()
+    for ci, name in enumerate(("circles", "squares", "stripes")):
+        make_image(name, seed=9100 + ci).save(data / "test" / f"{name}_1.jpg", quality=90)
+    recorder = StageRecorder()
+    run = vistrain.train(data, out=base / "run", cache_dir=base / "cache", backbone=PAIR, reporter=recorder, **FAST)
+    return run, data, base / "cache", recorder
+
+
+def test_an_ensemble_name_is_one_backbone_made_of_its_pretrained_members():
+    spec = get_backbone(PAIR)
+    assert spec.num_features == 2 * 1280 and spec.cam_layer == "fmap"
+    assert spec.preprocessing(96) == get_backbone("efficientnet_lite0").preprocessing(96)
+    both = create_backbone(PAIR).eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        alone = torch.cat([create_backbone(m).eval()(x) for m in PAIR.split("+")], dim=1)
+        np.testing.assert_allclose(both(x).numpy(), alone.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("efficientnet_lite0+mobilenet_v2", "preprocess images differently"),
+    ("efficientnet_lite0+efficientnet_lite0", "two or more different backbones"),
+    ("efficientnet_lite0+", "two or more different backbones"),
+    ("efficientnet_lite0+resnet50", "unknown backbone 'resnet50'"),
+])
+def test_bad_ensembles_are_refused_with_the_reason(name, message):
+    with pytest.raises(BackboneError, match=message):
+        get_backbone(name)
+
+
+def test_averaged_head_gives_the_mean_of_the_members_logits():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    f = rng.normal(size=(60, 12)).astype(np.float32) + y[:, None] * np.linspace(0, 1, 12)
+    w, b, heads = fit_ensemble_probe(f, y, 3, [5, 7])
+    parts = [probe_logits(f[:, :5], *heads[0]), probe_logits(f[:, 5:], *heads[1])]
+    np.testing.assert_allclose(probe_logits(f, w, b), (parts[0] + parts[1]) / 2, atol=1e-4)
+    # Each member is exactly its own single-backbone probe.
+    np.testing.assert_allclose(heads[1][0].numpy(), fit_probe(f[:, 5:], y, 3)[0].numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="do not add up to 12"):
+        fit_ensemble_probe(f, y, 3, [5, 5])
+
+
+def test_finetuning_an_ensemble_is_refused_naming_it(tmp_path):
+    with pytest.raises(TrainError, match=re.escape(PAIR) + ".*linear probes only"):
+        TrainConfig(DataConfig(tmp_path), tmp_path / "run", backbone=PAIR, mode="finetune")
+
+
+def test_ensemble_run_keeps_averaged_probes_and_round_trips(ensemble_run):
+    run, data, cache, recorder = ensemble_run
+    assert run.result.stage == "probe" and run.result.finetune is None  # auto: probes only
+    assert any("ensemble of 2 backbones" in n for n in run.result.notes)
+    assert run.metrics["valid"]["accuracy"] >= 0.8
+    assert recorder.stages["features"] == 2 * (18 + 9 + 3)  # each member, each image, once
+    # The saved run predicts exactly like the trained model, and like the test score from features.
+    loaded = Predictor.from_folder(run.path)
+    assert loaded.config.backbone == PAIR
+    test = sorted((data / "test").iterdir())
+    logits = loaded.logits_from_paths([str(p) for p in test])[0][:, 0]
+    np.testing.assert_allclose(np.sort(logits, axis=0), np.sort(run.result.test_logits, axis=0), atol=1e-3)
+    labels = np.array([run.classes.index(p.name.rsplit("_", 1)[0]) for p in test])
+    assert run.metrics["test"]["accuracy"] == pytest.approx(float((logits.argmax(1) == labels).mean()))
+
+
+def test_members_share_the_feature_cache_with_single_backbone_runs(ensemble_run, tmp_path):
+    run, data, cache, _ = ensemble_run
+    alone = StageRecorder()
+    single = vistrain.train(data, out=tmp_path / "lite0", cache_dir=cache, mode="probe", reporter=alone, **FAST)
+    assert not {"features", "decode"} & set(alone.stages)  # Lite0's features came from the ensemble run
+    assert single.predictor.config.backbone == "efficientnet_lite0"
+
+
+def test_grad_cam_of_an_ensemble_is_its_class_activation_map(ensemble_run):
+    run, data, _, _ = ensemble_run
+    predictor = Predictor.from_folder(run.path)
+    model, prep = predictor.model, predictor.config.preprocessing
+    from vistrain.data.images import load_rgb
+    from vistrain.data.transforms import normalize, to_model_pixels
+
+    px = np.stack([to_model_pixels(load_rgb(data / "valid" / k / f"{k}_50.png"), prep) for k in ("circles", "stripes")])
+    with torch.no_grad():
+        feats = model.backbone.forward_features(normalize(px, prep)).numpy()
+    assert feats.shape[1] == 2560  # both members' last stages, side by side
+    cams = grad_cam(model, PAIR, px, prep, np.array([0, 2]))
+    for i, c in enumerate([0, 2]):
+        np.testing.assert_allclose(cams[i], cam_from_features(feats[i], model.head.weight[c].detach().numpy()), atol=1e-4)
+
+
+def test_ensemble_exports_to_onnx_and_matches_pytorch(ensemble_run, tmp_path):
+    from vistrain.export import ExportConfig, export_run
+    from vistrain.runtime import OnnxPredictor
+
+    run, data, _, _ = ensemble_run
+    export_run(run.path, ExportConfig(out=tmp_path / "export"))  # fails itself if ONNX and PyTorch differ
+    files = sorted((data / "test").iterdir())
+    onnx_preds = OnnxPredictor.from_folder(tmp_path / "export", "fp32").predict_paths(files)
+    torch_preds = Predictor.from_folder(run.path).predict_paths(files)
+    for o, t in zip(onnx_preds, torch_preds):
+        np.testing.assert_allclose(o.probabilities, t.probabilities, atol=1e-5)
