@@ -11,6 +11,7 @@ from conftest import FAST
 from safetensors import safe_open
 
 import vistrain
+from vistrain.models import get_backbone
 from vistrain.progress import SilentReporter
 from vistrain.training.trainer import TrainError
 
@@ -151,7 +152,11 @@ def test_auto_mode_skips_finetuning_that_cannot_fit_the_budget(class_folders, tm
     run = vistrain.train(class_folders, out=tmp_path / "r", cache_dir=cache_dir, mode="auto", image_size=64,
                          time_budget=0.5)
     assert run.result.stage == "probe"
-    assert any("does not fit the time budget" in n for n in run.result.notes)
+    note = next(n for n in run.result.notes if "does not fit the time budget" in n)
+    # It points to what else the time could buy, with a backbone name that works.
+    hinted = note.rsplit("--backbone ", 1)[1]
+    assert hinted == "efficientnet_lite0+efficientnet_lite1+efficientnet_lite2"
+    assert get_backbone(hinted).num_features == 3 * 1280
 
 
 @pytest.mark.parametrize("option, value, message", [
