@@ -39,6 +39,8 @@ def test_lr_find_command_plots_and_suggests(trained_run, tmp_path, capsys):
         assert im.size[0] > 300 and np.asarray(im.convert("L")).std() > 5
     assert main(["lr-find", str(data), "--steps", "3", "--cache-dir", str(cache)]) == 2
     assert "at least 10 steps" in capsys.readouterr().out
+    assert main(["lr-find", str(data), "--backbone", "efficientnet_lite0+efficientnet_lite1", "--cache-dir", str(cache)]) == 2
+    assert "is an ensemble of linear probes" in " ".join(capsys.readouterr().out.split())
 
 
 def test_train_lr_auto_uses_the_suggestion(trained_run, tmp_path):

@@ -19,7 +19,7 @@ from torch import nn
 from vistrain.data.augment import augment_batch
 from vistrain.data.dataset import DatasetIndex
 from vistrain.models.classifier import ModelConfig, build_classifier
-from vistrain.models.registry import get_backbone
+from vistrain.models.registry import ensemble_members, get_backbone
 from vistrain.progress import Reporter, SilentReporter
 from vistrain.training.device import autocast, grad_scaler, resolve_device, to_device
 from vistrain.training.feature_cache import FeatureCache
@@ -79,6 +79,9 @@ def lr_range_test(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | No
         raise ValueError(f"lr-find needs at least 10 steps (got {steps})")
     if not 0 < start < end:
         raise ValueError(f"learning rate range {start}..{end} must be increasing and positive")
+    if len(ensemble_members(cfg.backbone)) > 1:
+        raise ValueError(f"backbone {cfg.backbone!r} is an ensemble of linear probes: it has no fine-tuning "
+                         f"learning rate to find")
     ui = reporter or SilentReporter()
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
