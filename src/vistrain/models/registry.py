@@ -41,6 +41,7 @@ class BackboneSpec:
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
+ENSEMBLE_SEP = "+"  # "efficientnet_lite0+efficientnet_lite1": an ensemble of linear probes
 
 
 def register_backbone(spec: BackboneSpec) -> BackboneSpec:
@@ -77,9 +78,6 @@ def create_backbone(name: str, pretrained: bool = True, imagenet_head: bool = Fa
         state = spec.map_state_dict(load_weights_file(spec), model)
         model.load_state_dict(state, strict=True)
     return model
-
-
-ENSEMBLE_SEP = "+"
 
 
 class EnsembleBackbone(nn.Module):
