@@ -224,14 +224,19 @@ def _fold_groups(records: list[Record], groups: list[list[int]], folds: int) -> 
 
 def _features(cfg: AuditConfig, records: list[Record], ui: Reporter) -> np.ndarray:
     from vistrain.models.registry import create_backbone, get_backbone
-    from vistrain.training.trainer import backbone_features, choose_image_size
+    from vistrain.training.trainer import (
+        backbone_features,
+        choose_image_size,
+        feature_caches,
+    )
 
     spec = get_backbone(cfg.backbone)
     # The size ``train`` picks for these photos, so that either command fills the cache for the other.
     pool = [r for r in records if r.split in ("train", None)] or records
     size = cfg.image_size or choose_image_size(types.SimpleNamespace(split=lambda _: pool), cfg.backbone)
     prep = spec.preprocessing(size, "crop")
-    return backbone_features(ui, create_backbone(cfg.backbone).eval(), cfg.backbone, records, prep, cfg.data.cache_dir)
+    return backbone_features(ui, create_backbone(cfg.backbone).eval(), records, prep,
+                             feature_caches(cfg.data.cache_dir, cfg.backbone, prep))
 
 
 def quick_audit(index) -> AuditResult:

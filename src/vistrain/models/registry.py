@@ -110,6 +110,16 @@ def _feature_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.forward_features(x) if hasattr(model, "forward_features") else model.features(x)
 
 
+def _same_pixels(a: BackboneSpec, b: BackboneSpec) -> bool:
+    return (a.mean, a.std, a.interpolation) == (b.mean, b.std, b.interpolation)
+
+
+def ensemble_partners(name: str) -> list[str]:
+    """The other registered backbones that could join ``name`` in an ensemble (same preprocessing)."""
+    spec = get_backbone(name)
+    return [n for n, s in BACKBONES.items() if n not in ensemble_members(name) and _same_pixels(s, spec)]
+
+
 def _no_single_file() -> Path:
     raise BackboneError("an ensemble has no weights file of its own: each member loads its own")
 
@@ -121,7 +131,7 @@ def _ensemble_spec(name: str) -> BackboneSpec:
     members = [get_backbone(n) for n in names]
     first = members[0]
     for m in members[1:]:
-        if (m.mean, m.std, m.interpolation) != (first.mean, first.std, first.interpolation):
+        if not _same_pixels(m, first):
             raise BackboneError(f"ensemble {name!r}: {m.name} and {first.name} preprocess images differently "
                                 f"(mean/std/interpolation); members must see the same pixels")
 

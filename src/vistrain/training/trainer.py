@@ -21,7 +21,12 @@ from vistrain.memory import (
     training_micro_batch,
 )
 from vistrain.models.classifier import ImageClassifier, ModelConfig, build_classifier
-from vistrain.models.registry import ensemble_members, get_backbone
+from vistrain.models.registry import (
+    ENSEMBLE_SEP,
+    ensemble_members,
+    ensemble_partners,
+    get_backbone,
+)
 from vistrain.progress import Reporter, SilentReporter
 from vistrain.training.balance import (
     IMBALANCED_RATIO,
@@ -219,10 +224,10 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
 
     model_cfg = ModelConfig(cfg.backbone, classes, prep, dropout=cfg.dropout)
     model = build_classifier(model_cfg).to(device, memory_format=torch.channels_last)
-    cache = FeatureCache(cfg.data.cache_dir, cfg.backbone, prep)
+    caches = feature_caches(cfg.data.cache_dir, cfg.backbone, prep)  # one per member, read from disk once
     if resumed is None:
-        f_train = backbone_features(ui, model.backbone, cfg.backbone, train, prep, cache.root, train_pixels, pixel_cache)
-        f_valid = backbone_features(ui, model.backbone, cfg.backbone, valid, prep, cache.root, valid_pixels, pixel_cache)
+        f_train = backbone_features(ui, model.backbone, train, prep, caches, train_pixels, pixel_cache)
+        f_valid = backbone_features(ui, model.backbone, valid, prep, caches, valid_pixels, pixel_cache)
         train_pixels = None  # fine-tuning reads the canvases; free the eval views of the training set
         widths = [get_backbone(m).num_features for m in members]
         w, b, heads = fit_ensemble_probe(f_train, y_train, len(classes), widths, C=cfg.probe_c, seed=cfg.seed,
@@ -235,7 +240,7 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
         with torch.no_grad():
             model.head.weight.copy_(w)
             model.head.bias.copy_(b)
-        probe_acc = float((probe_valid_logits.argmax(1) == y_valid).mean())
+        probe_acc = _accuracy(probe_valid_logits, y_valid)
         probe_loss = cross_entropy(probe_valid_logits, y_valid)
         probe_score = macro_f1(y_valid, probe_valid_logits.argmax(1), len(classes)) if select_by == "macro_f1" else probe_acc
     else:
@@ -257,7 +262,7 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     if want_finetune:
         augment = cfg.augment
         if augment.flip == "auto":
-            check = _mirror_check(ui, model, valid, valid_pixels, y_valid, prep, cache, probe_valid_logits)
+            check = _mirror_check(ui, model, valid, valid_pixels, y_valid, prep, caches[0], probe_valid_logits)
             ui.log("  " + check.describe())
             augment = replace(augment, flip=check.keep_flips)
             if not check.keep_flips:
@@ -313,7 +318,7 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     if stage == "probe" and test:
         # The probe is a head on cached features: the test images' features are computed once (ONNX
         # Runtime) and a later run on the same data reads them back instead of running the network.
-        f_test = backbone_features(ui, model.backbone, cfg.backbone, test, prep, cache.root, pixel_cache=pixel_cache)
+        f_test = backbone_features(ui, model.backbone, test, prep, caches, pixel_cache=pixel_cache)
         test_logits = probe_logits(f_test, model.head.weight.detach().cpu(), model.head.bias.detach().cpu())
     return TrainResult(model.eval(), model_cfg, stage, probe_acc, ft_state, valid_logits,
                        time.perf_counter() - t_start, notes, str(device),
@@ -324,23 +329,28 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(1) == labels).mean())
 
 
-def backbone_features(ui: Reporter, backbone, name: str, records, prep: Preprocessing, cache_root: Path | None,
+def feature_caches(root: Path | None, backbone: str, prep: Preprocessing) -> list[FeatureCache]:
+    """One feature cache per member of ``backbone`` (one for a single backbone), each under the
+    member's own name, so runs of a member alone and ensembles containing it share features."""
+    return [FeatureCache(root, name, prep) for name in ensemble_members(backbone)]
+
+
+def backbone_features(ui: Reporter, backbone, records, prep: Preprocessing, caches: list[FeatureCache],
                       pixels: np.ndarray | None = None, pixel_cache: PixelCache | None = None) -> np.ndarray:
-    """:func:`cached_features` for backbone ``name``; for an ensemble, each member's features, side by
-    side, each cached under the member's own name (so runs of a member alone share them)."""
-    names = ensemble_members(name)
-    if len(names) == 1:
-        return cached_features(ui, backbone, records, prep, FeatureCache(cache_root, name, prep), pixels, pixel_cache)
-    caches = [FeatureCache(cache_root, n, prep) for n in names]
+    """:func:`cached_features` of ``backbone``; for an ensemble (``caches`` from :func:`feature_caches`),
+    each member's features side by side, from pixels decoded once for all members that need them."""
+    if len(caches) == 1:
+        return cached_features(ui, backbone, records, prep, caches[0], pixels, pixel_cache)
     keys = [r.sha1 for r in records]
-    if pixels is None and sum(len(c.get(keys)[1]) > 0 for c in caches) > 1:
-        with ui.stage("decode", len(records)) as advance:  # once for every member that needs the pixels
+    needs = [bool(c.get(keys)[1]) for c in caches]
+    if pixels is None and sum(needs) > 1:
+        with ui.stage("decode", len(records)) as advance:
             pixels, _ = decode_all([r.path for r in records], prep, progress=advance, cache=pixel_cache,
                                    keys=keys if pixel_cache is not None else None)
     parts = []
-    for member, member_name, cache in zip(backbone.members, names, caches):
-        if cache.get(keys)[1]:
-            ui.log(f"  features of {member_name}")
+    for member, cache, need in zip(backbone.members, caches, needs):
+        if need:
+            ui.log(f"  features of {cache.backbone}")
         parts.append(cached_features(ui, member, records, prep, cache, pixels, pixel_cache))
     return np.hstack(parts)
 
@@ -415,9 +425,9 @@ def _plan(ui, model, canvases, y_train, valid_pixels, prep, ft_cfg: FinetuneConf
     if planned == 0:
         # The measured alternative for data this size (clothing: 88.0% -> 90.9% validation, in 2.2x the
         # default run's time): say so where the user reads why nothing more happened.
-        others = [n for n in ("efficientnet_lite1", "efficientnet_lite2") if n != cfg.backbone]
+        others = ensemble_partners(cfg.backbone)
         hint = (f"; for more accuracy, a larger --time-budget or an ensemble of probes: --backbone "
-                f"{'+'.join([cfg.backbone, *others])}" if cfg.backbone.startswith("efficientnet_lite") else "")
+                f"{ENSEMBLE_SEP.join([cfg.backbone, *others])}" if others else "")
         notes.append(f"fine-tuning skipped: one epoch (~{epoch_s:.0f} s) does not fit the time budget{hint}")
     return FinetuneState(planned_epochs=planned)
 
