@@ -151,9 +151,11 @@ def test_resume_without_checkpoint_is_a_clear_error(class_folders, tmp_path, cac
 def test_auto_mode_skips_finetuning_that_cannot_fit_the_budget(class_folders, tmp_path, cache_dir):
     run = vistrain.train(class_folders, out=tmp_path / "r", cache_dir=cache_dir, mode="auto", image_size=64,
                          time_budget=0.5)
-    assert run.result.stage == "probe"
-    note = next(n for n in run.result.notes if "does not fit the time budget" in n)
-    # It points to what else the time could buy, with a backbone name that works.
+    assert run.result.stage == "probe" and run.result.model_config.backbone == "efficientnet_lite0"
+    assert any("does not fit the time budget" in n for n in run.result.notes)
+    # No time is left for partner probes either: the note points to what more time could buy,
+    # with a backbone name that works.
+    note = next(n for n in run.result.notes if "no time left for an ensemble" in n)
     hinted = note.rsplit("--backbone ", 1)[1]
     assert hinted == "efficientnet_lite0+efficientnet_lite1+efficientnet_lite2"
     assert get_backbone(hinted).num_features == 3 * 1280

@@ -224,11 +224,8 @@ def _fold_groups(records: list[Record], groups: list[list[int]], folds: int) -> 
 
 def _features(cfg: AuditConfig, records: list[Record], ui: Reporter) -> np.ndarray:
     from vistrain.models.registry import create_backbone, get_backbone
-    from vistrain.training.trainer import (
-        backbone_features,
-        choose_image_size,
-        feature_caches,
-    )
+    from vistrain.training.features import backbone_features, feature_caches
+    from vistrain.training.trainer import choose_image_size
 
     spec = get_backbone(cfg.backbone)
     # The size ``train`` picks for these photos, so that either command fills the cache for the other.

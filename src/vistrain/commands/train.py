@@ -24,6 +24,10 @@ def register(sub) -> None:
                         "or an ensemble of linear probes, e.g. efficientnet_lite0+efficientnet_lite1+efficientnet_lite2")
     t.add_argument("--mode", default="auto", choices=["auto", "probe", "finetune"],
                    help="probe: frozen features + linear head; finetune: whole network; auto: both, keep the better")
+    t.add_argument("--ensemble", default="auto", choices=["auto", "off"],
+                   help="auto: when not one fine-tuning epoch fits the time budget, spend the rest on linear probes "
+                        "of backbones with the same preprocessing and keep their ensemble if it wins on validation "
+                        "(predicting then runs one network per member); off: one backbone (default auto)")
     t.add_argument("--epochs", type=int, default=8, help="most fine-tuning epochs (default 8)")
     t.add_argument("--time-budget", type=float, default=600.0, metavar="SECONDS",
                    help="wall-clock budget for the whole run; fine-tuning epochs are planned to fit (default 600)")
@@ -56,6 +60,7 @@ def register(sub) -> None:
 def run(args, console, reporter) -> int:
     from vistrain.api import train
     from vistrain.evaluation.confidence import describe
+    from vistrain.models.registry import ensemble_members
     from vistrain.evaluation.render import (
         confusion_table,
         per_class_table,
@@ -71,7 +76,7 @@ def run(args, console, reporter) -> int:
         time_budget=None if args.no_time_budget else args.time_budget, image_size=args.image_size,
         resize=args.resize, batch_size=args.batch_size, lr=args.lr, label_smoothing=args.label_smoothing,
         seed=args.seed, resume=args.resume, balance=args.balance, schedule=args.schedule, device=args.device,
-        max_memory=args.max_memory,
+        max_memory=args.max_memory, ensemble=args.ensemble,
         **extra,
     )
     from vistrain.training.distributed import is_main
@@ -82,7 +87,9 @@ def run(args, console, reporter) -> int:
     console.print()
     console.print(per_class_table(m["valid"], "Validation, per class"))
     console.print(confusion_table(m["valid"]))
-    kept = "fine-tuned network" if res.stage == "finetune" else "linear probe on frozen features"
+    members = ensemble_members(res.model_config.backbone)
+    kept = ("fine-tuned network" if res.stage == "finetune" else "linear probe on frozen features" if len(members) == 1
+            else f"ensemble of linear probes ({', '.join(members)})")
     console.print(f"\n[bold green]Done[/] in {trained.seconds:.0f} s on {res.device}"
                   + (" (mixed precision)" if res.amp else "") + f". Kept: {kept}.")
     console.print(f"  validation accuracy {m['valid']['accuracy']:.1%} ({m['valid']['errors']} of {m['valid']['n']} wrong)"

@@ -23,6 +23,7 @@ from vistrain.models.registry import ensemble_members, get_backbone
 from vistrain.progress import Reporter, SilentReporter
 from vistrain.training.device import autocast, grad_scaler, resolve_device, to_device
 from vistrain.training.feature_cache import FeatureCache
+from vistrain.training.features import cached_features
 from vistrain.training.finetune import (
     FinetuneConfig,
     param_groups,
@@ -32,7 +33,7 @@ from vistrain.training.finetune import (
 from vistrain.training.fold import folded_batchnorm
 from vistrain.training.pixels import decode_all
 from vistrain.training.probe import fit_probe
-from vistrain.training.trainer import TrainConfig, cached_features, choose_image_size
+from vistrain.training.trainer import TrainConfig, choose_image_size
 
 
 @dataclass

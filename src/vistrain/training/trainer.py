@@ -31,7 +31,6 @@ from vistrain.progress import Reporter, SilentReporter
 from vistrain.training.balance import (
     IMBALANCED_RATIO,
     imbalance_ratio,
-    macro_f1,
     resolve_balance,
 )
 from vistrain.training.checkpoint import (
@@ -48,11 +47,14 @@ from vistrain.training.device import (
 )
 from vistrain.training.distributed import agree_min, is_main
 from vistrain.training.feature_cache import FeatureCache
-from vistrain.training.features import extract_features, onnx_session
+from vistrain.training.features import (
+    backbone_features,
+    cached_features,
+    feature_caches,
+)
 from vistrain.training.finetune import (
     FinetuneConfig,
     FinetuneState,
-    cross_entropy,
     evaluate_logits,
     finetune,
     measure_step_seconds,
@@ -60,6 +62,7 @@ from vistrain.training.finetune import (
     plan_epochs,
     train_preprocessing,
 )
+from vistrain.training.grow import ENSEMBLES, grow_ensemble, score_probe
 from vistrain.training.mirror import MirrorCheck, mirror_check, mirrored
 from vistrain.training.pixels import decode_all
 from vistrain.training.probe import fit_ensemble_probe, probe_logits
@@ -101,6 +104,8 @@ class TrainConfig:
     schedule: str = "onecycle"  # see training.schedules
     device: str = "auto"  # auto|cpu|cuda, see training.device; the run records the one used
     max_memory: float | None = None  # GB for the whole process while fine-tuning on the CPU; None: half the free memory
+    # auto: when no fine-tuning epoch fits the budget, spend it on probes of partner backbones (training.grow)
+    ensemble: str = "auto"
 
     def __post_init__(self) -> None:
         get_backbone(self.backbone)  # raises with the list of choices
@@ -109,6 +114,8 @@ class TrainConfig:
         if self.mode == "finetune" and len(ensemble_members(self.backbone)) > 1:
             raise TrainError(f"backbone {self.backbone!r} is an ensemble: it trains linear probes only "
                              f"(--mode probe or auto), not --mode finetune")
+        if self.ensemble not in ENSEMBLES:
+            raise TrainError(f"ensemble {self.ensemble!r} is not one of {', '.join(ENSEMBLES)}")
         if self.epochs < 1:
             raise TrainError(f"epochs must be at least 1 (got {self.epochs})")
         if self.time_budget is not None and self.time_budget <= 0:
@@ -230,9 +237,11 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
         f_valid = backbone_features(ui, model.backbone, valid, prep, caches, valid_pixels, pixel_cache)
         train_pixels = None  # fine-tuning reads the canvases; free the eval views of the training set
         widths = [get_backbone(m).num_features for m in members]
+        class_weight = "balanced" if balance != "none" else None
         w, b, heads = fit_ensemble_probe(f_train, y_train, len(classes), widths, C=cfg.probe_c, seed=cfg.seed,
-                                         class_weight="balanced" if balance != "none" else None)
-        probe_valid_logits = probe_logits(f_valid, w, b)
+                                         class_weight=class_weight)
+        single = score_probe(cfg.backbone, w, b, f_valid, y_valid, len(classes), select_by)
+        probe_valid_logits, probe_acc, probe_loss, probe_score = single.valid_logits, single.accuracy, single.loss, single.score
         if len(members) > 1:
             ui.log("Ensemble of linear probes (logits averaged); alone on validation: " + ", ".join(
                 f"{m} {_accuracy(probe_logits(f, *h), y_valid):.1%}"
@@ -240,9 +249,6 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
         with torch.no_grad():
             model.head.weight.copy_(w)
             model.head.bias.copy_(b)
-        probe_acc = _accuracy(probe_valid_logits, y_valid)
-        probe_loss = cross_entropy(probe_valid_logits, y_valid)
-        probe_score = macro_f1(y_valid, probe_valid_logits.argmax(1), len(classes)) if select_by == "macro_f1" else probe_acc
     else:
         if resumed.probe_head is not None:
             model.head.load_state_dict(resumed.probe_head)
@@ -286,6 +292,7 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
         else:
             release_freed_memory()  # what decoding and the features' ONNX session used, before training
             ft_state = _plan(ui, model, canvases, y_train, valid_pixels, prep, ft_cfg, cfg, t_start, notes)
+            t_planned = time.perf_counter()
             if is_main():
                 save_probe_head(cfg.out, model.head)
         if ft_state.planned_epochs > len(ft_state.history):
@@ -298,6 +305,25 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
                 )
             if ft_state.stop_reason:
                 notes.append(ft_state.stop_reason)
+        elif resumed is None and cfg.mode == "auto" and cfg.ensemble == "auto" and ft_cfg.time_budget is not None:
+            # Not one epoch fits: the rest of the budget (what _plan left after its margin) buys partner probes.
+            growth = grow_ensemble(
+                ui, single, {"train": train, "valid": valid, "test": index.split("test")},
+                {"train": y_train, "valid": y_valid}, {"train": f_train, "valid": f_valid}, prep,
+                cfg.data.cache_dir, ft_cfg.time_budget - (time.perf_counter() - t_planned), valid_pixels,
+                len(classes), select_by, cfg.probe_c, cfg.seed, class_weight, pixel_cache, model.backbone)
+            if growth is not None:
+                ui.log("  " + growth.note)
+                notes.append(growth.note)
+            if growth is not None and growth.kept is not single:
+                model_cfg = ModelConfig(growth.kept.backbone, classes, prep, dropout=cfg.dropout)
+                model = build_classifier(model_cfg).to(device, memory_format=torch.channels_last)
+                with torch.no_grad():
+                    model.head.weight.copy_(growth.kept.weight)
+                    model.head.bias.copy_(growth.kept.bias)
+                probe_state = {k: v.clone() for k, v in model.state_dict().items()}
+                probe_valid_logits = growth.kept.valid_logits
+                caches = feature_caches(cfg.data.cache_dir, growth.kept.backbone, prep)
 
     ft_acc = ft_state.best_accuracy if ft_state and ft_state.best_state is not None else None
     # The same rule that picks the best epoch: accuracy (macro F1 when imbalanced), then validation loss on ties.
@@ -327,60 +353,6 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(1) == labels).mean())
-
-
-def feature_caches(root: Path | None, backbone: str, prep: Preprocessing) -> list[FeatureCache]:
-    """One feature cache per member of ``backbone`` (one for a single backbone), each under the
-    member's own name, so runs of a member alone and ensembles containing it share features."""
-    return [FeatureCache(root, name, prep) for name in ensemble_members(backbone)]
-
-
-def backbone_features(ui: Reporter, backbone, records, prep: Preprocessing, caches: list[FeatureCache],
-                      pixels: np.ndarray | None = None, pixel_cache: PixelCache | None = None) -> np.ndarray:
-    """:func:`cached_features` of ``backbone``; for an ensemble (``caches`` from :func:`feature_caches`),
-    each member's features side by side, from pixels decoded once for all members that need them."""
-    if len(caches) == 1:
-        return cached_features(ui, backbone, records, prep, caches[0], pixels, pixel_cache)
-    keys = [r.sha1 for r in records]
-    needs = [bool(c.get(keys)[1]) for c in caches]
-    if pixels is None and sum(needs) > 1:
-        with ui.stage("decode", len(records)) as advance:
-            pixels, _ = decode_all([r.path for r in records], prep, progress=advance, cache=pixel_cache,
-                                   keys=keys if pixel_cache is not None else None)
-    parts = []
-    for member, cache, need in zip(backbone.members, caches, needs):
-        if need:
-            ui.log(f"  features of {cache.backbone}")
-        parts.append(cached_features(ui, member, records, prep, cache, pixels, pixel_cache))
-    return np.hstack(parts)
-
-
-def cached_features(ui: Reporter, backbone, records, prep: Preprocessing, cache: FeatureCache,
-                    pixels: np.ndarray | None = None, pixel_cache: PixelCache | None = None) -> np.ndarray:
-    """Features of ``records``: from the cache where known, else decoded (unless given) and computed.
-
-    Decoding goes through ``pixel_cache`` when given, so the images decoded here are not decoded again.
-    """
-    keys = [r.sha1 for r in records]
-    features, missing = cache.get(keys)
-    if not missing:
-        return features
-    # ONNX Runtime runs on the CPU here: a backbone on a GPU computes its features itself.
-    on_cpu = model_device(backbone).type == "cpu"
-    session = onnx_session(backbone, cache.backbone, prep, cache.root) if on_cpu else None
-    if pixels is None:
-        with ui.stage("decode", len(missing)) as advance:
-            pixels, _ = decode_all([records[i].path for i in missing], prep, progress=advance, cache=pixel_cache,
-                                   keys=[keys[i] for i in missing] if pixel_cache is not None else None)
-    elif len(missing) < len(records):
-        pixels = pixels[missing]  # a copy: only when some are cached (an ensemble's members share the rest)
-    with ui.stage("features", len(missing)) as advance:
-        new = extract_features(backbone, pixels, prep, progress=advance, session=session)
-    cache.put([keys[i] for i in missing], new)
-    if features is None:
-        return new
-    features[missing] = new
-    return features
 
 
 def _mirror_check(ui: Reporter, model, valid, valid_pixels: np.ndarray, y_valid: np.ndarray, prep: Preprocessing,
@@ -423,9 +395,10 @@ def _plan(ui, model, canvases, y_train, valid_pixels, prep, ft_cfg: FinetuneConf
     ui.log(f"Fine-tuning: {epoch_s:.0f} s per epoch measured, {planned} epoch(s) planned"
            + (f" within the {cfg.time_budget:.0f} s budget" if cfg.time_budget else ""))
     if planned == 0:
-        # The measured alternative for data this size (clothing: 88.0% -> 90.9% validation, in 2.2x the
-        # default run's time): say so where the user reads why nothing more happened.
-        others = ensemble_partners(cfg.backbone)
+        # With --ensemble auto the rest of the budget goes to probes of partner backbones (training.grow),
+        # which says what it did; otherwise point to that measured alternative (clothing: 88.0% -> 90.9%
+        # validation, in 2.2x the default run's time) where the user reads why nothing more happened.
+        others = ensemble_partners(cfg.backbone) if cfg.ensemble == "off" else []
         hint = (f"; for more accuracy, a larger --time-budget or an ensemble of probes: --backbone "
                 f"{ENSEMBLE_SEP.join([cfg.backbone, *others])}" if others else "")
         notes.append(f"fine-tuning skipped: one epoch (~{epoch_s:.0f} s) does not fit the time budget{hint}")

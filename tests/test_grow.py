@@ -1,0 +1,138 @@
+"""A time budget that fine-tuning cannot use goes to probes of partner backbones (training.grow)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_image, write_class_folders
+from test_train import StageRecorder
+
+import vistrain
+from vistrain.data.dataset import DataConfig, build_index
+from vistrain.evaluation.predictor import Predictor
+from vistrain.models import create_backbone, get_backbone
+from vistrain.progress import SilentReporter
+from vistrain.training import trainer
+from vistrain.training.features import backbone_features, feature_caches
+from vistrain.training.grow import Probe, grow_ensemble, score_probe
+from vistrain.training.pixels import decode_all
+from vistrain.training.probe import fit_probe, probe_logits
+
+BASE = "efficientnet_lite0"
+ALL = "efficientnet_lite0+efficientnet_lite1+efficientnet_lite2"
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grow") / "split"
+    write_class_folders(root / "train", per_class=6)
+    write_class_folders(root / "valid", per_class=3, start=50)
+    (root / "test").mkdir()
+    for ci, name in enumerate(("circles", "squares", "stripes")):
+        make_image(name, seed=9200 + ci).save(root / "test" / f"{name}_1.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="module")
+def base(data, tmp_path_factory):
+    """What the trainer hands over: the Lite0 probe, its features, records and labels."""
+    cache = tmp_path_factory.mktemp("grow-cache")
+    index = build_index(DataConfig(data, cache_dir=cache))
+    prep = get_backbone(BASE).preprocessing(SIZE)
+    splits = {s: index.split(s) for s in ("train", "valid", "test")}
+    labels = {s: np.array([index.classes.index(r.label) for r in recs]) for s, recs in splits.items()}
+    module = create_backbone(BASE).eval()
+    feats = {s: backbone_features(SilentReporter(), module, splits[s], prep, feature_caches(cache, BASE, prep))
+             for s in ("train", "valid")}
+    w, b = fit_probe(feats["train"], labels["train"], 3)
+    pixels, _ = decode_all([r.path for r in splits["valid"]], prep)
+    return dict(cache=cache, prep=prep, splits=splits, labels=labels, feats=feats, w=w, b=b, pixels=pixels,
+                module=module)
+
+
+def grow(base, single: Probe, seconds: float, cache=None):
+    return grow_ensemble(SilentReporter(), single, base["splits"], base["labels"], base["feats"], base["prep"],
+                         cache or base["cache"], seconds, base["pixels"], 3, "accuracy", 0.3, 0, None,
+                         base_module=base["module"])
+
+
+def useless(base) -> Probe:
+    """A single probe that knows nothing (all logits equal): any fitted ensemble beats it."""
+    return score_probe(BASE, torch.zeros_like(base["w"]), torch.zeros_like(base["b"]), base["feats"]["valid"],
+                       base["labels"]["valid"], 3, "accuracy")
+
+
+def test_an_ensemble_that_wins_on_validation_is_kept(base):
+    g = grow(base, useless(base), seconds=600)
+    assert g.added == ["efficientnet_lite1", "efficientnet_lite2"]
+    assert g.kept.backbone == ALL and "ensemble kept" in g.note
+    # Its head is the averaged probes on all members' features, scored on validation as stated.
+    members = [BASE, *g.added]
+    f_valid = np.hstack([feature_caches(base["cache"], m, base["prep"])[0].get(
+        [r.sha1 for r in base["splits"]["valid"]])[0] for m in members])
+    np.testing.assert_allclose(probe_logits(f_valid, g.kept.weight, g.kept.bias), g.kept.valid_logits, atol=1e-4)
+    assert g.kept.accuracy == pytest.approx(float((g.kept.valid_logits.argmax(1) == base["labels"]["valid"]).mean()))
+
+
+def test_the_single_probe_is_kept_unless_beaten(base):
+    perfect = Probe(BASE, base["w"], base["b"], np.zeros((9, 3)), 1.0, 0.0, 1.0)
+    g = grow(base, perfect, seconds=600)
+    assert g.kept is perfect and len(g.added) == 2 and "single probe kept" in g.note
+
+
+def test_members_that_do_not_fit_the_time_left_are_not_added(base, tmp_path):
+    fresh = tmp_path / "cache"
+    shutil.copytree(base["cache"] / "onnx", fresh / "onnx")  # exported graphs only: no features cached
+    g = grow(base, useless(base), seconds=0.01, cache=fresh)
+    assert g.added == [] and g.kept.backbone == BASE
+    needed = float(g.note.split("needs ~")[1].split(" s more")[0])
+    assert needed > 0 and g.note.endswith(f"--backbone {ALL}")
+    assert not (fresh / "features").exists()
+    # Cached features cost nothing: with every member's features cached, the same tiny budget adds both.
+    records = [r for recs in base["splits"].values() for r in recs]
+    backbone_features(SilentReporter(), create_backbone(ALL).eval(), records, base["prep"],
+                      feature_caches(fresh, ALL, base["prep"]))
+    assert grow(base, useless(base), seconds=0.01, cache=fresh).added == ["efficientnet_lite1", "efficientnet_lite2"]
+    assert grow(base, useless(base), seconds=0).note.startswith("no time left")
+
+
+def test_default_run_spends_a_budget_fine_tuning_cannot_use_on_partner_probes(data, tmp_path, monkeypatch):
+    # As on clothing on 2 cores: one fine-tuning epoch would take longer than the whole budget.
+    monkeypatch.setattr(trainer, "plan_epochs", lambda cfg, n, step_s, eval_s: (0, 10_000.0))
+    recorder = StageRecorder()
+    run = vistrain.train(data, out=tmp_path / "run", cache_dir=tmp_path / "cache", image_size=SIZE,
+                         time_budget=600, reporter=recorder)
+    notes = run.result.notes
+    assert any("fine-tuning skipped" in n for n in notes)
+    verdict = next(n for n in notes if "went to probes of efficientnet_lite1, efficientnet_lite2" in n)
+    kept = ALL if "ensemble kept" in verdict else BASE
+    assert run.result.stage == "probe" and run.result.model_config.backbone == kept
+    # Lite0 on all 30 images (+ the mirror check's 9 mirrored); partners on train and valid (27
+    # each), and on test only when their ensemble is kept.
+    assert recorder.stages["features"] == 39 + 2 * 27 + (2 * 3 if kept == ALL else 0)
+    # The saved run is the kept model: the same validation score, the same test answers.
+    loaded = Predictor.from_folder(run.path)
+    assert loaded.config.backbone == kept
+    valid = sorted((data / "valid").rglob("*.png"))
+    logits = loaded.logits_from_paths([str(p) for p in valid])[0][:, 0]
+    labels = np.array([run.classes.index(p.parent.name) for p in valid])
+    assert run.metrics["valid"]["accuracy"] == pytest.approx(float((logits.argmax(1) == labels).mean()))
+    test = sorted((data / "test").iterdir())
+    test_logits = loaded.logits_from_paths([str(p) for p in test])[0][:, 0]
+    np.testing.assert_allclose(np.sort(test_logits, axis=0), np.sort(run.result.test_logits, axis=0), atol=1e-3)
+
+
+def test_ensemble_off_keeps_one_backbone_and_names_the_alternative(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "plan_epochs", lambda cfg, n, step_s, eval_s: (0, 10_000.0))
+    recorder = StageRecorder()
+    run = vistrain.train(data, out=tmp_path / "run", cache_dir=tmp_path / "cache", image_size=SIZE,
+                         time_budget=600, ensemble="off", reporter=recorder)
+    assert run.result.model_config.backbone == BASE
+    assert recorder.stages["features"] == 39  # Lite0 only: no partner computed anything
+    assert any(n.endswith(f"--backbone {ALL}") and "fine-tuning skipped" in n for n in run.result.notes)
+    with pytest.raises(ValueError, match="ensemble 'always' is not one of auto, off"):
+        vistrain.train(data, out=tmp_path / "bad", ensemble="always")
