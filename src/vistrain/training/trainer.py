@@ -45,7 +45,7 @@ from vistrain.training.device import (
     resolve_device,
     uses_amp,
 )
-from vistrain.training.distributed import agree_min, is_main
+from vistrain.training.distributed import agree_min, is_main, world_size
 from vistrain.training.feature_cache import FeatureCache
 from vistrain.training.features import (
     backbone_features,
@@ -305,8 +305,10 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
                 )
             if ft_state.stop_reason:
                 notes.append(ft_state.stop_reason)
-        elif resumed is None and cfg.mode == "auto" and cfg.ensemble == "auto" and ft_cfg.time_budget is not None:
+        elif (resumed is None and cfg.mode == "auto" and cfg.ensemble == "auto" and ft_cfg.time_budget is not None
+              and world_size() == 1):
             # Not one epoch fits: the rest of the budget (what _plan left after its margin) buys partner probes.
+            # (One process: under torchrun each rank would time, and might choose, differently.)
             growth = grow_ensemble(
                 ui, single, {"train": train, "valid": valid, "test": index.split("test")},
                 {"train": y_train, "valid": y_valid}, {"train": f_train, "valid": f_valid}, prep,
