@@ -17,7 +17,8 @@ from vistrain.models import create_backbone, get_backbone
 from vistrain.progress import SilentReporter
 from vistrain.training import trainer
 from vistrain.training.features import backbone_features, feature_caches
-from vistrain.training.grow import Probe, grow_ensemble, score_probe
+from vistrain.training import grow as grow_module
+from vistrain.training.grow import Probe, grow_ensemble, plan_growth, score_probe
 from vistrain.training.pixels import decode_all
 from vistrain.training.probe import fit_probe, probe_logits
 
@@ -55,9 +56,11 @@ def base(data, tmp_path_factory):
 
 
 def grow(base, single: Probe, seconds: float, cache=None):
-    return grow_ensemble(SilentReporter(), single, base["splits"], base["labels"], base["feats"], base["prep"],
-                         cache or base["cache"], seconds, base["pixels"], 3, "accuracy", 0.3, 0, None,
-                         base_module=base["module"])
+    cache = cache or base["cache"]
+    plan = plan_growth(SilentReporter(), BASE, base["splits"], base["prep"], cache, seconds, base["pixels"],
+                       base["module"])
+    return grow_ensemble(SilentReporter(), single, plan, base["splits"], base["labels"], base["feats"], base["prep"],
+                         cache, base["pixels"], 3, "accuracy", 0.3, 0, None)
 
 
 def useless(base) -> Probe:
@@ -109,7 +112,7 @@ def test_default_run_spends_a_budget_fine_tuning_cannot_use_on_partner_probes(da
                          time_budget=600, reporter=recorder)
     notes = run.result.notes
     assert any("fine-tuning skipped" in n for n in notes)
-    verdict = next(n for n in notes if "went to probes of efficientnet_lite1, efficientnet_lite2" in n)
+    verdict = next(n for n in notes if "the time went to probes of efficientnet_lite1, efficientnet_lite2:" in n)
     kept = ALL if "ensemble kept" in verdict else BASE
     assert run.result.stage == "probe" and run.result.model_config.backbone == kept
     # Lite0 on all 30 images (+ the mirror check's 9 mirrored); partners on train and valid (27
@@ -137,3 +140,24 @@ def test_ensemble_off_keeps_one_backbone_and_names_the_alternative(data, tmp_pat
     assert any(n.endswith(f"--backbone {ALL}") and "fine-tuning skipped" in n for n in run.result.notes)
     with pytest.raises(ValueError, match="ensemble 'always' is not one of auto, off"):
         vistrain.train(data, out=tmp_path / "bad", ensemble="always")
+
+
+def test_an_epoch_or_two_of_fine_tuning_gives_way_to_partner_probes_that_fit(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "plan_epochs", lambda cfg, n, step_s, eval_s: (2, 100.0))
+    recorder = StageRecorder()
+    run = vistrain.train(data, out=tmp_path / "run", cache_dir=tmp_path / "cache", image_size=SIZE,
+                         time_budget=600, reporter=recorder)
+    assert "fine-tune" not in recorder.stages and not run.result.finetune.history
+    assert any(n.startswith("fine-tuning skipped: 2 epoch(s) of ~100 s fit") for n in run.result.notes)
+    assert any("the time went to probes of" in n for n in run.result.notes)
+
+
+def test_fine_tuning_runs_its_short_plan_when_no_partner_fits(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "plan_epochs", lambda cfg, n, step_s, eval_s: (1, 100.0))
+    monkeypatch.setattr(grow_module, "seconds_per_image", lambda *args: 1e6)  # no partner fits any budget
+    recorder = StageRecorder()
+    run = vistrain.train(data, out=tmp_path / "run", cache_dir=tmp_path / "cache", image_size=SIZE,
+                         time_budget=600, reporter=recorder)
+    assert len(run.result.finetune.history) == 1 and recorder.stages["fine-tune"] == 18
+    assert run.result.model_config.backbone == BASE
+    assert not any("probes of" in n or "ensemble of probes" in n for n in run.result.notes)

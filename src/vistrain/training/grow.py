@@ -82,55 +82,85 @@ def score_probe(backbone: str, w: torch.Tensor, b: torch.Tensor, f_valid: np.nda
     return Probe(backbone, w, b, logits, acc, cross_entropy(logits, y_valid), score)
 
 
-def grow_ensemble(ui: Reporter, single: Probe, splits: dict[str, list], labels: dict[str, np.ndarray],
-                  features: dict[str, np.ndarray], prep: Preprocessing, cache_root, seconds_left: float,
-                  valid_pixels: np.ndarray, num_classes: int, select_by: str, C: float, seed: int,
-                  class_weight: str | None, pixel_cache: PixelCache | None = None,
-                  base_module: torch.nn.Module | None = None) -> Growth | None:
-    """Probes of ``single.backbone``'s partners fitted within ``seconds_left``, and the better of
-    their ensemble and ``single``. None when the backbone has no partner.
+@dataclass
+class GrowthPlan:
+    """Which partners' probes fit the time left, from their features' estimated seconds."""
 
-    ``splits``/``labels``/``features``: train, valid (and test) records, their label indices and
-    the single backbone's features (train and valid). Time is kept for the test split's features of
-    every member (computed later, only for the model kept) and of the single backbone if not cached.
+    base: str
+    partners: list[str]  # every partner, in registry order
+    fits: list[str]  # those added, in order
+    blocked: list[tuple[str, float]]  # (name, estimated seconds) of those that did not fit
+    reserve: float  # seconds kept for the single backbone's own test features
+    seconds_left: float
+
+    def shortfall_note(self) -> str:
+        every = ENSEMBLE_SEP.join([self.base, *self.partners])
+        if self.seconds_left <= 0:
+            return f"no time left for an ensemble of probes: a larger --time-budget, or --backbone {every}"
+        total = sum(need for _, need in self.blocked)
+        short = max(1, math.ceil(total + self.reserve - self.seconds_left))
+        return (f"an ensemble of probes needs ~{short} s more than the budget left (features of "
+                f"{', '.join(n for n, _ in self.blocked)}: ~{total:.0f} s): a larger --time-budget, or --backbone {every}")
+
+
+def plan_growth(ui: Reporter, base: str, splits: dict[str, list], prep: Preprocessing, cache_root,
+                seconds_left: float, valid_pixels: np.ndarray, base_module: torch.nn.Module | None = None
+                ) -> GrowthPlan | None:
+    """Partners of ``base`` whose missing features (train, valid and test: the test split's are
+    computed at the end, for the model kept) fit ``seconds_left``, after keeping time for ``base``'s
+    own missing test features. None when ``base`` has no partner.
+
+    Each partner with missing features is timed on a few validation images; cached features cost
+    next to nothing, so a partner whose features are all cached always fits.
     """
-    partners = ensemble_partners(single.backbone)
+    partners = ensemble_partners(base)
     if not partners:
         return None
-    ensemble = ENSEMBLE_SEP.join([single.backbone, *partners])
+    plan = GrowthPlan(base, partners, [], [], 0.0, seconds_left)
     if seconds_left <= 0:
-        return Growth(single, [], f"no time left for an ensemble of probes: a larger --time-budget, or --backbone {ensemble}")
-    t0 = time.perf_counter()
+        plan.blocked = [(name, 0.0) for name in partners]
+        return plan
     test = splits.get("test", [])
-    reserve = 0.0
     if test and base_module is not None:
-        missing = len(FeatureCache(cache_root, single.backbone, prep).get([r.sha1 for r in test])[1])
+        missing = len(FeatureCache(cache_root, base, prep).get([r.sha1 for r in test])[1])
         if missing:
-            reserve = missing * FEATURE_MARGIN * seconds_per_image(base_module, single.backbone, prep, cache_root,
-                                                                     valid_pixels)
-    added, blocked = [], []
-    train_parts, valid_parts = [features["train"]], [features["valid"]]
+            plan.reserve = missing * FEATURE_MARGIN * seconds_per_image(base_module, base, prep, cache_root, valid_pixels)
+    left = seconds_left - plan.reserve
     for name in partners:
-        left = seconds_left - (time.perf_counter() - t0) - reserve
         cache = FeatureCache(cache_root, name, prep)
         missing = sum(len(cache.get([r.sha1 for r in splits[s]])[1]) for s in ("train", "valid", "test") if s in splits)
-        module = create_backbone(name).eval().to(memory_format=torch.channels_last)
-        need = missing * FEATURE_MARGIN * seconds_per_image(module, name, prep, cache_root, valid_pixels) if missing else 0.0
-        if need > 0 and need > left:  # cached features cost next to nothing: always worth a probe
-            blocked.append((name, need))
+        need = 0.0
+        if missing:
+            module = create_backbone(name).eval().to(memory_format=torch.channels_last)
+            need = missing * FEATURE_MARGIN * seconds_per_image(module, name, prep, cache_root, valid_pixels)
+        if need > left:
+            plan.blocked.append((name, need))
             ui.log(f"  {name}: ~{need:.0f} s of features, {max(left, 0):.0f} s left in the budget: not added")
             continue
         ui.log(f"  {name}: ~{need:.0f} s of features ({missing} images), {left:.0f} s left: adding its probe")
+        plan.fits.append(name)
+        left -= need
+    return plan
+
+
+def grow_ensemble(ui: Reporter, single: Probe, plan: GrowthPlan, splits: dict[str, list],
+                  labels: dict[str, np.ndarray], features: dict[str, np.ndarray], prep: Preprocessing, cache_root,
+                  valid_pixels: np.ndarray, num_classes: int, select_by: str, C: float, seed: int,
+                  class_weight: str | None, pixel_cache: PixelCache | None = None) -> Growth:
+    """The probes ``plan`` fits, and the better of their ensemble with ``single`` and ``single`` alone.
+
+    ``splits``/``labels``/``features``: train and valid (and test) records, their label indices and
+    ``single``'s features (train and valid).
+    """
+    if not plan.fits:
+        return Growth(single, [], plan.shortfall_note())
+    train_parts, valid_parts = [features["train"]], [features["valid"]]
+    for name in plan.fits:
+        module = create_backbone(name).eval().to(memory_format=torch.channels_last)
+        cache = FeatureCache(cache_root, name, prep)
         train_parts.append(cached_features(ui, module, splits["train"], prep, cache, pixel_cache=pixel_cache))
         valid_parts.append(cached_features(ui, module, splits["valid"], prep, cache, valid_pixels, pixel_cache))
-        added.append(name)
-    if not added:
-        total = sum(need for _, need in blocked)
-        short = max(1, math.ceil(total + reserve - seconds_left))
-        return Growth(single, [], f"an ensemble of probes needs ~{short} s more than the budget left (features of "
-                                  f"{', '.join(n for n, _ in blocked)}: ~{total:.0f} s): a larger --time-budget, "
-                                  f"or --backbone {ensemble}")
-    members = [single.backbone, *added]
+    members = [single.backbone, *plan.fits]
     widths = [get_backbone(m).num_features for m in members]
     w, b, _ = fit_ensemble_probe(np.hstack(train_parts), labels["train"], num_classes, widths, C=C, seed=seed,
                                  class_weight=class_weight)
@@ -138,8 +168,8 @@ def grow_ensemble(ui: Reporter, single: Probe, splits: dict[str, list], labels: 
                            select_by)
     won = ensemble.beats(single)
     what = select_by.replace("_", " ")
-    verdict = (f"the rest of the time budget went to probes of {', '.join(added)}: their ensemble with "
+    verdict = (f"the time went to probes of {', '.join(plan.fits)}: their ensemble with "
                f"{single.backbone} scored {ensemble.score:.1%} {what} on validation (loss {ensemble.loss:.3f}) "
                f"against {single.score:.1%} (loss {single.loss:.3f}) alone: "
                + ("ensemble kept (predicting runs one network per member)" if won else "single probe kept"))
-    return Growth(ensemble if won else single, added, verdict)
+    return Growth(ensemble if won else single, list(plan.fits), verdict)
