@@ -304,15 +304,15 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
         else:
             release_freed_memory()  # what decoding and the features' ONNX session used, before training
             ft_state, epoch_s = _plan(ui, model, canvases, y_train, valid_pixels, prep, ft_cfg, cfg, t_start, notes)
-            t_planned = time.perf_counter()
             if is_main():
                 save_probe_head(cfg.out, model.head)
             if (ft_state.planned_epochs < MIN_FINETUNE_EPOCHS and cfg.mode == "auto" and cfg.ensemble == "auto"
-                    and ft_cfg.time_budget is not None and world_size() == 1):
+                    and cfg.time_budget is not None and world_size() == 1):
                 # Under torchrun each rank would time, and might choose, differently: one process only.
+                # The whole rest of the budget: the margin _plan kept was for fine-tuning's final evaluation.
                 splits = {"train": train, "valid": valid, "test": index.split("test")}
                 plan = plan_growth(ui, cfg.backbone, splits, prep, cfg.data.cache_dir,
-                                   ft_cfg.time_budget - (time.perf_counter() - t_planned), valid_pixels, model.backbone)
+                                   cfg.time_budget - (time.perf_counter() - t_start), valid_pixels, model.backbone)
                 if plan is not None and (plan.fits or ft_state.planned_epochs == 0):
                     if ft_state.planned_epochs:
                         notes.append(f"fine-tuning skipped: {ft_state.planned_epochs} epoch(s) of ~{epoch_s:.0f} s fit "
