@@ -25,9 +25,9 @@ def register(sub) -> None:
     t.add_argument("--mode", default="auto", choices=["auto", "probe", "finetune"],
                    help="probe: frozen features + linear head; finetune: whole network; auto: both, keep the better")
     t.add_argument("--ensemble", default="auto", choices=["auto", "off"],
-                   help="auto: when not one fine-tuning epoch fits the time budget, spend the rest on linear probes "
-                        "of backbones with the same preprocessing and keep their ensemble if it wins on validation "
-                        "(predicting then runs one network per member); off: one backbone (default auto)")
+                   help="auto: when fewer than 3 fine-tuning epochs fit the time budget, spend the rest on linear "
+                        "probes of backbones with the same preprocessing and keep their ensemble if it wins on "
+                        "validation (predicting then runs one network per member); off: one backbone (default auto)")
     t.add_argument("--epochs", type=int, default=8, help="most fine-tuning epochs (default 8)")
     t.add_argument("--time-budget", type=float, default=600.0, metavar="SECONDS",
                    help="wall-clock budget for the whole run; fine-tuning epochs are planned to fit (default 600)")
