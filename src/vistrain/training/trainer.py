@@ -115,7 +115,7 @@ class TrainConfig:
     schedule: str = "onecycle"  # see training.schedules
     device: str = "auto"  # auto|cpu|cuda, see training.device; the run records the one used
     max_memory: float | None = None  # GB for the whole process while fine-tuning on the CPU; None: half the free memory
-    # auto: when no fine-tuning epoch fits the budget, spend it on probes of partner backbones (training.grow)
+    # auto: when fewer than MIN_FINETUNE_EPOCHS fit the budget, spend it on probes of partner backbones (training.grow)
     ensemble: str = "auto"
 
     def __post_init__(self) -> None:
