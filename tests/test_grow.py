@@ -15,9 +15,9 @@ from vistrain.data.dataset import DataConfig, build_index
 from vistrain.evaluation.predictor import Predictor
 from vistrain.models import create_backbone, get_backbone
 from vistrain.progress import SilentReporter
+from vistrain.training import grow as grow_module
 from vistrain.training import trainer
 from vistrain.training.features import backbone_features, feature_caches
-from vistrain.training import grow as grow_module
 from vistrain.training.grow import Probe, grow_ensemble, plan_growth, score_probe
 from vistrain.training.pixels import decode_all
 from vistrain.training.probe import fit_probe, probe_logits
@@ -161,3 +161,17 @@ def test_fine_tuning_runs_its_short_plan_when_no_partner_fits(data, tmp_path, mo
     assert len(run.result.finetune.history) == 1 and recorder.stages["fine-tune"] == 18
     assert run.result.model_config.backbone == BASE
     assert not any("probes of" in n or "ensemble of probes" in n for n in run.result.notes)
+
+
+def test_cli_summary_names_a_kept_ensemble_and_ensemble_off_is_a_flag(data, tmp_path, monkeypatch, capsys):
+    from vistrain.cli import main
+
+    monkeypatch.setattr(trainer, "plan_epochs", lambda cfg, n, step_s, eval_s: (0, 10_000.0))
+    monkeypatch.setattr(Probe, "beats", lambda self, other: True)  # whatever these tiny images score
+    args = ["train", str(data), "--image-size", str(SIZE), "--cache-dir", str(tmp_path / "cache")]
+    assert main([*args, "--out", str(tmp_path / "grown")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"Kept: ensemble of linear probes ({ALL.replace('+', ', ')})" in out
+    assert main([*args, "--out", str(tmp_path / "one"), "--ensemble", "off"]) == 0
+    assert "Kept: linear probe on frozen features" in " ".join(capsys.readouterr().out.split())
+    assert Predictor.from_folder(tmp_path / "one").config.backbone == BASE

@@ -60,13 +60,13 @@ def register(sub) -> None:
 def run(args, console, reporter) -> int:
     from vistrain.api import train
     from vistrain.evaluation.confidence import describe
-    from vistrain.models.registry import ensemble_members
     from vistrain.evaluation.render import (
         confusion_table,
         per_class_table,
         top_confusions,
         worst_classes,
     )
+    from vistrain.models.registry import ensemble_members
 
     args, extra = resolve_train_args(args)
     trained = train(
