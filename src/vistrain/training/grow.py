@@ -30,7 +30,7 @@ from vistrain.models.registry import (
 from vistrain.progress import Reporter
 from vistrain.training.balance import macro_f1
 from vistrain.training.feature_cache import FeatureCache
-from vistrain.training.features import cached_features, extract_features, onnx_session
+from vistrain.training.features import extract_features, members_features, onnx_session
 from vistrain.training.finetune import cross_entropy
 from vistrain.training.probe import fit_ensemble_probe, probe_logits
 
@@ -155,18 +155,17 @@ def grow_ensemble(ui: Reporter, single: Probe, plan: GrowthPlan, splits: dict[st
     """
     if not plan.fits:
         return Growth(single, [], plan.shortfall_note())
-    train_parts, valid_parts = [features["train"]], [features["valid"]]
-    for name in plan.fits:
-        module = create_backbone(name).eval().to(memory_format=torch.channels_last)
-        cache = FeatureCache(cache_root, name, prep)
-        train_parts.append(cached_features(ui, module, splits["train"], prep, cache, pixel_cache=pixel_cache))
-        valid_parts.append(cached_features(ui, module, splits["valid"], prep, cache, valid_pixels, pixel_cache))
+    modules = [create_backbone(name).eval().to(memory_format=torch.channels_last) for name in plan.fits]
+    caches = [FeatureCache(cache_root, name, prep) for name in plan.fits]
+    # The training images are decoded (read back from the pixel cache) once for all partners.
+    f_train = members_features(ui, modules, splits["train"], prep, caches, pixel_cache=pixel_cache)
+    f_valid = members_features(ui, modules, splits["valid"], prep, caches, valid_pixels, pixel_cache)
     members = [single.backbone, *plan.fits]
     widths = [get_backbone(m).num_features for m in members]
-    w, b, _ = fit_ensemble_probe(np.hstack(train_parts), labels["train"], num_classes, widths, C=C, seed=seed,
-                                 class_weight=class_weight)
-    ensemble = score_probe(ENSEMBLE_SEP.join(members), w, b, np.hstack(valid_parts), labels["valid"], num_classes,
-                           select_by)
+    w, b, _ = fit_ensemble_probe(np.hstack([features["train"], f_train]), labels["train"], num_classes, widths, C=C,
+                                 seed=seed, class_weight=class_weight)
+    ensemble = score_probe(ENSEMBLE_SEP.join(members), w, b, np.hstack([features["valid"], f_valid]), labels["valid"],
+                           num_classes, select_by)
     won = ensemble.beats(single)
     what = select_by.replace("_", " ")
     verdict = (f"the time went to probes of {', '.join(plan.fits)}: their ensemble with "
