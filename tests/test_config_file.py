@@ -87,3 +87,15 @@ def test_cli_reports_a_bad_config_file_and_exits_2(tmp_path, capsys):
     assert main(["train", str(tmp_path), "--config", str(f)]) == 2
     out = capsys.readouterr().out
     assert "unknown setting 'shedule'" in out and "did you mean 'schedule'" in out
+
+
+def test_probe_c_auto_means_chosen_and_bad_values_are_named(tmp_path):
+    from vistrain.config_file import normalise
+    from vistrain.data.dataset import DataConfig
+    from vistrain.training.trainer import TrainConfig, TrainError
+
+    assert normalise({"probe_c": "auto"}, "f.yaml") == {"probe_c": None}
+    assert normalise({"probe_c": 1}, "f.yaml") == {"probe_c": 1.0}
+    for bad in ("strong", 0.0, -1.0):
+        with pytest.raises(TrainError, match=f"positive number, or auto \\(got {bad!r}\\)"):
+            TrainConfig(DataConfig(tmp_path), tmp_path / "run", probe_c=bad)

@@ -17,7 +17,7 @@ from vistrain.evaluation.gradcam import grad_cam
 from vistrain.evaluation.predictor import Predictor
 from vistrain.heatmap import cam_from_features
 from vistrain.models import BackboneError, create_backbone, get_backbone
-from vistrain.training.probe import fit_ensemble_probe, fit_probe, probe_logits
+from vistrain.training.probe import choose_probe, fit_ensemble_probe, probe_logits
 from vistrain.training.trainer import TrainConfig, TrainError
 
 PAIR = "efficientnet_lite0+efficientnet_lite1"
@@ -63,13 +63,21 @@ def test_averaged_head_gives_the_mean_of_the_members_logits():
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(3), 20)
     f = rng.normal(size=(60, 12)).astype(np.float32) + y[:, None] * np.linspace(0, 1, 12)
-    w, b, heads = fit_ensemble_probe(f, y, 3, [5, 7])
-    parts = [probe_logits(f[:, :5], *heads[0]), probe_logits(f[:, 5:], *heads[1])]
+    fv = rng.normal(size=(60, 12)).astype(np.float32) + y[:, None] * np.linspace(0, 1, 12)
+    w, b, heads = fit_ensemble_probe(f, y, 3, [5, 7], valid=(fv, y))
+    parts = [probe_logits(f[:, :5], heads[0].weight, heads[0].bias), probe_logits(f[:, 5:], heads[1].weight, heads[1].bias)]
     np.testing.assert_allclose(probe_logits(f, w, b), (parts[0] + parts[1]) / 2, atol=1e-4)
-    # Each member is exactly its own single-backbone probe.
-    np.testing.assert_allclose(heads[1][0].numpy(), fit_probe(f[:, 5:], y, 3)[0].numpy(), atol=1e-6)
+    # Each member is exactly its own single-backbone probe, its C chosen on its own columns.
+    alone = choose_probe(f[:, 5:], y, fv[:, 5:], y, 3)
+    assert heads[1].C == alone.C and heads[1].losses == alone.losses
+    np.testing.assert_allclose(heads[1].weight.numpy(), alone.weight.numpy(), atol=1e-6)
+    # A C per member is used as given (the trainer passes the single probe's when growing).
+    _, _, given = fit_ensemble_probe(f, y, 3, [5, 7], valid=(fv, y), C=[0.1, None])
+    assert given[0].C == 0.1 and given[0].losses == {} and given[1].C == alone.C
     with pytest.raises(ValueError, match="do not add up to 12"):
         fit_ensemble_probe(f, y, 3, [5, 5])
+    with pytest.raises(ValueError, match="3 regularisation strengths for 2 members"):
+        fit_ensemble_probe(f, y, 3, [5, 7], C=[0.1, 0.1, 0.1])
 
 
 def test_finetuning_an_ensemble_is_refused_naming_it(tmp_path):
@@ -122,7 +130,11 @@ def test_ensemble_exports_to_onnx_and_matches_pytorch(ensemble_run, tmp_path):
     from vistrain.runtime import OnnxPredictor
 
     run, data, _, _ = ensemble_run
-    export_run(run.path, ExportConfig(out=tmp_path / "export"))  # fails itself if ONNX and PyTorch differ
+    result = export_run(run.path, ExportConfig(out=tmp_path / "export"))  # fails itself if ONNX and PyTorch differ
+    # Serving an ensemble runs every member: the export says so, with the measured cost.
+    cost = [n for n in result.notes if n.startswith("this model is an ensemble of 2 backbones")]
+    assert len(cost) == 1 and f"{result.info.models['fp32']['latency_ms_1_thread']:.0f} ms per image" in cost[0]
+    assert "--ensemble off" in cost[0]
     files = sorted((data / "test").iterdir())
     onnx_preds = OnnxPredictor.from_folder(tmp_path / "export", "fp32").predict_paths(files)
     torch_preds = Predictor.from_folder(run.path).predict_paths(files)

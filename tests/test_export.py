@@ -32,6 +32,8 @@ def test_export_folder_describes_itself(exported_run, trained_run):
     fp32 = info["models"]["fp32"]
     assert fp32["max_abs_logit_diff"] < 1e-3 and fp32["top1_agreement_with_pytorch"] == 1.0
     assert fp32["valid_accuracy"] == info["validation"]["pytorch_accuracy"]
+    assert fp32["latency_ms_1_thread"] > 0 and info["models"]["int8"]["latency_ms_1_thread"] > 0
+    assert not any("ensemble" in n for n in info["validation"]["notes"])
     assert info["validation"]["images"] == sum(1 for r in csv.DictReader((run / "split.csv").open())
                                                if r["split"] == "valid")
     assert (exported_run / "head.safetensors").is_file()

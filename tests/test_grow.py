@@ -60,7 +60,7 @@ def grow(base, single: Probe, seconds: float, cache=None):
     plan = plan_growth(SilentReporter(), BASE, base["splits"], base["prep"], cache, seconds, base["pixels"],
                        base["module"])
     return grow_ensemble(SilentReporter(), single, plan, base["splits"], base["labels"], base["feats"], base["prep"],
-                         cache, base["pixels"], 3, "accuracy", 0.3, 0, None)
+                         cache, base["pixels"], 3, "accuracy", [0.3, 0.3], 0, None)
 
 
 def useless(base) -> Probe:

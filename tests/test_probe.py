@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from vistrain.training.probe import fit_probe, probe_logits
+from vistrain.training.probe import C_GRID, DEFAULT_C, choose_probe, fit_probe, probe_logits, validation_log_loss
 
 
 def _photo_like(n: int = 120, f: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -51,3 +51,44 @@ def test_near_constant_features_do_not_get_huge_weights() -> None:
     assert swing < 2.0
     # And the probe still classifies well.
     assert (probe_logits(x, w, b).argmax(1) == y).mean() > 0.9
+
+
+def _few_and_noisy(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """30 examples of 3 classes in 200 features, 3 of them informative: weak regularisation overfits."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(3), 10 if seed == 0 else 40)
+    x = rng.normal(size=(len(y), 200))
+    x[:, :3] += 1.0 * np.eye(3)[y]
+    return x, y
+
+
+def test_regularisation_is_chosen_by_validation_log_loss() -> None:
+    x, y = _few_and_noisy(0)
+    xv, yv = _few_and_noisy(1)
+    chosen = choose_probe(x, y, xv, yv, 3)
+    assert set(chosen.losses) == set(C_GRID)
+    assert chosen.C == min(C_GRID, key=chosen.losses.get)
+    # Overfitting is what the choice avoids here: far stronger than the fixed default, and better.
+    assert chosen.C < DEFAULT_C and chosen.losses[chosen.C] < chosen.losses[DEFAULT_C] - 0.05
+    # The kept probe is exactly the probe fitted at the chosen C (not the warm-started path's).
+    w, b = fit_probe(x, y, 3, C=chosen.C)
+    np.testing.assert_allclose(chosen.weight.numpy(), w.numpy(), atol=1e-6)
+    assert abs(validation_log_loss(probe_logits(xv, w, b), yv) - chosen.losses[chosen.C]) < 0.02
+
+
+def test_a_given_c_is_used_as_is_and_no_validation_means_the_default() -> None:
+    x, y = _few_and_noisy(0)
+    xv, yv = _few_and_noisy(1)
+    given = choose_probe(x, y, xv, yv, 3, C=1.0)
+    assert given.C == 1.0 and given.losses == {}
+    np.testing.assert_allclose(given.weight.numpy(), fit_probe(x, y, 3, C=1.0)[0].numpy(), atol=1e-6)
+    assert choose_probe(x, y, None, None, 3).C == DEFAULT_C
+
+
+def test_balanced_log_loss_counts_each_class_equally() -> None:
+    logits = np.log(np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.5, 0.5]]))
+    labels = np.array([0, 0, 0, 1])
+    plain = validation_log_loss(logits, labels)
+    balanced = validation_log_loss(logits, labels, "balanced")
+    np.testing.assert_allclose(plain, (3 * -np.log(0.9) - np.log(0.5)) / 4)
+    np.testing.assert_allclose(balanced, (-np.log(0.9) - np.log(0.5)) / 2)

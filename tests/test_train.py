@@ -37,6 +37,8 @@ def test_probe_run_writes_every_artifact_and_learns(split_folders, tmp_path, cac
     assert set(metrics["valid"]["per_class"]["circles"]) == {"precision", "recall", "f1", "support"}
     assert np.array(metrics["valid"]["confusion_matrix"]).sum() == 9
     assert run.result.stage == "probe"
+    # The probe's regularisation was chosen on validation, and the run says which.
+    assert any(n.startswith("probe regularisation chosen by validation log-loss") for n in metrics["notes"])
 
     with (out / "split.csv").open() as f:
         rows = list(csv.DictReader(f))

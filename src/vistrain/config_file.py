@@ -82,6 +82,8 @@ def normalise(mapping: dict, source: str) -> dict:
             value = _augment(value, source)
         elif key == "ensemble" and value is False:
             value = "off"  # YAML 1.1 reads a bare `off` as false
+        elif key == "probe_c" and value == "auto":
+            value = None  # chosen by validation log-loss
         elif value is not None and key in FLOAT_KEYS and not isinstance(value, str):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{source}: {key} must be a number (got {value!r})")

@@ -29,6 +29,7 @@ from vistrain.export.graph import export_graph
 from vistrain.export.quantize import METHODS, prepare, quantize, single_image_latency_ms
 from vistrain.memory import inference_batch_size
 from vistrain.models.classifier import WEIGHTS_FILE, load_model
+from vistrain.models.registry import ensemble_members
 from vistrain.progress import Reporter, SilentReporter
 from vistrain.runtime.bundle import HEAD_FILE, ExportInfo
 
@@ -96,6 +97,7 @@ def export_run(run_dir: Path | str, cfg: ExportConfig | None = None, reporter: R
         raise ExportError(f"{out / FP32_FILE}: ONNX Runtime logits differ from PyTorch's by {diff:.2e} "
                           f"(more than {cfg.max_logit_diff:.0e}) on {len(y_valid)} validation images")
     models = {"fp32": _entry(out / FP32_FILE, fp32_logits, torch_logits, y_valid, diff)}
+    models["fp32"]["latency_ms_1_thread"] = round(single_image_latency_ms(out / FP32_FILE, prep.size), 2)
     default = "fp32"
 
     rejected: str | None = None
@@ -112,6 +114,14 @@ def export_run(run_dir: Path | str, cfg: ExportConfig | None = None, reporter: R
         else:
             models["int8"] = int8
             default = "int8"
+
+    members = ensemble_members(mcfg.backbone)
+    if len(members) > 1:
+        served = models[default]
+        notes.append(f"this model is an ensemble of {len(members)} backbones ({', '.join(members)}): every image runs "
+                     f"all {len(members)} networks, {served['latency_ms_1_thread']:.0f} ms per image on 1 thread "
+                     f"({default}); train with --ensemble off or one --backbone for a model about "
+                     f"{len(members)}x cheaper to serve")
 
     info = ExportInfo(
         classes=list(mcfg.classes), preprocessing=prep, backbone=mcfg.backbone, temperature=mcfg.temperature,
@@ -274,11 +284,12 @@ def describe(result: ExportResult) -> list[str]:
     info = result.info
     v = info.extra["validation"]
     lines = [f"Exported to {result.folder} ({len(info.classes)} classes, input {info.preprocessing.size} px)",
-             f"PyTorch: {v['pytorch_accuracy']:.1%} on {v['images']} validation images, "
-             f"{info.extra['safetensors_bytes'] / 1e6:.1f} MB safetensors"]
+             (f"PyTorch: {v['pytorch_accuracy']:.1%} on {v['images']} validation images, "
+              f"{info.extra['safetensors_bytes'] / 1e6:.1f} MB safetensors")]
     for name, m in info.models.items():
         lines.append(f"ONNX {name}{' (' + m['method'] + ')' if 'method' in m else ''}: {m['file']}, "
-                     f"{m['bytes'] / 1e6:.1f} MB, validation accuracy {m['valid_accuracy']:.1%}, "
+                     f"{m['bytes'] / 1e6:.1f} MB, {m['latency_ms_1_thread']:.1f} ms per image on 1 thread, "
+                     f"validation accuracy {m['valid_accuracy']:.1%}, "
                      f"top-1 agreement with PyTorch {m['top1_agreement_with_pytorch']:.1%}, "
                      f"max |logit diff| {m['max_abs_logit_diff']:.2e}")
     if "int8" in info.models:

@@ -146,12 +146,13 @@ def plan_growth(ui: Reporter, base: str, splits: dict[str, list], prep: Preproce
 
 def grow_ensemble(ui: Reporter, single: Probe, plan: GrowthPlan, splits: dict[str, list],
                   labels: dict[str, np.ndarray], features: dict[str, np.ndarray], prep: Preprocessing, cache_root,
-                  valid_pixels: np.ndarray, num_classes: int, select_by: str, C: float, seed: int,
+                  valid_pixels: np.ndarray, num_classes: int, select_by: str, C: list[float | None], seed: int,
                   class_weight: str | None, pixel_cache: PixelCache | None = None) -> Growth:
     """The probes ``plan`` fits, and the better of their ensemble with ``single`` and ``single`` alone.
 
     ``splits``/``labels``/``features``: train and valid (and test) records, their label indices and
-    ``single``'s features (train and valid).
+    ``single``'s features (train and valid). ``C``: the single probe's regularisation strength(s),
+    then the partners' (None: each chooses its own on validation, as the single probe did).
     """
     if not plan.fits:
         return Growth(single, [], plan.shortfall_note())
@@ -162,8 +163,10 @@ def grow_ensemble(ui: Reporter, single: Probe, plan: GrowthPlan, splits: dict[st
     f_valid = members_features(ui, modules, splits["valid"], prep, caches, valid_pixels, pixel_cache)
     members = [single.backbone, *plan.fits]
     widths = [get_backbone(m).num_features for m in members]
-    w, b, _ = fit_ensemble_probe(np.hstack([features["train"], f_train]), labels["train"], num_classes, widths, C=C,
-                                 seed=seed, class_weight=class_weight)
+    Cs = [*C[:-1], *[C[-1]] * len(plan.fits)]  # the single probe's are known: no second search
+    w, b, _ = fit_ensemble_probe(np.hstack([features["train"], f_train]), labels["train"], num_classes, widths,
+                                 valid=(np.hstack([features["valid"], f_valid]), labels["valid"]), C=Cs, seed=seed,
+                                 class_weight=class_weight)
     ensemble = score_probe(ENSEMBLE_SEP.join(members), w, b, np.hstack([features["valid"], f_valid]), labels["valid"],
                            num_classes, select_by)
     won = ensemble.beats(single)

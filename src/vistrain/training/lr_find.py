@@ -32,7 +32,7 @@ from vistrain.training.finetune import (
 )
 from vistrain.training.fold import folded_batchnorm
 from vistrain.training.pixels import decode_all
-from vistrain.training.probe import fit_probe
+from vistrain.training.probe import choose_probe
 from vistrain.training.trainer import TrainConfig, choose_image_size
 
 
@@ -96,12 +96,17 @@ def lr_range_test(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | No
     model = build_classifier(ModelConfig(cfg.backbone, classes, prep)).to(device, memory_format=torch.channels_last)
     with ui.stage("decode", len(train)) as advance:
         pixels, canvases = decode_all([r.path for r in train], prep, canvases=True, progress=advance)
-    features = cached_features(ui, model.backbone, train, prep, FeatureCache(cfg.data.cache_dir, cfg.backbone, prep), pixels)
+    cache = FeatureCache(cfg.data.cache_dir, cfg.backbone, prep)
+    features = cached_features(ui, model.backbone, train, prep, cache, pixels)
     del pixels
-    w, b = fit_probe(features, y, len(classes), C=cfg.probe_c, seed=cfg.seed)
+    # The probe train would start fine-tuning from: its C chosen on the validation images alike.
+    valid = index.split("valid")
+    f_valid = cached_features(ui, model.backbone, valid, prep, cache) if valid and cfg.probe_c is None else None
+    y_valid = np.array([classes.index(r.label) for r in valid])
+    probe = choose_probe(features, y, f_valid, y_valid, len(classes), C=cfg.probe_c, seed=cfg.seed)
     with torch.no_grad():
-        model.head.weight.copy_(w)
-        model.head.bias.copy_(b)
+        model.head.weight.copy_(probe.weight)
+        model.head.bias.copy_(probe.bias)
 
     groups = param_groups(model, 1.0, FinetuneConfig().freeze_bottom)  # at lr 1, each group's lr is its share
     shares = [g["lr"] for g in groups]

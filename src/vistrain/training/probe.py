@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -11,10 +12,14 @@ from sklearn.linear_model import LogisticRegression
 
 # Standardisation divides no feature by less than this share of the median feature's std.
 STD_FLOOR = 0.1
+# Regularisation strengths the probe chooses from (by validation log-loss), and the one used where
+# no validation set can choose (the cleaning tools' out-of-fold probes, lr-find).
+C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+DEFAULT_C = 0.3
 
 
 def fit_probe(
-    features: np.ndarray, labels: np.ndarray, num_classes: int, C: float = 0.3, seed: int = 0,
+    features: np.ndarray, labels: np.ndarray, num_classes: int, C: float = DEFAULT_C, seed: int = 0,
     class_weight: str | None = None, std_floor: float = STD_FLOOR,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights ``(num_classes, F)`` and bias ``(num_classes,)`` for a head on raw features.
@@ -32,15 +37,31 @@ def fit_probe(
     0.25 at 91.2% with the floor) and fine-tuning started at a training loss of 2.2 instead of 1.0.
     On photos no channel is that flat (climbing: smallest std 0.16x the median), so nothing changes.
     """
+    return fit_probe_path(features, labels, num_classes, (C,), seed, class_weight, std_floor)[0]
+
+
+def fit_probe_path(
+    features: np.ndarray, labels: np.ndarray, num_classes: int, Cs, seed: int = 0,
+    class_weight: str | None = None, std_floor: float = STD_FLOOR,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`fit_probe` for each of ``Cs`` in turn, each fit starting from the previous solution."""
     mu = features.mean(axis=0)
     sigma = features.std(axis=0)
     sigma = np.maximum(sigma, std_floor * np.median(sigma)) + 1e-6
     z = (features - mu) / sigma
-    lr = LogisticRegression(C=C, max_iter=2000, random_state=seed, class_weight=class_weight)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        lr.fit(z, labels)
-    coef = np.zeros((num_classes, features.shape[1]))
+    lr = LogisticRegression(max_iter=2000, random_state=seed, class_weight=class_weight, warm_start=True)
+    heads = []
+    for C in Cs:
+        lr.set_params(C=C)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            lr.fit(z, labels)
+        heads.append(_fold(lr, mu, sigma, num_classes))
+    return heads
+
+
+def _fold(lr: LogisticRegression, mu: np.ndarray, sigma: np.ndarray, num_classes: int):
+    coef = np.zeros((num_classes, len(mu)))
     intercept = np.zeros(num_classes)
     present = lr.classes_.astype(int)
     if len(present) == 2 and coef.shape[0] >= 2:
@@ -55,27 +76,93 @@ def fit_probe(
     return torch.tensor(w, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
 
 
+def validation_log_loss(logits: np.ndarray, labels: np.ndarray, class_weight: str | None = None) -> float:
+    """Mean negative log-likelihood; with ``class_weight="balanced"`` each class counts equally."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    nll = np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(labels)), labels]
+    if class_weight != "balanced":
+        return float(nll.mean())
+    counts = np.bincount(labels)
+    return float(np.mean([nll[labels == c].mean() for c in np.flatnonzero(counts)]))
+
+
+@dataclass
+class ChosenProbe:
+    weight: torch.Tensor
+    bias: torch.Tensor
+    C: float
+    losses: dict[float, float]  # validation log-loss at each C tried (empty when C was given)
+
+
+def choose_probe(
+    f_train: np.ndarray, y_train: np.ndarray, f_valid: np.ndarray | None, y_valid: np.ndarray | None,
+    num_classes: int, C: float | None = None, seed: int = 0, class_weight: str | None = None,
+) -> ChosenProbe:
+    """The probe at ``C``, or, when ``C`` is None, at the ``C_GRID`` value of lowest validation log-loss.
+
+    Why choose: the right strength depends on the data. At the old fixed C = 0.3 the clothing probe
+    (3068 photos, 10 classes) was overfitted: validation log-loss 0.436, against 0.367 at C = 0.01
+    (test 90.9% -> 92.2%); on climbing (316 photos) 0.3 stays the best. Log-loss, a proper score,
+    rather than accuracy: it moves smoothly with C where 109 validation images change accuracy in
+    steps of 0.9 points. The grid is fitted warm-started, strongest regularisation first (clothing:
+    9 s for the six, against 19 s fitted one by one).
+    """
+    if C is not None or f_valid is None or y_valid is None or not len(y_valid):
+        w, b = fit_probe(f_train, y_train, num_classes, DEFAULT_C if C is None else C, seed, class_weight)
+        return ChosenProbe(w, b, DEFAULT_C if C is None else C, {})
+    heads = fit_probe_path(f_train, y_train, num_classes, C_GRID, seed, class_weight)
+    losses = {c: validation_log_loss(probe_logits(f_valid, w, b), y_valid, class_weight)
+              for c, (w, b) in zip(C_GRID, heads)}
+    best = min(C_GRID, key=lambda c: losses[c])
+    # Refitted from scratch: the warm-started path stops within the solver's tolerance of the optimum,
+    # which moved a borderline climbing image; the kept probe is exactly fit_probe at the chosen C.
+    w, b = fit_probe(f_train, y_train, num_classes, best, seed, class_weight)
+    return ChosenProbe(w, b, best, losses)
+
+
 def probe_logits(features: np.ndarray, w: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return features @ w.numpy().T + b.numpy()
 
 
 def fit_ensemble_probe(
-    features: np.ndarray, labels: np.ndarray, num_classes: int, widths: list[int], **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    features: np.ndarray, labels: np.ndarray, num_classes: int, widths: list[int],
+    valid: tuple[np.ndarray, np.ndarray] | None = None, C: float | None | list[float | None] = None,
+    seed: int = 0, class_weight: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[ChosenProbe]]:
     """One probe per member (``features`` holds the members' columns side by side, ``widths`` wide),
     then one head whose logits are the average of the members' logits.
 
-    Each member is fitted alone, exactly as its single-backbone probe, so each member's own
-    validation score can be reported next to the ensemble's; one probe on all columns did no
-    better (clothing, three Lite members: 90.9% validation either way).
-    Returns the averaged head and the members' own heads.
+    Each member is fitted alone, exactly as its single-backbone probe (its own C chosen on its own
+    validation log-loss, see :func:`choose_probe`), so each member's own validation score can be
+    reported next to the ensemble's; one probe on all columns did no better (clothing, three Lite
+    members: 90.9% validation either way). ``valid``: validation features (same columns) and labels;
+    ``C``: one value for every member, one per member, or None (chosen; needs ``valid``).
+    Returns the averaged head and the members' own probes.
     """
     if sum(widths) != features.shape[1]:
         raise ValueError(f"member widths {widths} do not add up to {features.shape[1]} feature columns")
-    heads, start = [], 0
-    for width in widths:
-        heads.append(fit_probe(features[:, start : start + width], labels, num_classes, **kwargs))
+    Cs = list(C) if isinstance(C, (list, tuple)) else [C] * len(widths)
+    if len(Cs) != len(widths):
+        raise ValueError(f"{len(Cs)} regularisation strengths for {len(widths)} members")
+    members, start = [], 0
+    for width, c in zip(widths, Cs):
+        cols = slice(start, start + width)
+        f_valid, y_valid = (valid[0][:, cols], valid[1]) if valid is not None else (None, None)
+        members.append(choose_probe(features[:, cols], labels, f_valid, y_valid, num_classes, c, seed, class_weight))
         start += width
-    w = torch.cat([h[0] for h in heads], dim=1) / len(heads)
-    b = torch.stack([h[1] for h in heads]).mean(dim=0)
-    return w, b, heads
+    w = torch.cat([m.weight for m in members], dim=1) / len(members)
+    b = torch.stack([m.bias for m in members]).mean(dim=0)
+    return w, b, members
+
+
+def describe_choice(members: list[ChosenProbe], names: list[str]) -> str | None:
+    """A note on the chosen strengths, or None when none was chosen."""
+    chosen = [(n, m) for n, m in zip(names, members) if m.losses]
+    if not chosen:
+        return None
+    parts = []
+    for name, m in chosen:
+        prefix = f"{name} " if len(names) > 1 else ""
+        at_default = f", {m.losses[DEFAULT_C]:.3f} at {DEFAULT_C:g}" if m.C != DEFAULT_C and DEFAULT_C in m.losses else ""
+        parts.append(f"{prefix}C = {m.C:g} (validation log-loss {m.losses[m.C]:.3f}{at_default})")
+    return "probe regularisation chosen by validation log-loss from " + "/".join(f"{c:g}" for c in C_GRID) + ": " + "; ".join(parts)

@@ -71,7 +71,7 @@ from vistrain.training.grow import (
 )
 from vistrain.training.mirror import MirrorCheck, mirror_check, mirrored
 from vistrain.training.pixels import decode_all
-from vistrain.training.probe import fit_ensemble_probe, probe_logits
+from vistrain.training.probe import describe_choice, fit_ensemble_probe, probe_logits
 from vistrain.training.schedules import check_schedule
 
 MODES = ("auto", "probe", "finetune")
@@ -105,7 +105,7 @@ class TrainConfig:
     lr: float = 1e-4
     label_smoothing: float = 0.0
     patience: int = 3
-    probe_c: float = 0.3
+    probe_c: float | None = None  # None: chosen by validation log-loss (probe.C_GRID)
     seed: int = 0
     resume: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -145,8 +145,8 @@ class TrainConfig:
             raise TrainError(f"resize method {self.resize!r} is not one of {', '.join(RESIZE_METHODS)}")
         if self.patience < 1:
             raise TrainError(f"patience must be at least 1 epoch (got {self.patience})")
-        if self.probe_c <= 0:
-            raise TrainError(f"probe regularisation C must be positive (got {self.probe_c})")
+        if self.probe_c is not None and (isinstance(self.probe_c, (bool, str)) or not self.probe_c > 0):
+            raise TrainError(f"probe regularisation C must be a positive number, or auto (got {self.probe_c!r})")
         if not 0 <= self.weight_decay < 1:
             raise TrainError(f"weight decay {self.weight_decay} must be within [0, 1)")
         if not 0 <= self.dropout < 1:
@@ -249,13 +249,15 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
         train_pixels = None  # fine-tuning reads the canvases; free the eval views of the training set
         widths = [get_backbone(m).num_features for m in members]
         class_weight = "balanced" if balance != "none" else None
-        w, b, heads = fit_ensemble_probe(f_train, y_train, len(classes), widths, C=cfg.probe_c, seed=cfg.seed,
-                                         class_weight=class_weight)
+        w, b, heads = fit_ensemble_probe(f_train, y_train, len(classes), widths, valid=(f_valid, y_valid),
+                                         C=cfg.probe_c, seed=cfg.seed, class_weight=class_weight)
+        probe_c = [h.C for h in heads]
+        choice = describe_choice(heads, members)
         single = score_probe(cfg.backbone, w, b, f_valid, y_valid, len(classes), select_by)
         probe_valid_logits, probe_acc, probe_loss, probe_score = single.valid_logits, single.accuracy, single.loss, single.score
         if len(members) > 1:
             ui.log("Ensemble of linear probes (logits averaged); alone on validation: " + ", ".join(
-                f"{m} {_accuracy(probe_logits(f, *h), y_valid):.1%}"
+                f"{m} {_accuracy(probe_logits(f, h.weight, h.bias), y_valid):.1%}"
                 for m, f, h in zip(members, np.split(f_valid, np.cumsum(widths)[:-1], axis=1), heads)))
         with torch.no_grad():
             model.head.weight.copy_(w)
@@ -263,13 +265,16 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     else:
         if resumed.probe_head is not None:
             model.head.load_state_dict(resumed.probe_head)
-        probe_valid_logits = None
+        probe_valid_logits, probe_c, choice = None, None, None
         probe_acc, probe_loss = resumed.probe_accuracy, resumed.probe_loss
         probe_score = resumed.probe_score if resumed.probe_score is not None else probe_acc
     probe_state = {k: v.clone() for k, v in model.state_dict().items()}
     ui.log(f"Linear probe: validation accuracy {probe_acc:.1%} ({time.perf_counter() - t_start:.0f} s so far)")
 
     notes: list[str] = []
+    if choice:
+        ui.log("  " + choice)
+        notes.append(choice)
     if len(members) > 1 and cfg.mode == "auto":
         notes.append(f"an ensemble of {len(members)} backbones trains linear probes only: no fine-tuning")
     if ratio >= IMBALANCED_RATIO or balance != "none":
@@ -321,7 +326,8 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
                     ft_state = FinetuneState(planned_epochs=0)
                     growth = grow_ensemble(ui, single, plan, splits, {"train": y_train, "valid": y_valid},
                                            {"train": f_train, "valid": f_valid}, prep, cfg.data.cache_dir, valid_pixels,
-                                           len(classes), select_by, cfg.probe_c, cfg.seed, class_weight, pixel_cache)
+                                           len(classes), select_by, [*probe_c, cfg.probe_c], cfg.seed, class_weight,
+                                           pixel_cache)
                     ui.log("  " + growth.note)
                     notes.append(growth.note)
         if ft_state.planned_epochs > len(ft_state.history):
