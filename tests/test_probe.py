@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from vistrain.training.probe import C_GRID, DEFAULT_C, choose_probe, fit_probe, probe_logits, validation_log_loss
+from vistrain.training.probe import (
+    C_GRID,
+    DEFAULT_C,
+    choose_probe,
+    fit_probe,
+    probe_logits,
+    validation_log_loss,
+)
 
 
 def _photo_like(n: int = 120, f: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
