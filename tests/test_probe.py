@@ -9,6 +9,7 @@ from vistrain.training.probe import (
     C_GRID,
     DEFAULT_C,
     choose_probe,
+    clearly_lower,
     fit_probe,
     probe_logits,
     validation_log_loss,
@@ -99,3 +100,20 @@ def test_balanced_log_loss_counts_each_class_equally() -> None:
     balanced = validation_log_loss(logits, labels, "balanced")
     np.testing.assert_allclose(plain, (3 * -np.log(0.9) - np.log(0.5)) / 4)
     np.testing.assert_allclose(balanced, (-np.log(0.9) - np.log(0.5)) / 2)
+
+
+def test_only_a_clear_gain_moves_c_away_from_the_default() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 100)
+    reference = rng.normal(size=(100, 3))
+    reference[np.arange(100), labels] += 1.0
+    assert not clearly_lower(reference, reference, labels)
+    # A uniformly better model (every image's true-class logit up by 1): clearly lower.
+    better = reference.copy()
+    better[np.arange(100), labels] += 1.0
+    assert clearly_lower(better, reference, labels) and clearly_lower(better, reference, labels, "balanced")
+    # Lower on average, but by less than the image-to-image noise of the difference: not enough.
+    noisy = reference + rng.normal(scale=0.5, size=reference.shape)
+    noisy[np.arange(100), labels] += 0.2
+    assert validation_log_loss(noisy, labels) < validation_log_loss(reference, labels) - 0.02
+    assert not clearly_lower(noisy, reference, labels)
