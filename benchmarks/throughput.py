@@ -58,7 +58,7 @@ def training_run_peak(data: Path, cache: Path, extra: list[str]) -> dict:
     out = Path(tempfile.mkdtemp(prefix="vistrain-throughput-run-"))
     argv = ["train", str(data), "--out", str(out), "--mode", "finetune", "--epochs", "1", "--no-time-budget",
             "--cache-dir", str(cache), *extra]
-    done = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True, check=False)
     line = next((x for x in done.stdout.splitlines() if x.startswith("PEAK ")), None)
     if line is None:
         raise SystemExit(f"training run failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
@@ -83,7 +83,7 @@ def main() -> None:
     records = index.split("train")[: args.limit]
     paths = [r.path for r in records]
     prep = get_backbone("efficientnet_lite0").preprocessing(args.size)
-    (pixels, canvases), s = timed(lambda: decode_all(paths, prep, canvases=True))
+    (pixels, _canvases), s = timed(lambda: decode_all(paths, prep, canvases=True))
     rates["decode_pixels_and_canvases"] = len(paths) / s
     # The disk pixel cache: first build (decode + resize + write), then a warm read of the same views.
     pixel_cache = PixelCache(cache, prep)

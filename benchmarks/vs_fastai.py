@@ -119,7 +119,7 @@ def main() -> None:
     for which in ["vistrain"] + ([] if args.skip_fastai else ["fastai"]):
         print(f"--- {which} ---", flush=True)
         proc = subprocess.run([sys.executable, __file__, str(args.data), "--child", which],
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, text=True, check=False)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not lines:
             raise SystemExit(f"{which} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")

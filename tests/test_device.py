@@ -120,7 +120,7 @@ def test_cuda_training_with_mixed_precision_loads_and_predicts_on_the_cpu(split_
     training = json.loads((out / "config.json").read_text())["training"]
     assert training["device"].startswith("cuda") and training["amp"] is True and training["device_requested"] == "cuda"
     with safe_open(str(out / "model.safetensors"), "pt") as f:  # saved from CPU tensors, loads without a GPU
-        assert all(f.get_tensor(k).device.type == "cpu" for k in f.keys())
+        assert all(f.get_tensor(k).device.type == "cpu" for k in f.keys())  # noqa: SIM118 (safe_open is not a dict)
 
     cpu = vistrain.load(out, device="cpu")
     assert cpu.predictor.device.type == "cpu"
@@ -148,5 +148,5 @@ def test_batch_workers_and_activation_budget_by_device(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four torchrun processes share the cores
     assert batch_workers(torch.device("cuda", 0)) == 3
     if not NO_CUDA:
-        free, total = torch.cuda.mem_get_info(0)
+        _free, total = torch.cuda.mem_get_info(0)
         assert 0 < gpu_activation_budget(torch.device("cuda", 0)) <= total / 2

@@ -86,7 +86,7 @@ def test_finetuning_an_ensemble_is_refused_naming_it(tmp_path):
 
 
 def test_ensemble_run_keeps_averaged_probes_and_round_trips(ensemble_run):
-    run, data, cache, recorder = ensemble_run
+    run, data, _cache, recorder = ensemble_run
     assert run.result.stage == "probe" and run.result.finetune is None  # auto: probes only
     assert any("ensemble of 2 backbones" in n for n in run.result.notes)
     assert run.metrics["valid"]["accuracy"] >= 0.8
@@ -102,7 +102,7 @@ def test_ensemble_run_keeps_averaged_probes_and_round_trips(ensemble_run):
 
 
 def test_members_share_the_feature_cache_with_single_backbone_runs(ensemble_run, tmp_path):
-    run, data, cache, _ = ensemble_run
+    _run, data, cache, _ = ensemble_run
     alone = StageRecorder()
     single = vistrain.train(data, out=tmp_path / "lite0", cache_dir=cache, mode="probe", reporter=alone, **FAST)
     assert not {"features", "decode"} & set(alone.stages)  # Lite0's features came from the ensemble run

@@ -115,7 +115,7 @@ def test_onnx_predictor_matches_pytorch_on_sample_images(exported_run, trained_r
 def test_heatmap_from_onnx_features_matches_head_weights(exported_run, trained_run):
     pred = OnnxPredictor.from_folder(exported_run, "fp32")
     _, data = trained_run
-    px = pred.pixels_from_file(sorted((data / "circles").iterdir())[0])[None]
+    px = pred.pixels_from_file(min((data / "circles").iterdir()))[None]
     logits, feats = pred.outputs_from_pixels(px)
     cls = int(logits[0].argmax())
     cam = pred.heatmap(feats[0], cls)

@@ -46,7 +46,7 @@ def test_exif_orientation_is_applied(tmp_path):
     img.save(tmp_path / "rotated.jpg", exif=exif, quality=95)
     out = load_rgb(tmp_path / "rotated.jpg")
     assert out.size == (20, 40)
-    r, g, b = out.getpixel((10, 3))  # the left band is now on top
+    r, _g, b = out.getpixel((10, 3))  # the left band is now on top
     assert r > 200 and b < 60
 
 

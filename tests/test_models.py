@@ -69,7 +69,7 @@ def _picture():
 
 
 def test_resize_methods():
-    base = dict(mean=(0.5,) * 3, std=(0.5,) * 3)
+    base = {"mean": (0.5,) * 3, "std": (0.5,) * 3}
     crop = to_model_pixels(_picture(), Preprocessing(64, **base, resize="crop"))
     pad = to_model_pixels(_picture(), Preprocessing(64, **base, resize="pad"))
     squish = to_model_pixels(_picture(), Preprocessing(64, **base, resize="squish"))

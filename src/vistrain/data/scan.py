@@ -51,7 +51,7 @@ def _inspect(path: Path, max_pixels: int) -> dict:
     except ImageError as exc:
         facts["reason"] = exc.reason
         return facts
-    except Exception as exc:  # Pillow raises many types for hostile files; each is a skip, not a crash
+    except Exception as exc:  # noqa: BLE001 -- Pillow raises many types for hostile files; each is a skip, not a crash
         facts["reason"] = f"unreadable ({type(exc).__name__}: {exc})"
         return facts
     facts.update(format=header["format"], mode=header["mode"])

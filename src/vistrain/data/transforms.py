@@ -87,7 +87,7 @@ def to_train_canvas(img: Image.Image, prep: Preprocessing, margin: float = CANVA
     ``crop`` keeps the aspect ratio (shorter side ``margin * size``, longer side capped at twice
     that), ``squish`` and ``pad`` give the square they would give at evaluation, ``margin`` larger.
     """
-    s = int(math.ceil(prep.size * margin))
+    s = math.ceil(prep.size * margin)
     w, h = img.size
     if prep.resize == "crop":
         scale = s / min(w, h)
@@ -111,7 +111,7 @@ def _centre_aspect(img: Image.Image, aspect: float) -> Image.Image:
 
 def _pad_colour(prep: Preprocessing) -> tuple[int, int, int]:
     # The mean colour normalises to zero: padding carries no signal.
-    return tuple(int(round(m * 255)) for m in prep.mean)
+    return tuple(round(m * 255) for m in prep.mean)
 
 
 def normalize_array(batch: np.ndarray, prep: Preprocessing) -> np.ndarray:

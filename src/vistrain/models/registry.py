@@ -167,4 +167,4 @@ def package_file(module: str, *parts: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(module)
-    return Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+    return Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)

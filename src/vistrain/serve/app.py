@@ -171,7 +171,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
 
     @app.post("/predict", response_model=PredictResponse, responses=refusals)
     async def predict(request: Request,
-                      file: list[UploadFile] = File(..., description="one or more images (repeat the field)"),
+                      file: list[UploadFile] = File(..., description="one or more images (repeat the field)"),  # noqa: B008 (FastAPI idiom)
                       top_k: int = Query(3, ge=1, le=100, description="how many classes to list per image"),
                       heatmap: bool = Query(False, description="add a class activation heat map (PNG data URL)")):
         predictor: OnnxPredictor = request.app.state.predictor

@@ -85,7 +85,7 @@ class MicroBatcher:
             try:
                 logits, feats = await loop.run_in_executor(self._executor, self.run_batch,
                                                            np.concatenate([j.pixels for j in jobs]))
-            except Exception as exc:  # a failed batch fails its requests, never the worker
+            except Exception as exc:  # noqa: BLE001 -- a failed batch fails its requests, never the worker
                 for j in jobs:
                     if not j.future.done():
                         j.future.set_exception(exc)

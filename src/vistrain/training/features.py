@@ -46,7 +46,7 @@ def onnx_session(backbone: nn.Module, name: str, prep: Preprocessing, cache_dir:
                 torch.onnx.export(backbone.eval(), (dummy,), str(tmp), input_names=["x"], output_names=["features"],
                                   dynamic_axes={"x": {0: "n"}, "features": {0: "n"}}, opset_version=17, dynamo=False)
             os.replace(tmp, path)
-        except Exception:  # an exporter gap for some backbone only costs speed
+        except Exception:  # noqa: BLE001 -- an exporter gap for some backbone only costs speed
             tmp.unlink(missing_ok=True)
             return None
     opts = ort.SessionOptions()
