@@ -141,7 +141,9 @@ def test_cli_export_carries_temperature_and_threshold(trained_run, tmp_path, cap
     info = json.loads((run / "export" / "export.json").read_text())
     assert (info["temperature"], info["unsure_threshold"]) == (1.7, 0.6)
     assert set(info["models"]) == {"fp32"} and info["default"] == "fp32"
-    assert "validation accuracy" in capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # the console wraps lines at its width
+    assert "validation accuracy" in out
+    assert f"{info['models']['fp32']['latency_ms_1_thread']:.1f} ms per image on 1 thread" in out
     pred = OnnxPredictor.from_folder(run)  # a run folder finds its export/
     assert pred.temperature == 1.7 and pred.unsure_threshold == 0.6
 
