@@ -100,6 +100,43 @@ def test_predict_csv_into_and_unsure(trained, tmp_path):
     assert (sorted_dir / "circles" / "photo0.png").exists()
 
 
+def test_predict_table_names_files_below_their_shared_folder(trained, tmp_path, capsys):
+    _data, run = trained
+    new = tmp_path / "holiday photos, sorted later" / "new"
+    (new / "sub").mkdir(parents=True)
+    make_image("circles", 8100).save(new / "circle_photo.png")
+    make_image("stripes", 8101).save(new / "sub" / "stripe_photo.png")
+    assert main(["predict", str(run), str(new), "--top-k", "2", "--unsure", "0"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert str(new) in out.replace("\n", "") and out.count("holiday") == 1  # named once, in the title
+    row = next(line for line in lines if "circle_photo.png" in line)
+    assert "circles" in row and "%" in row  # the answer, whole, on the file's own line
+    assert any("sub/stripe_photo.png" in line and "stripes" in line for line in lines)
+
+
+def test_predictions_table_keeps_long_class_names_whole_in_80_columns():
+    from rich.console import Console
+
+    from vistrain.evaluation.render import predictions_table
+
+    classes = ["outdoor_sport_climbing", "outdoor_trad_climbing", "indoor_bouldering"]
+    rows = [{"path": f"photos/2026/trip/{name}_{i}.jpg", "label": classes[i], "probability": 0.9, "unsure": i == 2,
+             "top": [(classes[i], 0.9), (classes[i - 1], 0.07), (classes[i - 2], 0.03)], "error": None}
+            for i, name in enumerate(["a_rather_long_file_name", "b", "c"])]
+    rows.append({"path": "photos/2026/trip/broken.jpg", "label": None, "probability": None, "unsure": False,
+                 "top": [], "error": "not an image [truncated]"})
+    console = Console(width=80, record=True, force_terminal=False)
+    console.print(predictions_table(rows, 3, width=80))
+    text = console.export_text()
+    assert max(map(len, text.splitlines())) <= 80
+    assert text.startswith("in photos/2026/trip") and "photos/2026" not in text[20:]
+    for i, line in enumerate(classes):
+        assert f"{line} 90.0%" in text  # the answer is never cut, whatever the width
+    assert "(unsure)" in text and "not an image [truncated]" in text  # markup-like text printed as is
+    assert "outdoor_trad_climbing 7.0%" in text  # runners-up under the answer
+
+
 def test_predict_json_to_stdout(trained, capsys):
     data, run = trained
     assert main(["predict", str(run), str(data / "stripes" / "stripes_0.png"), "--json"]) == 0

@@ -115,9 +115,10 @@ def test_default_run_spends_a_budget_fine_tuning_cannot_use_on_partner_probes(da
     verdict = next(n for n in notes if "the time went to probes of efficientnet_lite1, efficientnet_lite2:" in n)
     kept = ALL if "ensemble kept" in verdict else BASE
     assert run.result.stage == "probe" and run.result.model_config.backbone == kept
-    # Lite0 on all 30 images (+ the mirror check's 9 mirrored); partners on train and valid (27
-    # each), and on test only when their ensemble is kept.
-    assert recorder.stages["features"] == 39 + 2 * 27 + (2 * 3 if kept == ALL else 0)
+    # Lite0 on all 30 images; partners on train and valid (27 each), and on test only when their
+    # ensemble is kept. No mirror check: no epoch follows that would use its verdict.
+    assert recorder.stages["features"] == 30 + 2 * 27 + (2 * 3 if kept == ALL else 0)
+    assert run.result.mirror is None
     # The saved run is the kept model: the same validation score, the same test answers.
     loaded = Predictor.from_folder(run.path)
     assert loaded.config.backbone == kept
@@ -136,7 +137,8 @@ def test_ensemble_off_keeps_one_backbone_and_names_the_alternative(data, tmp_pat
     run = vistrain.train(data, out=tmp_path / "run", cache_dir=tmp_path / "cache", image_size=SIZE,
                          time_budget=600, ensemble="off", reporter=recorder)
     assert run.result.model_config.backbone == BASE
-    assert recorder.stages["features"] == 39  # Lite0 only: no partner computed anything
+    assert recorder.stages["features"] == 30  # Lite0 only: no partner, no mirror check computed anything
+    assert run.result.mirror is None
     assert any(n.endswith(f"--backbone {ALL}") and "fine-tuning skipped" in n for n in run.result.notes)
     with pytest.raises(ValueError, match="ensemble 'always' is not one of auto, off"):
         vistrain.train(data, out=tmp_path / "bad", ensemble="always")

@@ -39,7 +39,8 @@ def run(args, console, reporter) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        console.print(predictions_table(rows, min(args.top_k, len(rows[0]["top"]) if rows and rows[0]["top"] else 1)))
+        top_k = min(args.top_k, max((len(r["top"]) for r in rows), default=1))
+        console.print(predictions_table(rows, top_k, width=console.width))
     failed = sum(1 for r in rows if r["error"])
     unsure = sum(1 for r in rows if r["unsure"])
     console.print(f"{len(rows)} file(s): {len(rows) - failed} classified ({unsure} unsure), {failed} failed"

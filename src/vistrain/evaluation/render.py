@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 
 def per_class_table(metrics: dict, title: str) -> Table:
@@ -32,20 +36,52 @@ def confusion_table(metrics: dict) -> Table:
     return t
 
 
-def predictions_table(rows: list[dict], top_k: int) -> Table:
-    t = Table(title_justify="left")
-    t.add_column("file", overflow="fold")
-    t.add_column("prediction")
-    for i in range(1, top_k):
-        t.add_column(f"#{i + 1}")
+def predictions_table(rows: list[dict], top_k: int, width: int | None = None) -> Table:
+    """One row per file: its path below the folder the files share (named in the title, so long
+    paths do not squeeze the answers), the prediction in full, then the runners-up: in a column of
+    their own where ``width`` (the console's) has room for it, else under the answer."""
+    folder = common_folder([r["path"] for r in rows])
+    names = [os.path.relpath(r["path"], folder) if folder else r["path"] for r in rows]
+    answers, rests = [], []
     for r in rows:
         if r["error"]:
-            t.add_row(r["path"], f"[red]error: {r['error']}", *[""] * (top_k - 1))
+            answers.append(f"[red]error: {escape(r['error'])}")
+            rests.append("")
             continue
-        first = f"{r['label']} {r['probability']:.1%}" + (" [yellow](unsure)" if r["unsure"] else "")
-        rest = [f"{c} {p:.1%}" for c, p in r["top"][1:]]
-        t.add_row(r["path"], first, *(rest + [""] * (top_k - 1 - len(rest))))
+        answers.append(f"{escape(r['label'])} {r['probability']:.1%}" + (" [yellow](unsure)" if r["unsure"] else ""))
+        rests.append(", ".join(f"{escape(c)} {p:.1%}" for c, p in r["top"][1:top_k]))
+    answer_w = max((len(Text.from_markup(a).plain) for a, r in zip(answers, rows) if not r["error"]), default=10)
+    rest_w = max((len(Text.from_markup(x).plain) for x in rests), default=0)
+    name_w = max(map(len, names), default=4)
+    beside = top_k > 1 and (width is None or name_w + answer_w + rest_w + 10 <= width)
+    # Rows of several lines need rules between them to be read as rows.
+    t = Table(title=f"in {folder}" if folder else None, title_justify="left", show_lines=not beside and top_k > 1)
+    t.add_column("file", overflow="fold")
+    t.add_column("prediction" if beside or top_k == 1 else "prediction (then)", min_width=answer_w, overflow="fold")
+    if beside:
+        t.add_column("then", overflow="fold")
+    for name, answer, rest in zip(names, answers, rests):
+        if beside:
+            t.add_row(escape(name), answer, rest)
+        else:
+            t.add_row(escape(name), answer + (f"\n[dim]{rest}" if rest else ""))
     return t
+
+
+def common_folder(paths: list[str]) -> str | None:
+    """The deepest folder holding all ``paths``, spelt as they are (relative stays relative), or
+    None when they share none worth naming."""
+    dirs = [os.path.dirname(p) for p in paths]
+    try:
+        folder = os.path.commonpath(dirs) if dirs else ""
+    except ValueError:  # relative and absolute mixed, or different drives
+        try:
+            folder = os.path.commonpath([os.path.abspath(d) for d in dirs])
+        except ValueError:
+            return None
+    if not folder or folder == os.path.dirname(folder):  # none, or the filesystem root: nothing saved
+        return None
+    return folder
 
 
 def worst_classes(metrics: dict, n: int = 2) -> list[str]:

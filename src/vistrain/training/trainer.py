@@ -283,16 +283,9 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     growth: Growth | None = None
     check: MirrorCheck | None = None
     if want_finetune:
-        augment = cfg.augment
-        if augment.flip == "auto":
-            check = _mirror_check(ui, model, valid, valid_pixels, y_valid, prep, caches[0], probe_valid_logits)
-            ui.log("  " + check.describe())
-            augment = replace(augment, flip=check.keep_flips)
-            if not check.keep_flips:
-                notes.append(check.describe())
         ft_cfg = FinetuneConfig(
             epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, label_smoothing=cfg.label_smoothing,
-            patience=cfg.patience, augment=augment, seed=cfg.seed, weight_decay=cfg.weight_decay,
+            patience=cfg.patience, augment=cfg.augment, seed=cfg.seed, weight_decay=cfg.weight_decay,
             schedule=cfg.schedule, balance=balance, select_by=select_by,
             micro_batch=training_micro_batch(cfg.batch_size, train_preprocessing(prep).size,
                                              _activation_budget(cfg, device)),
@@ -330,6 +323,14 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
                                            pixel_cache)
                     ui.log("  " + growth.note)
                     notes.append(growth.note)
+        if ft_state.planned_epochs > len(ft_state.history) and ft_cfg.augment.flip == "auto":
+            # Only now that epochs will run: the check costs a pass over the mirrored validation
+            # images (clothing: 18 s), time that otherwise goes to partner probes.
+            check = _mirror_check(ui, model, valid, valid_pixels, y_valid, prep, caches[0], probe_valid_logits)
+            ui.log("  " + check.describe())
+            ft_cfg = replace(ft_cfg, augment=replace(ft_cfg.augment, flip=check.keep_flips))
+            if not check.keep_flips:
+                notes.append(check.describe())
         if ft_state.planned_epochs > len(ft_state.history):
             extra = {"image_size": size, "probe_accuracy": probe_acc, "probe_loss": probe_loss, "probe_score": probe_score}
             with ui.stage("fine-tune", (ft_state.planned_epochs - len(ft_state.history)) * len(canvases)) as advance:
@@ -410,8 +411,11 @@ def _plan(ui, model, canvases, y_train, valid_pixels, prep, ft_cfg: FinetuneConf
         evaluate_logits(model, probe, prep)
     eval_s = (time.perf_counter() - t_eval) * len(valid_pixels) / len(probe)
     if cfg.time_budget is not None:
-        # Keep a margin for the final evaluation and for writing the run.
-        ft_cfg.time_budget = cfg.time_budget - (time.perf_counter() - t_start) - 2 * eval_s
+        # Keep a margin for the final evaluation and for writing the run, and for the mirror check
+        # that runs before the first epoch (features of the mirrored validation images: about one
+        # evaluation's time, ONNX Runtime being no slower than the eager model).
+        margin = (3 if ft_cfg.augment.flip == "auto" else 2) * eval_s
+        ft_cfg.time_budget = cfg.time_budget - (time.perf_counter() - t_start) - margin
     planned, epoch_s = plan_epochs(ft_cfg, len(canvases), step_s, eval_s)
     planned = int(agree_min(planned))  # every process must run the same epochs
     if cfg.mode == "finetune" and planned == 0:
