@@ -60,3 +60,32 @@ def test_train_lr_auto_uses_the_suggestion(trained_run, tmp_path):
     assert learning_rate("auto") == "auto" and learning_rate("3e-4") == 3e-4
     with pytest.raises(argparse.ArgumentTypeError, match="neither a number nor 'auto'"):
         learning_rate("fast")
+
+
+
+def test_lr_find_starts_from_the_class_weighted_probe_training_would_start_from(tmp_path, monkeypatch):
+    from conftest import write_class_folders
+
+    from vistrain.data.dataset import DataConfig, build_index
+    from vistrain.training import lr_find
+    from vistrain.training.trainer import TrainConfig
+
+    data = tmp_path / "photos"
+    write_class_folders(data, per_class=5, classes=("circles",))
+    write_class_folders(data, per_class=15, classes=("squares", "stripes"))  # 3:1, which training weights
+    data_cfg = DataConfig(data, cache_dir=tmp_path / "cache")
+    index = build_index(data_cfg)
+    real, seen = lr_find.choose_probe, []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("class_weight"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lr_find, "choose_probe", recording)
+    for balance, expected in (("auto", "balanced"), ("none", None)):
+        cfg = TrainConfig(data=data_cfg, out=tmp_path / "unused", image_size=64, batch_size=8,
+                          balance=balance)
+        result = lr_find.lr_range_test(index, cfg, steps=10)
+        assert seen[-1] == expected
+        assert len(result.losses) == 10 or result.stopped
+
