@@ -104,6 +104,8 @@ def test_ctrl_c_keeps_the_best_model_and_resume_finishes(split_folders, tmp_path
     # Resuming takes the interrupted run's settings from the run folder: none need repeating.
     resumed = vistrain.train(split_folders, out=out, resume=True, cache_dir=cache_dir)
     assert [h.epoch for h in resumed.result.finetune.history] == [1, 2]
+    # The flips decided on the probe, as when the run started, not on the fine-tuned weights.
+    assert resumed.result.mirror == first.result.mirror and first.result.mirror is not None
     training = json.loads((out / "config.json").read_text())["training"]
     assert (training["mode"], training["epochs"], training["batch_size"], training["image_size"]) == ("finetune", 2, 8, 64)
     assert not resumed.result.finetune.interrupted

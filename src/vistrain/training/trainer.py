@@ -296,6 +296,8 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
             ui.log("  " + why)
             notes.append(why)
         if resumed is not None:
+            if ft_cfg.augment.flip == "auto":  # on the probe, before the fine-tuned weights replace it
+                check, ft_cfg = _decide_flips(ui, model, valid, valid_pixels, y_valid, prep, caches[0], None, ft_cfg, notes)
             ft_state = resumed.state
             model.load_state_dict(resumed.model_state)
             ui.log(f"Resuming fine-tuning after epoch {len(ft_state.history)} of {ft_state.planned_epochs}")
@@ -323,14 +325,12 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
                                            pixel_cache)
                     ui.log("  " + growth.note)
                     notes.append(growth.note)
-        if ft_state.planned_epochs > len(ft_state.history) and ft_cfg.augment.flip == "auto":
-            # Only now that epochs will run: the check costs a pass over the mirrored validation
-            # images (clothing: 18 s), time that otherwise goes to partner probes.
-            check = _mirror_check(ui, model, valid, valid_pixels, y_valid, prep, caches[0], probe_valid_logits)
-            ui.log("  " + check.describe())
-            ft_cfg = replace(ft_cfg, augment=replace(ft_cfg.augment, flip=check.keep_flips))
-            if not check.keep_flips:
-                notes.append(check.describe())
+            if ft_state.planned_epochs > 0 and ft_cfg.augment.flip == "auto":
+                # Only now that epochs will run: the check costs a pass over the mirrored validation
+                # images (clothing: 18 s), time that otherwise goes to partner probes. The model is
+                # still the probe: planning measured steps without taking one.
+                check, ft_cfg = _decide_flips(ui, model, valid, valid_pixels, y_valid, prep, caches[0],
+                                              probe_valid_logits, ft_cfg, notes)
         if ft_state.planned_epochs > len(ft_state.history):
             extra = {"image_size": size, "probe_accuracy": probe_acc, "probe_loss": probe_loss, "probe_score": probe_score}
             with ui.stage("fine-tune", (ft_state.planned_epochs - len(ft_state.history)) * len(canvases)) as advance:
@@ -379,6 +379,17 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(1) == labels).mean())
+
+
+def _decide_flips(ui: Reporter, model, valid, valid_pixels: np.ndarray, y_valid: np.ndarray, prep: Preprocessing,
+                  cache: FeatureCache, logits: np.ndarray | None, ft_cfg: FinetuneConfig,
+                  notes: list[str]) -> tuple[MirrorCheck, FinetuneConfig]:
+    """The mirror check's verdict, printed, and ``ft_cfg`` flipping its crops or not accordingly."""
+    check = _mirror_check(ui, model, valid, valid_pixels, y_valid, prep, cache, logits)
+    ui.log("  " + check.describe())
+    if not check.keep_flips:
+        notes.append(check.describe())
+    return check, replace(ft_cfg, augment=replace(ft_cfg.augment, flip=check.keep_flips))
 
 
 def _mirror_check(ui: Reporter, model, valid, valid_pixels: np.ndarray, y_valid: np.ndarray, prep: Preprocessing,
