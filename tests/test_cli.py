@@ -115,6 +115,27 @@ def test_predict_table_names_files_below_their_shared_folder(trained, tmp_path, 
     assert any("sub/stripe_photo.png" in line and "stripes" in line for line in lines)
 
 
+def test_confusion_table_numbers_its_columns_when_class_names_do_not_fit():
+    from rich.console import Console
+
+    from vistrain.evaluation.render import confusion_table
+
+    classes = ["indoor_bouldering", "indoor_sport_climbing", "outdoor_bouldering", "outdoor_sport_climbing"]
+    metrics = {"classes": classes, "confusion_matrix": [[9, 1, 0, 0], [0, 12, 0, 0], [0, 0, 7, 0], [0, 0, 2, 30]]}
+
+    def shown(width):
+        console = Console(width=width, record=True, force_terminal=False)
+        console.print(confusion_table(metrics, width=width))
+        return console.export_text()
+
+    narrow, wide = shown(80), shown(160)
+    assert max(map(len, narrow.splitlines())) <= 80 and "…" not in narrow
+    row = next(line for line in narrow.splitlines() if "4 outdoor_sport_climbing" in line)
+    assert [c.strip() for c in row.split("│")[2:6]] == ["·", "·", "2", "30"]  # counts under numbered columns
+    header = next(line for line in wide.splitlines() if "actual" in line)
+    assert all(c in header for c in classes) and "4 outdoor" not in wide  # full names across when they fit
+
+
 def test_predictions_table_keeps_long_class_names_whole_in_80_columns():
     from rich.console import Console
 

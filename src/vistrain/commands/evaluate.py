@@ -35,7 +35,7 @@ def run(args, console, reporter) -> int:
     for s in m["skipped"]:
         console.print(f"[yellow]skipped[/] {s['path']}: {s['reason']}")
     console.print(per_class_table(m, f"{args.data}: per class"))
-    console.print(confusion_table(m))
+    console.print(confusion_table(m, width=console.width))
     console.print(f"[bold]accuracy {m['accuracy']:.1%}[/] ({m['n'] - m['errors']} of {m['n']} right)")
     if "tta" in m:
         t = m["tta"]

@@ -86,7 +86,7 @@ def run(args, console, reporter) -> int:
     m, res = trained.metrics, trained.result
     console.print()
     console.print(per_class_table(m["valid"], "Validation, per class"))
-    console.print(confusion_table(m["valid"]))
+    console.print(confusion_table(m["valid"], width=console.width))
     members = ensemble_members(res.model_config.backbone)
     kept = ("fine-tuned network" if res.stage == "finetune" else "linear probe on frozen features" if len(members) == 1
             else f"ensemble of linear probes ({', '.join(members)})")

@@ -85,7 +85,7 @@ def _flat_entries(folder: Path, split: str | None, pattern: re.Pattern[str] | No
                 f"{folder}: {len(unmatched)} file name(s) do not match --label-from-name "
                 f"{pattern.pattern!r}, e.g. {unmatched[0]!r}"
             )
-        return entries, f"labels of {folder.name}/ from file names by {pattern.pattern!r}"
+        return entries, f"labels of {folder.name}/ from file names by '{pattern.pattern}'"
     if classes:
         # Names like `outdoor_bouldering_2.jpg`: the longest class name the stem starts with.
         by_length = sorted(classes, key=len, reverse=True)

@@ -23,16 +23,21 @@ def per_class_table(metrics: dict, title: str) -> Table:
     return t
 
 
-def confusion_table(metrics: dict) -> Table:
-    classes = metrics["classes"]
-    short = [c if len(c) <= 12 else c[:11] + "…" for c in classes]
-    t = Table(title="Confusion matrix (rows: actual, columns: predicted)", title_justify="left")
-    t.add_column("actual")
-    for s in short:
-        t.add_column(s, justify="right")
+def confusion_table(metrics: dict, width: int | None = None) -> Table:
+    """Counts, actual classes down, predicted across; where the class names do not fit across
+    ``width`` (the console's), the columns are numbered and each row names its number."""
+    classes, cm = metrics["classes"], metrics["confusion_matrix"]
+    # Each column: its text, 2 of padding and 1 of border; plus the table's last border.
+    digits = len(str(max((max(row) for row in cm), default=0)))
+    full = sum(max(len(c), digits) + 3 for c in classes) + max(map(len, classes)) + 3 + 1
+    numbered = width is not None and full > width
+    t = Table(title="Confusion matrix", title_justify="left")
+    t.add_column("actual \\ predicted", overflow="fold")
     for i, c in enumerate(classes):
-        row = metrics["confusion_matrix"][i]
-        t.add_row(c, *[f"[bold]{v}" if i == j else (f"[red]{v}" if v else "·") for j, v in enumerate(row)])
+        t.add_column(str(i + 1) if numbered else escape(c), justify="right")
+    for i, c in enumerate(classes):
+        t.add_row(f"{i + 1} {escape(c)}" if numbered else escape(c),
+                  *[f"[bold]{v}" if i == j else (f"[red]{v}" if v else "·") for j, v in enumerate(cm[i])])
     return t
 
 
