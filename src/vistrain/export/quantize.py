@@ -72,9 +72,13 @@ def quantize(prepared: Path, out: Path, method: str, calibration: np.ndarray, pr
     # The quantizer logs a warning on the root logger for every tensor it leaves in float: noise here.
     with _quiet_root_logger():
         if method == "static":
+            # Activation ranges: the mean of each calibration batch's extremes, not the extremes of
+            # them all. The largest value in a sample moves with the sample: on the fine-tuned climbing
+            # model, four draws of 100 training images gave int8 89.9-93.6% validation accuracy (fp32
+            # 93.6%), of 300 images 90.8-93.6%; averaged batch extremes, 92.7-93.6% over three draws.
             quantize_static(str(prepared), str(out), _reader(calibration, prep), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=keep)
+                            nodes_to_exclude=keep, extra_options={"CalibMovingAverage": True})
         else:
             quantize_dynamic(str(prepared), str(out), per_channel=True, weight_type=QuantType.QInt8,
                              nodes_to_exclude=keep)
