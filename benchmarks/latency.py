@@ -1,5 +1,6 @@
 """Single-image latency (p50/p99) and batch throughput: PyTorch eager vs ONNX fp32 vs ONNX int8,
-on 1 and 2 threads, side by side in one process, on the run's own validation images.
+on 1 and 2 threads, side by side in one process (single images in interleaved rounds), on the run's
+own validation images; a single image's time includes its normalisation, as a predictor's does.
 
     python benchmarks/latency.py RUN [--runs 60] [--batch 16] [--json out.json]
 
@@ -74,8 +75,15 @@ def main() -> None:
             opts.log_severity_level = 3
             sess = ort.InferenceSession(str(folder / entry["file"]), opts, providers=["CPUExecutionProvider"])
             engines[f"onnx {variant}"] = ort_runner(sess, prep)
+        # Interleaved rounds: a noisy spell on this shared machine (a neighbour's job) then slows every
+        # engine alike instead of whichever ran during it, and the ratios stay fair.
+        rounds = 10
+        single_ms = {name: [] for name in engines}
+        for _ in range(rounds):
+            for name, fn in engines.items():
+                single_ms[name].append(timings(fn, singles, max(1, args.runs // rounds), warmup=2))
         for name, fn in engines.items():
-            single = timings(fn, singles, args.runs)
+            single = np.concatenate(single_ms[name])
             per_batch = timings(fn, [batch], max(5, args.runs // 10), warmup=1)
             rows.append({"engine": name, "threads": threads, "p50_ms": float(np.percentile(single, 50)),
                          "p99_ms": float(np.percentile(single, 99)),
