@@ -59,8 +59,11 @@ def predictions_table(rows: list[dict], top_k: int, width: int | None = None) ->
     rest_w = max((len(Text.from_markup(x).plain) for x in rests), default=0)
     name_w = max(map(len, names), default=4)
     beside = top_k > 1 and (width is None or name_w + answer_w + rest_w + 10 <= width)
-    # Rows of several lines need rules between them to be read as rows.
-    t = Table(title=f"in {folder}" if folder else None, title_justify="left", show_lines=not beside and top_k > 1)
+    title = f"in {escape(folder)}" if folder else None
+    # Rows of several lines need rules between them to be read as rows. A title wraps to the
+    # table's width: the table is made as wide as its title, up to the console's.
+    t = Table(title=title, title_justify="left", show_lines=not beside and top_k > 1,
+              min_width=min(len(title), width or len(title)) if title else None)
     t.add_column("file", overflow="fold")
     t.add_column("prediction" if beside or top_k == 1 else "prediction (then)", min_width=answer_w, overflow="fold")
     if beside:
