@@ -134,8 +134,16 @@ def test_confusion_table_numbers_its_columns_when_class_names_do_not_fit():
     assert max(map(len, narrow.splitlines())) <= 80 and "…" not in narrow
     row = next(line for line in narrow.splitlines() if "4 outdoor_sport_climbing" in line)
     assert [c.strip() for c in row.split("│")[2:6]] == ["·", "·", "2", "30"]  # counts under numbered columns
-    header = next(line for line in wide.splitlines() if "actual" in line)
+    header = next(line for line in wide.splitlines() if line.startswith("┃"))
     assert all(c in header for c in classes) and "4 outdoor" not in wide  # full names across when they fit
+
+    # Ten short names (the digits demo) fit 80 columns exactly: names across, nothing folded.
+    digits = ["eight", "five", "four", "nine", "one", "seven", "six", "three", "two", "zero"]
+    metrics = {"classes": digits, "confusion_matrix": (np.eye(10, dtype=int) * 40).tolist()}
+    text = shown(80)
+    header = next(line for line in text.splitlines() if line.startswith("┃"))
+    assert all(f" {d} " in header for d in digits) and max(map(len, text.splitlines())) <= 80
+    assert "Confusion matrix (rows: actual, columns: predicted)" in text  # the title on one line
 
 
 def test_predictions_table_keeps_long_class_names_whole_in_80_columns():

@@ -29,10 +29,12 @@ def confusion_table(metrics: dict, width: int | None = None) -> Table:
     classes, cm = metrics["classes"], metrics["confusion_matrix"]
     # Each column: its text, 2 of padding and 1 of border; plus the table's last border.
     digits = len(str(max((max(row) for row in cm), default=0)))
-    full = sum(max(len(c), digits) + 3 for c in classes) + max(map(len, classes)) + 3 + 1
+    full = sum(max(len(c), digits) + 3 for c in classes) + max(len("actual"), *map(len, classes)) + 3 + 1
     numbered = width is not None and full > width
-    t = Table(title="Confusion matrix", title_justify="left")
-    t.add_column("actual \\ predicted", overflow="fold")
+    title = "Confusion matrix (rows: actual, columns: predicted)"
+    # As wide as its title where the console allows, so the title does not wrap to a narrow table.
+    t = Table(title=title, title_justify="left", min_width=min(len(title), width) if width else None)
+    t.add_column("actual", overflow="fold")
     for i, c in enumerate(classes):
         t.add_column(str(i + 1) if numbered else escape(c), justify="right")
     for i, c in enumerate(classes):
