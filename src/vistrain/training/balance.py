@@ -36,6 +36,12 @@ def resolve_balance(method: str, ratio: float) -> str:
     return "sampler" if ratio >= SAMPLER_RATIO else "loss"
 
 
+def probe_class_weight(balance: str) -> str | None:
+    """The linear probe's class weighting for an applied correction (from :func:`resolve_balance`):
+    any correction weights the probe's loss, since a probe has no sampler."""
+    return "balanced" if balance != "none" else None
+
+
 def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """``n / (k * count)`` per class (scikit-learn's "balanced"); 0 for a class with no image."""
     counts = np.bincount(np.asarray(labels, dtype=int), minlength=num_classes).astype(float)

@@ -21,7 +21,11 @@ from vistrain.data.dataset import DatasetIndex
 from vistrain.models.classifier import ModelConfig, build_classifier
 from vistrain.models.registry import ensemble_members, get_backbone
 from vistrain.progress import Reporter, SilentReporter
-from vistrain.training.balance import imbalance_ratio, resolve_balance
+from vistrain.training.balance import (
+    imbalance_ratio,
+    probe_class_weight,
+    resolve_balance,
+)
 from vistrain.training.device import autocast, grad_scaler, resolve_device, to_device
 from vistrain.training.feature_cache import FeatureCache
 from vistrain.training.features import cached_features
@@ -107,7 +111,7 @@ def lr_range_test(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | No
     # ... and class-weighted where training would weight it (imbalanced classes, --balance).
     balance = resolve_balance(cfg.balance, imbalance_ratio(y, len(classes)))
     probe = choose_probe(features, y, f_valid, y_valid, len(classes), C=cfg.probe_c, seed=cfg.seed,
-                         class_weight="balanced" if balance != "none" else None)
+                         class_weight=probe_class_weight(balance))
     with torch.no_grad():
         model.head.weight.copy_(probe.weight)
         model.head.bias.copy_(probe.bias)

@@ -31,6 +31,7 @@ from vistrain.progress import Reporter, SilentReporter
 from vistrain.training.balance import (
     IMBALANCED_RATIO,
     imbalance_ratio,
+    probe_class_weight,
     resolve_balance,
 )
 from vistrain.training.checkpoint import (
@@ -248,7 +249,7 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
         f_valid = backbone_features(ui, model.backbone, valid, prep, caches, valid_pixels, pixel_cache)
         train_pixels = None  # fine-tuning reads the canvases; free the eval views of the training set
         widths = [get_backbone(m).num_features for m in members]
-        class_weight = "balanced" if balance != "none" else None
+        class_weight = probe_class_weight(balance)
         w, b, heads = fit_ensemble_probe(f_train, y_train, len(classes), widths, valid=(f_valid, y_valid),
                                          C=cfg.probe_c, seed=cfg.seed, class_weight=class_weight)
         probe_c = [h.C for h in heads]
@@ -384,24 +385,19 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 def _decide_flips(ui: Reporter, model, valid, valid_pixels: np.ndarray, y_valid: np.ndarray, prep: Preprocessing,
                   cache: FeatureCache, logits: np.ndarray | None, ft_cfg: FinetuneConfig,
                   notes: list[str]) -> tuple[MirrorCheck, FinetuneConfig]:
-    """The mirror check's verdict, printed, and ``ft_cfg`` flipping its crops or not accordingly."""
-    check = _mirror_check(ui, model, valid, valid_pixels, y_valid, prep, cache, logits)
-    ui.log("  " + check.describe())
-    if not check.keep_flips:
-        notes.append(check.describe())
-    return check, replace(ft_cfg, augment=replace(ft_cfg.augment, flip=check.keep_flips))
-
-
-def _mirror_check(ui: Reporter, model, valid, valid_pixels: np.ndarray, y_valid: np.ndarray, prep: Preprocessing,
-                  cache: FeatureCache, logits: np.ndarray | None) -> MirrorCheck:
-    """The probe (``model.head``) on the validation images (``logits``, or from the cached features
-    when resuming) and on their mirror images (features cached too: a second run pays nothing)."""
+    """The mirror check, printed, and ``ft_cfg`` flipping its crops or not accordingly: the probe
+    (``model.head``) on the validation images (``logits``, or from the cached features when resuming)
+    and on their mirror images (features cached too: a second run pays nothing)."""
     w, b = model.head.weight.detach().cpu(), model.head.bias.detach().cpu()
     if logits is None:
         logits = probe_logits(cached_features(ui, model.backbone, valid, prep, cache, valid_pixels), w, b)
     flipped = [replace(r, sha1=f"{r.sha1}-mirrored") for r in valid]
     f_mirrored = cached_features(ui, model.backbone, flipped, prep, cache, mirrored(valid_pixels))
-    return mirror_check(y_valid, logits.argmax(1), probe_logits(f_mirrored, w, b).argmax(1))
+    check = mirror_check(y_valid, logits.argmax(1), probe_logits(f_mirrored, w, b).argmax(1))
+    ui.log("  " + check.describe())
+    if not check.keep_flips:
+        notes.append(check.describe())
+    return check, replace(ft_cfg, augment=replace(ft_cfg.augment, flip=check.keep_flips))
 
 
 def _activation_budget(cfg: TrainConfig, device: torch.device) -> float | None:
