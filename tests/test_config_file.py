@@ -78,6 +78,7 @@ def test_resolved_config_in_the_run_reproduces_it(class_folders, tmp_path, cache
     assert (first / "split.csv").read_text() == (second / "split.csv").read_text()
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (first, second))
     assert m1["valid"] == m2["valid"]
+    assert m1["valid"]["note"] == "validation images were not used for fitting"  # C given, not chosen on them
     assert yaml.safe_load((second / "train_config.yaml").read_text()) == resolved
 
 
@@ -99,3 +100,42 @@ def test_probe_c_auto_means_chosen_and_bad_values_are_named(tmp_path):
     for bad in ("strong", 0.0, -1.0):
         with pytest.raises(TrainError, match=f"positive number, or auto \\(got {bad!r}\\)"):
             TrainConfig(DataConfig(tmp_path), tmp_path / "run", probe_c=bad)
+
+
+def test_budget_decisions_pin_only_what_the_clock_decided(tmp_path):
+    from vistrain.data.dataset import DataConfig
+    from vistrain.training.finetune import FinetuneState
+    from vistrain.training.trainer import TrainConfig, budget_decisions
+
+    cfg = TrainConfig(data=DataConfig(tmp_path), out=tmp_path, epochs=8, time_budget=600.0)
+    ran = FinetuneState(planned_epochs=8)
+    assert budget_decisions(cfg, ran, None) == ({"time_budget": None}, None)  # all 8 fit here; maybe not elsewhere
+    assert budget_decisions(cfg, FinetuneState(planned_epochs=5), None) == ({"time_budget": None, "epochs": 5}, None)
+    assert budget_decisions(cfg, FinetuneState(planned_epochs=0), None) == ({"time_budget": None, "mode": "probe"}, None)
+    assert budget_decisions(cfg, None, None) == ({}, None)  # --mode probe or an ensemble: no clock involved
+    unlimited = TrainConfig(data=DataConfig(tmp_path), out=tmp_path, time_budget=None)
+    assert budget_decisions(unlimited, FinetuneState(planned_epochs=8), None) == ({}, None)
+    assert budget_decisions(cfg, FinetuneState(planned_epochs=5, interrupted=True), None) == ({}, None)
+    # Cut short against its own plan: no setting repeats that, and the file says so.
+    short = FinetuneState(planned_epochs=5, out_of_time=True)
+    short.history = [object()] * 3
+    pinned, caveat = budget_decisions(cfg, short, None)
+    assert pinned == {"time_budget": None, "epochs": 5}
+    assert caveat == "fine-tuning stopped at the time budget after epoch 3 of 5; without a budget all 5 run"
+
+
+def test_saved_file_names_each_pinned_setting_and_the_caveat(tmp_path):
+    from vistrain.config_file import save_config
+    from vistrain.data.dataset import DataConfig
+    from vistrain.training.trainer import TrainConfig
+
+    cfg = TrainConfig(data=DataConfig(tmp_path), out=tmp_path, epochs=8, time_budget=600.0)
+    path = tmp_path / "train_config.yaml"
+    save_config(cfg, path, {"time_budget": None, "epochs": 5}, "stopped early")
+    text = path.read_text()
+    assert "the 600 s time budget decided" in text and "epochs 8 -> 5, time_budget 600.0 -> null" in text
+    assert "# Not repeatable: stopped early" in text
+    saved = load_config(path)
+    assert saved["epochs"] == 5 and saved["time_budget"] is None and saved["mode"] == "auto"
+    save_config(cfg, path)  # nothing pinned: the request, with no such lines
+    assert "Pinned" not in path.read_text() and load_config(path)["time_budget"] == 600.0

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import make_image, write_class_folders
 from test_train import StageRecorder
 
@@ -104,6 +106,29 @@ def test_members_that_do_not_fit_the_time_left_are_not_added(base, tmp_path):
     assert grow(base, useless(base), seconds=0).note.startswith("no time left")
 
 
+class LogRecorder(SilentReporter):
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def log(self, message):
+        self.lines.append(message)
+
+
+def test_partner_feature_lines_name_the_split_and_count(base, tmp_path):
+    fresh = tmp_path / "cache"
+    shutil.copytree(base["cache"] / "onnx", fresh / "onnx")
+    lite0 = feature_caches(base["cache"], BASE, base["prep"])[0].folder  # its own features, as after the probe
+    shutil.copytree(lite0, fresh / "features" / lite0.name)
+    ui = LogRecorder()
+    plan = plan_growth(ui, BASE, base["splits"], base["prep"], fresh, 600, base["pixels"], base["module"])
+    grow_ensemble(ui, useless(base), plan, base["splits"], base["labels"], base["feats"], base["prep"], fresh,
+                  base["pixels"], 3, "accuracy", [0.3, 0.3], 0, None)
+    features = [line.strip() for line in ui.lines if line.strip().startswith("features of")]
+    # One line per partner and split (it once said "features of X" twice, with nothing to tell them apart).
+    assert features == [f"features of {m}: {n} {split} images" for split, n in (("training", 18), ("validation", 9))
+                        for m in ("efficientnet_lite1", "efficientnet_lite2")]
+
+
 def test_default_run_spends_a_budget_fine_tuning_cannot_use_on_partner_probes(data, tmp_path, monkeypatch):
     # As on clothing on 2 cores: one fine-tuning epoch would take longer than the whole budget.
     monkeypatch.setattr(trainer, "plan_epochs", lambda cfg, n, step_s, eval_s: (0, 10_000.0))
@@ -163,6 +188,22 @@ def test_fine_tuning_runs_its_short_plan_when_no_partner_fits(data, tmp_path, mo
     assert len(run.result.finetune.history) == 1 and recorder.stages["fine-tune"] == 18
     assert run.result.model_config.backbone == BASE
     assert not any("probes of" in n or "ensemble of probes" in n for n in run.result.notes)
+    # The run's file pins the one epoch the budget allowed (8 asked) and lifts the budget: without the
+    # clock (the patches undone), it trains that one-epoch schedule again, to the same result.
+    saved, text = _pins(run.path)
+    assert (saved["epochs"], saved["time_budget"], saved["mode"]) == (1, None, "auto")
+    assert "epochs 8 -> 1, time_budget 600 -> null" in text and "Not repeatable" not in text
+    monkeypatch.undo()
+    from vistrain.cli import main
+
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(run.path / "train_config.yaml"), "--out", str(again),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    history = (again / "history.csv").read_text().splitlines()
+    assert len(history) == 2  # header and the one epoch
+    assert float(history[1].split(",")[3]) == pytest.approx(run.result.finetune.history[0].valid_loss, rel=1e-4)
+    metrics = json.loads((again / "metrics.json").read_text())
+    assert metrics["valid"] == run.metrics["valid"] and metrics["stage"] == run.result.stage
 
 
 def test_cli_summary_names_a_kept_ensemble_and_ensemble_off_is_a_flag(data, tmp_path, monkeypatch, capsys):
@@ -177,3 +218,42 @@ def test_cli_summary_names_a_kept_ensemble_and_ensemble_off_is_a_flag(data, tmp_
     assert main([*args, "--out", str(tmp_path / "one"), "--ensemble", "off"]) == 0
     assert "Kept: linear probe on frozen features" in " ".join(capsys.readouterr().out.split())
     assert Predictor.from_folder(tmp_path / "one").config.backbone == BASE
+
+
+def _pins(run_dir) -> tuple[dict, str]:
+    text = (run_dir / "train_config.yaml").read_text()
+    return yaml.safe_load(text), text
+
+
+def test_run_file_pins_the_ensemble_the_budget_chose_and_repeats_it_without_the_clock(data, tmp_path, monkeypatch):
+    from vistrain.cli import main
+
+    # The budget (on a "slow machine": no epoch fits) chose an ensemble of probes; asked: Lite0, auto, 600 s.
+    monkeypatch.setattr(trainer, "plan_epochs", lambda cfg, n, step_s, eval_s: (0, 10_000.0))
+    monkeypatch.setattr(Probe, "beats", lambda self, other: True)
+    first, again = tmp_path / "first", tmp_path / "again"
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    assert main(["train", str(data), "--image-size", str(SIZE), "--out", str(first), *cache]) == 0
+    saved, text = _pins(first)
+    assert (saved["backbone"], saved["mode"], saved["time_budget"]) == (ALL, "probe", None)
+    assert f"backbone {BASE} -> {ALL}, mode auto -> probe, time_budget 600.0 -> null" in text
+    assert "the 600 s time budget decided" in text
+    training = json.loads((first / "config.json").read_text())["training"]
+    assert training["time_budget"] == 600 and training["pinned_by_time_budget"]["backbone"] == ALL
+    # On any machine (here: the real clock, where an epoch of these tiny images would fit), the file
+    # trains the same ensemble to the same answers, and pins nothing more.
+    monkeypatch.undo()
+    assert main(["train", "--config", str(first / "train_config.yaml"), "--out", str(again), *cache]) == 0
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (first, again))
+    assert m2["stage"] == "probe" and Predictor.from_folder(again).config.backbone == ALL
+    assert (m1["valid"], m1["test"]) == (m2["valid"], m2["test"])
+    assert _pins(again)[0] == saved and "Pinned" not in _pins(again)[1]
+
+
+def test_run_file_pins_probe_mode_when_no_epoch_fit(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "plan_epochs", lambda cfg, n, step_s, eval_s: (0, 10_000.0))
+    run = vistrain.train(data, out=tmp_path / "run", cache_dir=tmp_path / "cache", image_size=SIZE,
+                         time_budget=300, ensemble="off")
+    saved, text = _pins(run.path)
+    assert (saved["backbone"], saved["mode"], saved["time_budget"], saved["epochs"]) == (BASE, "probe", None, 8)
+    assert "mode auto -> probe, time_budget 300 -> null" in text

@@ -39,6 +39,7 @@ def test_probe_run_writes_every_artifact_and_learns(split_folders, tmp_path, cac
     assert run.result.stage == "probe"
     # The probe's regularisation was chosen on validation, and the run says which.
     assert any(n.startswith("probe regularisation chosen by validation log-loss") for n in metrics["notes"])
+    assert metrics["valid"]["note"].startswith("validation images chose the probe's regularisation strength")
 
     with (out / "split.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -163,6 +164,8 @@ def test_auto_mode_skips_finetuning_that_cannot_fit_the_budget(class_folders, tm
     hinted = note.rsplit("--backbone ", 1)[1]
     assert hinted == "efficientnet_lite0+efficientnet_lite1+efficientnet_lite2"
     assert get_backbone(hinted).num_features == 3 * 1280
+    # No epoch ran: the validation note says what validation chose, not "the best epoch".
+    assert "best epoch" not in run.metrics["valid"]["note"]
 
 
 @pytest.mark.parametrize("option, value, message", [
@@ -212,6 +215,11 @@ def test_early_stopping_waits_for_the_cooling_half(split_folders, tmp_path, cach
     ft = run.result.finetune
     assert [h.epoch for h in ft.history] == [1, 2, 3, 4]  # epoch 4 is the first past 6/2 with no gain
     assert "early stop" in ft.stop_reason
+    # After the last planned epoch nothing is stopped: no "early stop" note for a schedule run to its end.
+    run = vistrain.train(split_folders, out=tmp_path / "s", cache_dir=cache_dir, mode="finetune", epochs=2,
+                         patience=1, lr=1e-12, batch_size=8, **FAST)
+    assert len(run.result.finetune.history) == 2 and run.result.finetune.stop_reason == ""
+    assert not any("early stop" in n for n in run.result.notes)
 
 
 def test_training_crops_are_smaller_than_the_evaluation_input():

@@ -137,7 +137,7 @@ def train(
     if backend:
         result.notes.append(f"data-parallel fine-tuning over {world_size()} processes ({backend})")
     predictor = Predictor(result.model, result.model_config)  # on the training device
-    metrics = _final_metrics(index, result, predictor, ui)
+    metrics = _final_metrics(index, result, predictor, ui, cfg.probe_c)
     y_valid = [result.model_config.classes.index(r.label) for r in index.split("valid")]
     apply_confidence(result.model_config, fit_confidence(result.valid_logits, y_valid))
     if is_main():
@@ -181,15 +181,20 @@ def _resolve_cache(cache_dir: Path | str | bool | None) -> Path | None:
     return Path(cache_dir)
 
 
-def _final_metrics(index: DatasetIndex, result: TrainResult, predictor: Predictor, ui: Reporter) -> dict:
+def _final_metrics(index: DatasetIndex, result: TrainResult, predictor: Predictor, ui: Reporter,
+                   probe_c: float | None) -> dict:
     classes = result.model_config.classes
     valid = index.split("valid")
     y_valid = np.array([classes.index(r.label) for r in valid])
     metrics = {"valid": classification_metrics(y_valid, result.valid_logits.argmax(1), classes)}
-    metrics["valid"]["note"] = (
-        "validation images chose the kept stage and the best epoch: a slightly optimistic estimate"
-        if result.finetune else "validation images were not used for fitting"
-    )
+    if result.finetune and result.finetune.history:
+        use = "chose the kept stage and the best epoch"
+    elif probe_c is None:
+        use = "chose the probe's regularisation strength (and between ensemble and single probe, if both were fitted)"
+    else:
+        use = None
+    metrics["valid"]["note"] = (f"validation images {use}: a slightly optimistic estimate" if use
+                                else "validation images were not used for fitting")
     test = index.split("test")
     if test:
         y_test = np.array([classes.index(r.label) for r in test])
@@ -207,10 +212,13 @@ def _write_run(out: Path, index: DatasetIndex, cfg: TrainConfig, result: TrainRe
     import torch
 
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("data", "out")}
-    # What ran, next to what was asked (train_config.yaml keeps the request, e.g. auto, to stay portable).
+    # What ran, next to what was asked (train_config.yaml keeps the request, e.g. auto, to stay portable,
+    # except what the time budget decided: pinned there so that the file repeats the run on any machine).
     settings.update(device=result.device, device_requested=cfg.device, amp=result.amp)
     if result.mirror is not None:
         settings["mirror_check"] = {**asdict(result.mirror), "flips_used": result.mirror.keep_flips}
+    if result.pinned:
+        settings["pinned_by_time_budget"] = result.pinned
     settings["data"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg.data).items()}
     result.model_config.extra = {
         **result.model_config.extra,  # calibration
@@ -241,7 +249,7 @@ def _write_run(out: Path, index: DatasetIndex, cfg: TrainConfig, result: TrainRe
             w.writerow([h.epoch, f"{h.train_loss:.5f}", f"{h.train_accuracy:.5f}", f"{h.valid_loss:.5f}",
                         f"{h.valid_accuracy:.5f}", f"{h.seconds:.1f}", f"{h.lr:.3g}", f"{h.data_wait:.2f}"])
     write_split(index.records, out / "split.csv")
-    save_config(cfg, out / CONFIG_NAME)
+    save_config(cfg, out / CONFIG_NAME, result.pinned, result.pin_caveat)
     (out / "data_report.json").write_text(json.dumps(index.report(), indent=2) + "\n")
 
 

@@ -123,9 +123,24 @@ def resolved_config(cfg: TrainConfig) -> dict:
     return d
 
 
-def save_config(cfg: TrainConfig, path: Path) -> None:
+def save_config(cfg: TrainConfig, path: Path, pinned: dict | None = None, caveat: str | None = None) -> None:
+    """The run's settings as ``train --config`` reads them. ``pinned``: settings replacing the request
+    where the time budget decided from this machine's speed (see trainer.budget_decisions); the
+    header names each, with what was asked. ``caveat``: what even those cannot repeat."""
+    settings = resolved_config(cfg)
     text = "# Resolved training settings; reproduce with: vistrain train --config THIS_FILE --out NEW_RUN\n"
-    path.write_text(text + yaml.safe_dump(resolved_config(cfg), sort_keys=False))
+    if pinned:
+        changes = ", ".join(f"{k} {_yaml_value(settings[k])} -> {_yaml_value(pinned[k])}" for k in settings if k in pinned)
+        text += (f"# Pinned to what the {settings['time_budget']:g} s time budget decided from this "
+                 f"machine's speed, so that\n# any machine repeats it: {changes}\n")
+        settings.update(pinned)
+    if caveat:
+        text += f"# Not repeatable: {caveat}\n"
+    path.write_text(text + yaml.safe_dump(settings, sort_keys=False))
+
+
+def _yaml_value(value) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
 
 
 def track_explicit_flags(parser: argparse.ArgumentParser) -> None:

@@ -88,28 +88,31 @@ def feature_caches(root: Path | None, backbone: str, prep: Preprocessing) -> lis
 
 
 def backbone_features(ui: Reporter, backbone, records, prep: Preprocessing, caches: list[FeatureCache],
-                      pixels: np.ndarray | None = None, pixel_cache: PixelCache | None = None) -> np.ndarray:
+                      pixels: np.ndarray | None = None, pixel_cache: PixelCache | None = None,
+                      split: str | None = None) -> np.ndarray:
     """:func:`cached_features` of ``backbone``; for an ensemble (``caches`` from :func:`feature_caches`),
     each member's features side by side, from pixels decoded once for all members that need them."""
     if len(caches) == 1:
         return cached_features(ui, backbone, records, prep, caches[0], pixels, pixel_cache)
-    return members_features(ui, backbone.members, records, prep, caches, pixels, pixel_cache)
+    return members_features(ui, backbone.members, records, prep, caches, pixels, pixel_cache, split)
 
 
 def members_features(ui: Reporter, modules, records, prep: Preprocessing, caches: list[FeatureCache],
-                     pixels: np.ndarray | None = None, pixel_cache: PixelCache | None = None) -> np.ndarray:
+                     pixels: np.ndarray | None = None, pixel_cache: PixelCache | None = None,
+                     split: str | None = None) -> np.ndarray:
     """Each backbone's :func:`cached_features` (one cache per module), side by side, from pixels
-    decoded once for all the backbones that need them."""
+    decoded once for all the backbones that need them. ``split`` names the records in the log line
+    (each split's features get their own progress bar)."""
     keys = [r.sha1 for r in records]
-    needs = [bool(c.get(keys)[1]) for c in caches]
-    if pixels is None and sum(needs) > 1:
+    needs = [len(c.get(keys)[1]) for c in caches]
+    if pixels is None and sum(map(bool, needs)) > 1:
         with ui.stage("decode", len(records)) as advance:
             pixels, _ = decode_all([r.path for r in records], prep, progress=advance, cache=pixel_cache,
                                    keys=keys if pixel_cache is not None else None)
     parts = []
     for member, cache, need in zip(modules, caches, needs):
         if need:
-            ui.log(f"  features of {cache.backbone}")
+            ui.log(f"  features of {cache.backbone}: {need} {split + ' ' if split else ''}images")
         parts.append(cached_features(ui, member, records, prep, cache, pixels, pixel_cache))
     return np.hstack(parts)
 

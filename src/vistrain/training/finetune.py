@@ -99,6 +99,7 @@ class FinetuneState:
     lowest_loss_epoch: int = 0
     interrupted: bool = False
     stop_reason: str = ""
+    out_of_time: bool = False  # stopped by the time budget before its planned epochs
 
 
 def param_groups(model: ImageClassifier, lr: float, freeze_bottom: bool) -> list[dict]:
@@ -335,9 +336,12 @@ def _finetune(model, canvases, train_labels, valid_pixels, valid_labels, prep, c
             if any_rank(cfg.time_budget is not None and epoch < state.planned_epochs
                         and spent + state.history[-1].seconds > cfg.time_budget):
                 state.stop_reason = f"time budget reached after epoch {epoch} of {state.planned_epochs}"
+                state.out_of_time = True
                 break
             # Only in the annealing half: a one-cycle schedule dips at its peak and recovers as it cools.
-            if epoch > state.planned_epochs / 2 and epoch - state.lowest_loss_epoch >= cfg.patience:
+            # Not after the last epoch: nothing is stopped there, and the run should not say so.
+            if (state.planned_epochs / 2 < epoch < state.planned_epochs
+                    and epoch - state.lowest_loss_epoch >= cfg.patience):
                 state.stop_reason = f"early stop: validation loss not lower for {cfg.patience} epochs"
                 break
     except KeyboardInterrupt:

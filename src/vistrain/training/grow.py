@@ -159,8 +159,10 @@ def grow_ensemble(ui: Reporter, single: Probe, plan: GrowthPlan, splits: dict[st
     modules = [create_backbone(name).eval().to(memory_format=torch.channels_last) for name in plan.fits]
     caches = [FeatureCache(cache_root, name, prep) for name in plan.fits]
     # The training images are decoded (read back from the pixel cache) once for all partners.
-    f_train = members_features(ui, modules, splits["train"], prep, caches, pixel_cache=pixel_cache)
-    f_valid = members_features(ui, modules, splits["valid"], prep, caches, valid_pixels, pixel_cache)
+    f_train = members_features(ui, modules, splits["train"], prep, caches, pixel_cache=pixel_cache,
+                               split="training")
+    f_valid = members_features(ui, modules, splits["valid"], prep, caches, valid_pixels, pixel_cache,
+                               split="validation")
     members = [single.backbone, *plan.fits]
     widths = [get_backbone(m).num_features for m in members]
     Cs = [*C[:-1], *[C[-1]] * len(plan.fits)]  # the single probe's are known: no second search

@@ -174,6 +174,10 @@ class TrainResult:
     amp: bool = False  # fine-tuning steps in float16 mixed precision
     mirror: MirrorCheck | None = None  # whether fine-tuning flipped its crops, and why (flip "auto")
     test_logits: np.ndarray | None = None  # the kept probe on the test split, from (cached) features
+    # Settings that repeat what the time budget decided from this machine's speed (train_config.yaml),
+    # and what even they cannot repeat
+    pinned: dict = field(default_factory=dict)
+    pin_caveat: str | None = None
 
 
 def choose_image_size(index: DatasetIndex, backbone: str) -> int:
@@ -245,8 +249,8 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     model = build_classifier(model_cfg).to(device, memory_format=torch.channels_last)
     caches = feature_caches(cfg.data.cache_dir, cfg.backbone, prep)  # one per member, read from disk once
     if resumed is None:
-        f_train = backbone_features(ui, model.backbone, train, prep, caches, train_pixels, pixel_cache)
-        f_valid = backbone_features(ui, model.backbone, valid, prep, caches, valid_pixels, pixel_cache)
+        f_train = backbone_features(ui, model.backbone, train, prep, caches, train_pixels, pixel_cache, "training")
+        f_valid = backbone_features(ui, model.backbone, valid, prep, caches, valid_pixels, pixel_cache, "validation")
         train_pixels = None  # fine-tuning reads the canvases; free the eval views of the training set
         widths = [get_backbone(m).num_features for m in members]
         class_weight = probe_class_weight(balance)
@@ -371,11 +375,40 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     if stage == "probe" and test:
         # The probe is a head on cached features: the test images' features are computed once (ONNX
         # Runtime) and a later run on the same data reads them back instead of running the network.
-        f_test = backbone_features(ui, model.backbone, test, prep, caches, pixel_cache=pixel_cache)
+        f_test = backbone_features(ui, model.backbone, test, prep, caches, pixel_cache=pixel_cache, split="test")
         test_logits = probe_logits(f_test, model.head.weight.detach().cpu(), model.head.bias.detach().cpu())
     return TrainResult(model.eval(), model_cfg, stage, probe_acc, ft_state, valid_logits,
                        time.perf_counter() - t_start, notes, str(device),
-                       uses_amp(device) and bool(ft_state and ft_state.history), check, test_logits)
+                       uses_amp(device) and bool(ft_state and ft_state.history), check, test_logits,
+                       *budget_decisions(cfg, ft_state, growth))
+
+
+def budget_decisions(cfg: TrainConfig, ft_state: FinetuneState | None, growth: Growth | None
+                     ) -> tuple[dict, str | None]:
+    """The settings under which a run with no time budget decides what this one's budget did.
+
+    The budget is spent by measured speed: on a slower machine the same request plans fewer epochs,
+    or gives fine-tuning's time to partner probes (clothing: 92.2% test on one machine, 93.5% on a
+    faster one). Pinning the outcome (epochs, probe mode, the ensemble kept) and lifting the budget
+    makes ``train --config`` on the run's file repeat the run anywhere. Nothing is pinned when the
+    clock decided nothing (no budget; no fine-tuning wanted: ``--mode probe``, an ensemble backbone)
+    or when the run was interrupted (``--resume`` follows the plan in its checkpoint). The caveat
+    says what no setting repeats: fine-tuning cut short by the budget, against its own plan.
+    """
+    if cfg.time_budget is None or ft_state is None or ft_state.interrupted:
+        return {}, None
+    pinned: dict = {"time_budget": None}
+    if growth is not None or ft_state.planned_epochs == 0:
+        pinned["mode"] = "probe"
+        if growth is not None and growth.kept.backbone != cfg.backbone:
+            pinned["backbone"] = growth.kept.backbone
+    elif ft_state.planned_epochs != cfg.epochs:
+        pinned["epochs"] = ft_state.planned_epochs
+    caveat = None
+    if ft_state.out_of_time:
+        caveat = (f"fine-tuning stopped at the time budget after epoch {len(ft_state.history)} of "
+                  f"{ft_state.planned_epochs}; without a budget all {ft_state.planned_epochs} run")
+    return pinned, caveat
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
