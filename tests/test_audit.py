@@ -143,3 +143,13 @@ def test_cli_refuses_a_bad_image_size(tmp_path, capsys, size):
     root = write_class_folders(tmp_path / "photos", per_class=2)
     assert main(["audit", str(root), "--image-size", str(size)]) == 2
     assert f"--image-size {size}" in capsys.readouterr().out
+
+
+def test_review_rows_label_sub_folder_files_by_their_class_folder(tmp_path):
+    from vistrain.clean.app import suspects
+    from vistrain.clean.audit import AuditResult, Finding
+
+    dup = Finding("exact_duplicate", "2 identical files", ["train/cats/a.jpg", "train/cats/2019/dogs/b.jpg"])
+    rows = suspects(AuditResult(tmp_path, [dup], classes=["cats", "dogs"]))
+    # b.jpg is a cat (train/cats/ gives the label), though it sits in a sub-folder named like a class.
+    assert [(r["path"], r["label"]) for r in rows] == [("train/cats/2019/dogs/b.jpg", "cats")]

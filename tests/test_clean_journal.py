@@ -121,6 +121,25 @@ def test_relabel_quarantine_undo_and_manifest(tmp_path):
     assert [json.loads(x)["op"] for x in lines] == ["intent", "done"] * 4
 
 
+def test_relabel_from_a_sub_folder_moves_to_the_other_class_folder_itself(tmp_path):
+    originals = _make_data(tmp_path)
+    (tmp_path / "cats" / "2019" / "dogs").mkdir(parents=True)  # a sub-folder may even be named like a class
+    for rel in ("cats/2019/a.jpg", "cats/2019/dogs/b.jpg"):
+        (tmp_path / rel).write_bytes(rel.encode())
+    j = Journal(tmp_path)
+    # Both are cats (the class folder gives the label): into dogs/ itself, not into a folder inside cats/.
+    j.relabel("cats/2019/a.jpg", "dogs", CLASSES)
+    j.relabel("cats/2019/dogs/b.jpg", "dogs", CLASSES)
+    assert (tmp_path / "dogs/a.jpg").read_bytes() == b"cats/2019/a.jpg"
+    assert (tmp_path / "dogs/b.jpg").read_bytes() == b"cats/2019/dogs/b.jpg"
+    with pytest.raises(CleanError, match="labelled 'dogs' already"):
+        j.relabel("dogs/a.jpg", "dogs", CLASSES)
+    j.undo()
+    j.undo()
+    assert (tmp_path / "cats/2019/a.jpg").exists() and (tmp_path / "cats/2019/dogs/b.jpg").exists()
+    assert {k: v for k, v in _on_disk(tmp_path).items() if "2019" not in k} == originals
+
+
 def test_crash_after_move_is_completed_on_next_start_and_can_be_undone(tmp_path):
     originals = _make_data(tmp_path)
 

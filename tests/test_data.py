@@ -37,6 +37,41 @@ def test_class_folders_are_split_stratified_and_reproducibly(class_folders):
     assert split(a) != split(c)
 
 
+def test_sub_folders_of_class_folders_are_read_and_said(tmp_path):
+    root = write_class_folders(tmp_path / "photos", per_class=6)
+    for year in ("2019", "2020"):  # photos sorted by year inside a class: still that class
+        (root / "circles" / year).mkdir()
+        make_image("circles", int(year)).save(root / "circles" / year / f"c{year}.png")
+    # What unzipping a macOS archive leaves, and a run written inside the photos with its report's copies.
+    (root / "__MACOSX" / "squares").mkdir(parents=True)
+    make_image("squares", 7).save(root / "__MACOSX" / "squares" / "s.png")
+    run = root / "runs" / "latest"
+    (run / "errors").mkdir(parents=True)
+    (run / "model.safetensors").write_bytes(b"x")
+    (run / "config.json").write_text("{}")
+    make_image("stripes", 9).save(run / "errors" / "wrong.png")
+    (root / "stripes" / ".hidden").mkdir()
+    make_image("stripes", 8).save(root / "stripes" / ".hidden" / "h.png")
+    idx = _index(root)
+    assert idx.classes == ["circles", "squares", "stripes"]
+    nested = sorted(r.path for r in idx.records if "/20" in r.path)
+    assert nested == [str(root / "circles" / y / f"c{y}.png") for y in ("2019", "2020")]
+    assert sum(idx.counts()[s].get("circles", 0) for s in ("train", "valid")) == 8
+    assert len(idx.records) == 20 and not idx.skipped
+    assert "2 file(s) in sub-folders of class folders (circles/2019/, circles/2020/), each labelled by its class folder" \
+        in idx.layout.notes
+    assert "runs/latest/ is a vistrain run folder: ignored" in idx.layout.notes
+    # The split layout reads sub-folders the same way, in every split.
+    split = tmp_path / "split"
+    write_class_folders(split / "train", per_class=4)
+    write_class_folders(split / "valid", per_class=2, start=50)
+    (split / "valid" / "squares" / "more").mkdir()
+    make_image("squares", 77).save(split / "valid" / "squares" / "more" / "m.png")
+    idx = _index(split)
+    assert idx.counts()["valid"]["squares"] == 3
+    assert any(n.startswith("1 file(s) in sub-folders of class folders (squares/more/)") for n in idx.layout.notes)
+
+
 def test_flat_folder_with_regex_and_csv(tmp_path):
     flat = tmp_path / "flat"
     flat.mkdir()

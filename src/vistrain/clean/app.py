@@ -45,7 +45,9 @@ def suspects(result: AuditResult) -> list[dict]:
 
 def _labels(result: AuditResult, path: str) -> dict:
     p = result.predictions.get(path, {})
-    label = p.get("label") or Path(path).parent.name
+    # The outermost folder named like a class gives the label (a sub-folder, cats/2019/, does not).
+    folder = next((part for part in Path(path).parts[:-1] if part in result.classes), Path(path).parent.name)
+    label = p.get("label") or folder
     return {"label": label, "predicted": p.get("predicted"), "probability": p.get("probability")}
 
 

@@ -203,18 +203,28 @@ class Journal:
         return src
 
     def relabel(self, rel: str, label: str, classes: list[str] | None = None) -> dict:
-        """Move ``rel`` from its class folder to the sibling folder ``label``."""
+        """Move ``rel`` from its class folder to the sibling folder ``label``.
+
+        With ``classes``, the class folder is the outermost folder above ``rel`` named like a class
+        (the one that gives the label, see data.layout), so a photo in a sub-folder (``cats/2019/x.jpg``,
+        a cat) moves to ``dogs/x.jpg``: moved to ``cats/dogs/`` it would still read as a cat. Undo
+        puts it back in its sub-folder.
+        """
         src = self._dataset_file(rel)
         if classes is not None and label not in classes:
             raise CleanError(f"{label!r} is not one of the classes: {', '.join(classes)}")
         if not label or label.startswith(".") or "/" in label or "\\" in label or label == "..":
             raise CleanError(f"{label!r} is not a valid class folder name")
-        if src.parent == self.root or (classes is not None and src.parent.name not in classes):
+        folder = src.parent
+        if classes is not None:
+            named = [d for d in src.parents if d != self.root and d.is_relative_to(self.root) and d.name in classes]
+            folder = named[-1] if named else self.root
+        if folder == self.root:
             raise CleanError(f"{rel}: not in a class folder, so it cannot be relabelled by moving it")
-        if src.parent.name == label:
+        if folder.name == label:
             raise CleanError(f"{rel} is labelled {label!r} already")
-        return self._move("relabel", src, free_name(src.parent.parent / label / src.name),
-                          label_from=src.parent.name, label_to=label)
+        return self._move("relabel", src, free_name(folder.parent / label / src.name),
+                          label_from=folder.name, label_to=label)
 
     def keep(self, rel: str) -> dict:
         """Record that ``rel`` was reviewed and is right as it is (moves nothing; undo forgets it)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,12 +43,43 @@ class Layout:
         return names[self.kind]
 
 
+# Folders that hold no one's photos: macOS archive metadata (``._name.jpg`` files, left by unzipping
+# elsewhere). Hidden folders (vistrain's own quarantine among them) are skipped too.
+IGNORED_DIRS = ("__MACOSX",)
+
+
 def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_candidate(p))
 
 
 def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and _wanted_dir(p))
+
+
+def _wanted_dir(d: Path) -> bool:
+    return not d.name.startswith(".") and d.name not in IGNORED_DIRS
+
+
+def is_run_folder(d: Path) -> bool:
+    """A vistrain run (model.safetensors + config.json): written by ``train --out`` inside the photos,
+    its report's copies of misclassified images must not become training images."""
+    return (d / "model.safetensors").is_file() and (d / "config.json").is_file()
+
+
+def _tree_files(folder: Path, skipped_runs: list[Path]) -> list[Path]:
+    """Candidate files in ``folder`` and its sub-folders (as torchvision's ImageFolder and fastai
+    read class folders: ``cats/2019/x.jpg`` is a cat), in sorted order; symlinked sub-folders are not
+    followed (no loops). Run folders found on the way are skipped and added to ``skipped_runs``."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        if is_run_folder(here):
+            skipped_runs.append(here)
+            dirnames[:] = []
+            continue
+        dirnames[:] = sorted(n for n in dirnames if _wanted_dir(here / n))
+        found.extend(here / n for n in filenames if is_candidate(here / n))
+    return sorted(found)
 
 
 def _find(root: Path, names: tuple[str, ...]) -> Path | None:
@@ -99,10 +131,23 @@ def _flat_entries(folder: Path, split: str | None, pattern: re.Pattern[str] | No
     return [], f"{folder.name}/ is flat and no --label-from-name was given: ignored"
 
 
-def _class_entries(folder: Path, split: str | None) -> list[Entry]:
-    entries = []
+def _class_entries(folder: Path, split: str | None, notes: list[str]) -> list[Entry]:
+    """Every class folder's files, sub-folders included; ``notes`` gets a line saying how many came
+    from sub-folders (their label is the class folder's: a user who meant them as classes sees it)."""
+    entries, runs = [], []
+    nested: dict[str, int] = {}
     for d in _class_dirs(folder):
-        entries.extend(Entry(p, d.name, split) for p in _files(d))
+        for p in _tree_files(d, runs):
+            entries.append(Entry(p, d.name, split))
+            if p.parent != d:
+                sub = str(p.parent.relative_to(folder))
+                nested[sub] = nested.get(sub, 0) + 1
+    if nested:
+        shown = ", ".join(f"{sub}/" for sub in list(nested)[:3]) + (f" and {len(nested) - 3} more" if len(nested) > 3 else "")
+        notes.append(f"{sum(nested.values())} file(s) in sub-folders of class folders ({shown}), "
+                     f"each labelled by its class folder")
+    for run in runs:
+        notes.append(f"{run.relative_to(folder)}/ is a vistrain run folder: ignored")
     return entries
 
 
@@ -125,13 +170,13 @@ def discover(root: Path | str, label_pattern: str | None = None) -> Layout:
                 f"{root}: has {train.name}/ but no validation folder (one of {', '.join(VALID_NAMES)}); "
                 f"add one, or put the class folders directly under {root} to let vistrain split"
             )
-        entries = _class_entries(train, "train") + _class_entries(valid, "valid")
+        notes: list[str] = []
+        entries = _class_entries(train, "train", notes) + _class_entries(valid, "valid", notes)
         _check_same_classes(train, valid)
-        notes = []
         test = _find(root, TEST_NAMES)
         if test is not None:
             if _class_dirs(test):
-                entries += _class_entries(test, "test")
+                entries += _class_entries(test, "test", notes)
             else:
                 classes = [d.name for d in _class_dirs(train)]
                 test_entries, note = _flat_entries(test, "test", pattern, classes)
@@ -140,9 +185,11 @@ def discover(root: Path | str, label_pattern: str | None = None) -> Layout:
         return Layout("split-folders", root, entries, notes)
 
     if _class_dirs(root):
-        entries = _class_entries(root, None)
+        notes = []
+        entries = _class_entries(root, None, notes)
         stray = _files(root)
-        notes = [f"{len(stray)} file(s) directly in {root} (outside class folders) ignored"] if stray else []
+        if stray:
+            notes.insert(0, f"{len(stray)} file(s) directly in {root} (outside class folders) ignored")
         return Layout("class-folders", root, entries, notes)
 
     if pattern is None:
