@@ -60,7 +60,20 @@ def test_sub_folders_of_class_folders_are_read_and_said(tmp_path):
     assert len(idx.records) == 20 and not idx.skipped
     assert "2 file(s) in sub-folders of class folders (circles/2019/, circles/2020/), each labelled by its class folder" \
         in idx.layout.notes
-    assert "runs/latest/ is a vistrain run folder: ignored" in idx.layout.notes
+    assert "runs/latest/ (a vistrain run) ignored" in idx.layout.notes
+    # Copies that predict --into sorted by a model's answers, inside the photos: not hand labels.
+    from vistrain.api import sort_into
+
+    sort_into([{"label": "squares", "unsure": False, "path": str(root / "circles" / "circles_0.png")}],
+              root / "sorted")
+    assert (root / "sorted" / "squares" / "circles_0.png").exists()
+    again = _index(root)
+    assert again.classes == idx.classes and len(again.records) == 20
+    assert "sorted/ (copies sorted by vistrain predict --into) ignored" in again.layout.notes
+    # Trained on directly, the sorted folder is data like any other (its marker is hidden).
+    from vistrain.data.layout import discover
+
+    assert [(e.path.name, e.label) for e in discover(root / "sorted").entries] == [("circles_0.png", "squares")]
     # The split layout reads sub-folders the same way, in every split.
     split = tmp_path / "split"
     write_class_folders(split / "train", per_class=4)

@@ -156,3 +156,25 @@ def test_two_workers_share_one_postgres_study(sweep_data, tmp_path, cache_dir, p
     assert main(["train", "--config", str(tmp_path / "w0" / "best.yaml"), "--out", str(tmp_path / "again"),
                  "--cache-dir", str(cache_dir)]) == 0
     assert _valid_accuracy(tmp_path / "again") == pytest.approx(study.best_value)
+
+
+def test_best_yaml_pins_what_the_best_trials_time_budget_decided(tmp_path):
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from vistrain.sweep.report import write_outputs
+    from vistrain.sweep.runner import SweepConfig
+
+    space = load_space(_space(tmp_path, {"lr": {"low": 1e-5, "high": 1e-3, "log": True}}))
+    cfg = SweepConfig(tmp_path / "photos", space, 2, tmp_path / "sweep", base={"time_budget": 600.0})
+    cfg.out.mkdir()
+    study = optuna.create_study(direction="maximize")
+    lr = FloatDistribution(1e-5, 1e-3, log=True)
+    study.add_trial(create_trial(params={"lr": 1e-4}, distributions={"lr": lr}, value=0.8))
+    # The best trial planned 3 of 8 epochs in its budget (two workers on two cores): best.yaml repeats that.
+    study.add_trial(create_trial(params={"lr": 3e-4}, distributions={"lr": lr}, value=0.9,
+                                 user_attrs={"pinned": {"time_budget": None, "epochs": 3}}))
+    text = write_outputs(study, cfg)["best"].read_text()
+    best = load_config(cfg.out / "best.yaml")
+    assert best["lr"] == pytest.approx(3e-4) and best["epochs"] == 3 and best["time_budget"] is None
+    assert "# Pinned as the trial's time budget decided: time_budget: null, epochs: 3" in text

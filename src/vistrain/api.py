@@ -28,6 +28,7 @@ from vistrain.data.dataset import (
     build_index,
     default_cache_dir,
 )
+from vistrain.data.layout import SORTED_MARKER
 from vistrain.data.split import write_split
 from vistrain.evaluation.confidence import apply_confidence, fit_confidence
 from vistrain.evaluation.metrics import classification_metrics
@@ -338,8 +339,17 @@ def write_predictions_csv(rows: list[dict], path: Path, top_k: int) -> None:
 
 
 def sort_into(rows: list[dict], folder: Path) -> list[Path]:
-    """Copy (never move) each image into ``folder/<label>/`` (or ``unsure/``); names never collide."""
+    """Copy (never move) each image into ``folder/<label>/`` (or ``unsure/``); names never collide.
+
+    ``folder`` gets a hidden marker (data.layout.SORTED_MARKER): if it lies inside a training folder,
+    its copies, sorted by prediction, are not read as photos labelled by hand.
+    """
     written = []
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SORTED_MARKER).write_text(json.dumps({
+        "written_by": "vistrain predict --into",
+        "note": "copies sorted by a model's predictions; vistrain does not train on them when this folder "
+                "lies inside a training folder (train on this folder itself to use them)"}, indent=2) + "\n")
     for r in rows:
         if r["label"] is None:
             continue

@@ -130,7 +130,7 @@ def save_config(cfg: TrainConfig, path: Path, pinned: dict | None = None, caveat
     settings = resolved_config(cfg)
     text = "# Resolved training settings; reproduce with: vistrain train --config THIS_FILE --out NEW_RUN\n"
     if pinned:
-        changes = ", ".join(f"{k} {_yaml_value(settings[k])} -> {_yaml_value(pinned[k])}" for k in settings if k in pinned)
+        changes = ", ".join(f"{k} {yaml_scalar(settings[k])} -> {yaml_scalar(pinned[k])}" for k in settings if k in pinned)
         text += (f"# Pinned to what the {settings['time_budget']:g} s time budget decided from this "
                  f"machine's speed, so that\n# any machine repeats it: {changes}\n")
         settings.update(pinned)
@@ -139,7 +139,7 @@ def save_config(cfg: TrainConfig, path: Path, pinned: dict | None = None, caveat
     path.write_text(text + yaml.safe_dump(settings, sort_keys=False))
 
 
-def _yaml_value(value) -> str:
+def yaml_scalar(value) -> str:
     return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
 
 

@@ -60,21 +60,30 @@ def _wanted_dir(d: Path) -> bool:
     return not d.name.startswith(".") and d.name not in IGNORED_DIRS
 
 
-def is_run_folder(d: Path) -> bool:
-    """A vistrain run (model.safetensors + config.json): written by ``train --out`` inside the photos,
-    its report's copies of misclassified images must not become training images."""
-    return (d / "model.safetensors").is_file() and (d / "config.json").is_file()
+# Left by ``predict --into DIR`` in DIR: copies sorted by a model, not labelled by a person.
+SORTED_MARKER = ".vistrain-sorted"
 
 
-def _tree_files(folder: Path, skipped_runs: list[Path]) -> list[Path]:
+def vistrain_output(d: Path) -> str | None:
+    """What vistrain wrote in ``d``, if it did: a run (``train --out``: its report copies
+    misclassified images) or ``predict --into`` copies. Inside the photos, neither is training data."""
+    if (d / "model.safetensors").is_file() and (d / "config.json").is_file():
+        return "a vistrain run"
+    if (d / SORTED_MARKER).is_file():
+        return "copies sorted by vistrain predict --into"
+    return None
+
+
+def _tree_files(folder: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
     """Candidate files in ``folder`` and its sub-folders (as torchvision's ImageFolder and fastai
     read class folders: ``cats/2019/x.jpg`` is a cat), in sorted order; symlinked sub-folders are not
-    followed (no loops). Run folders found on the way are skipped and added to ``skipped_runs``."""
+    followed (no loops). vistrain's own outputs found on the way are left out and added to ``skipped``."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         here = Path(dirpath)
-        if is_run_folder(here):
-            skipped_runs.append(here)
+        what = vistrain_output(here)
+        if what:
+            skipped.append((here, what))
             dirnames[:] = []
             continue
         dirnames[:] = sorted(n for n in dirnames if _wanted_dir(here / n))
@@ -134,10 +143,10 @@ def _flat_entries(folder: Path, split: str | None, pattern: re.Pattern[str] | No
 def _class_entries(folder: Path, split: str | None, notes: list[str]) -> list[Entry]:
     """Every class folder's files, sub-folders included; ``notes`` gets a line saying how many came
     from sub-folders (their label is the class folder's: a user who meant them as classes sees it)."""
-    entries, runs = [], []
+    entries, skipped = [], []
     nested: dict[str, int] = {}
     for d in _class_dirs(folder):
-        for p in _tree_files(d, runs):
+        for p in _tree_files(d, skipped):
             entries.append(Entry(p, d.name, split))
             if p.parent != d:
                 sub = str(p.parent.relative_to(folder))
@@ -146,8 +155,8 @@ def _class_entries(folder: Path, split: str | None, notes: list[str]) -> list[En
         shown = ", ".join(f"{sub}/" for sub in list(nested)[:3]) + (f" and {len(nested) - 3} more" if len(nested) > 3 else "")
         notes.append(f"{sum(nested.values())} file(s) in sub-folders of class folders ({shown}), "
                      f"each labelled by its class folder")
-    for run in runs:
-        notes.append(f"{run.relative_to(folder)}/ is a vistrain run folder: ignored")
+    for d, what in skipped:
+        notes.append(f"{d.relative_to(folder)}/ ({what}) ignored")
     return entries
 
 

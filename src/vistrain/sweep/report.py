@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from vistrain.config_file import normalise
+from vistrain.config_file import normalise, yaml_scalar
 from vistrain.sweep.runner import SweepConfig
 from vistrain.sweep.space import to_options
 
@@ -40,6 +40,9 @@ def best_config(study, cfg: SweepConfig) -> dict:
     best = study.best_trial
     fixed = {n: p.value for n, p in cfg.space.items() if p.kind == "fixed"}
     options = to_options({**fixed, **best.params}, {k: v for k, v in cfg.base.items()}, "best trial")
+    # Epochs, probe mode or an ensemble that the trial's time budget chose from the machine's speed
+    # (several workers share its cores): pinned, so that best.yaml trains what the trial trained.
+    options.update(best.user_attrs.get("pinned") or {})
     options["data"] = cfg.data.resolve()
     if cfg.label_from_name:
         options["label_from_name"] = cfg.label_from_name
@@ -70,6 +73,9 @@ def write_outputs(study, cfg: SweepConfig) -> dict[str, Path]:
         head = (f"# Best of {len(complete)} finished trial(s) in study {cfg.study!r}: trial {best.number}, "
                 f"validation {cfg.metric.replace('_', ' ')} {best.value:.4f}\n"
                 f"# Reproduce: vistrain train --config best.yaml --out runs/best\n")
+        if best.user_attrs.get("pinned"):
+            head += (f"# Pinned as the trial's time budget decided: "
+                     f"{', '.join(f'{k}: {yaml_scalar(v)}' for k, v in best.user_attrs['pinned'].items())}\n")
         files["best"].write_text(head + yaml.safe_dump(best_config(study, cfg), sort_keys=False))
     files["html"].write_text(_page(study, cfg, rows))
     return files

@@ -163,6 +163,8 @@ def run_sweep(cfg: SweepConfig, reporter: Reporter | None = None):
         if "test" in run.metrics:
             trial.set_user_attr("test_accuracy", run.metrics["test"]["accuracy"])
         trial.set_user_attr("stage", run.result.stage)
+        if run.result.pinned:  # what its time budget decided: best.yaml pins it, to repeat this trial
+            trial.set_user_attr("pinned", run.result.pinned)
         trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
         ui.log(f"  trial {trial.number}: validation {cfg.metric.replace('_', ' ')} {value:.1%} "
                f"({time.perf_counter() - t0:.0f} s)")
