@@ -82,7 +82,13 @@ def test_sub_folders_of_class_folders_are_read_and_said(tmp_path):
     make_image("squares", 77).save(split / "valid" / "squares" / "more" / "m.png")
     idx = _index(split)
     assert idx.counts()["valid"]["squares"] == 3
-    assert any(n.startswith("1 file(s) in sub-folders of class folders (squares/more/)") for n in idx.layout.notes)
+    assert any(n.startswith("1 file(s) in sub-folders of class folders (valid/squares/more/)") for n in idx.layout.notes)
+    # A class folder left empty (in both splits) is said, not silently dropped.
+    (split / "train" / "dogs").mkdir()
+    (split / "valid" / "dogs").mkdir()
+    idx = _index(split)
+    assert idx.classes == ["circles", "squares", "stripes"]
+    assert {"train/dogs/ has no files: not a class", "valid/dogs/ has no files: not a class"} <= set(idx.layout.notes)
 
 
 def test_flat_folder_with_regex_and_csv(tmp_path):

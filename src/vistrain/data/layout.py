@@ -140,23 +140,28 @@ def _flat_entries(folder: Path, split: str | None, pattern: re.Pattern[str] | No
     return [], f"{folder.name}/ is flat and no --label-from-name was given: ignored"
 
 
-def _class_entries(folder: Path, split: str | None, notes: list[str]) -> list[Entry]:
-    """Every class folder's files, sub-folders included; ``notes`` gets a line saying how many came
-    from sub-folders (their label is the class folder's: a user who meant them as classes sees it)."""
+def _class_entries(folder: Path, split: str | None, notes: list[str], root: Path) -> list[Entry]:
+    """Every class folder's files, sub-folders included. ``notes`` gets a line saying how many came
+    from sub-folders (their label is the class folder's: a user who meant them as classes sees it),
+    and one for each folder left out: vistrain's own outputs, and class folders with no files (a
+    class that is not there, rather than silently missing). Paths in notes are relative to ``root``."""
     entries, skipped = [], []
     nested: dict[str, int] = {}
     for d in _class_dirs(folder):
+        before = len(entries), len(skipped)
         for p in _tree_files(d, skipped):
             entries.append(Entry(p, d.name, split))
             if p.parent != d:
-                sub = str(p.parent.relative_to(folder))
+                sub = str(p.parent.relative_to(root))
                 nested[sub] = nested.get(sub, 0) + 1
+        if (len(entries), len(skipped)) == before:
+            notes.append(f"{d.relative_to(root)}/ has no files: not a class")
     if nested:
         shown = ", ".join(f"{sub}/" for sub in list(nested)[:3]) + (f" and {len(nested) - 3} more" if len(nested) > 3 else "")
         notes.append(f"{sum(nested.values())} file(s) in sub-folders of class folders ({shown}), "
                      f"each labelled by its class folder")
     for d, what in skipped:
-        notes.append(f"{d.relative_to(folder)}/ ({what}) ignored")
+        notes.append(f"{d.relative_to(root)}/ ({what}) ignored")
     return entries
 
 
@@ -180,12 +185,12 @@ def discover(root: Path | str, label_pattern: str | None = None) -> Layout:
                 f"add one, or put the class folders directly under {root} to let vistrain split"
             )
         notes: list[str] = []
-        entries = _class_entries(train, "train", notes) + _class_entries(valid, "valid", notes)
+        entries = _class_entries(train, "train", notes, root) + _class_entries(valid, "valid", notes, root)
         _check_same_classes(train, valid)
         test = _find(root, TEST_NAMES)
         if test is not None:
             if _class_dirs(test):
-                entries += _class_entries(test, "test", notes)
+                entries += _class_entries(test, "test", notes, root)
             else:
                 classes = [d.name for d in _class_dirs(train)]
                 test_entries, note = _flat_entries(test, "test", pattern, classes)
@@ -195,7 +200,7 @@ def discover(root: Path | str, label_pattern: str | None = None) -> Layout:
 
     if _class_dirs(root):
         notes = []
-        entries = _class_entries(root, None, notes)
+        entries = _class_entries(root, None, notes, root)
         stray = _files(root)
         if stray:
             notes.insert(0, f"{len(stray)} file(s) directly in {root} (outside class folders) ignored")
