@@ -133,9 +133,9 @@ def test_saved_file_names_each_pinned_setting_and_the_caveat(tmp_path):
     path = tmp_path / "train_config.yaml"
     save_config(cfg, path, {"time_budget": None, "epochs": 5}, "stopped early")
     text = path.read_text()
-    assert "the 600 s time budget decided" in text and "epochs 8 -> 5, time_budget 600.0 -> null" in text
+    assert "The 600 s time budget planned this run" in text and "epochs 8 -> 5, time_budget 600.0 -> null" in text
     assert "# Not repeatable: stopped early" in text
     saved = load_config(path)
     assert saved["epochs"] == 5 and saved["time_budget"] is None and saved["mode"] == "auto"
     save_config(cfg, path)  # nothing pinned: the request, with no such lines
-    assert "Pinned" not in path.read_text() and load_config(path)["time_budget"] == 600.0
+    assert "time budget planned" not in path.read_text() and load_config(path)["time_budget"] == 600.0

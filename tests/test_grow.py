@@ -237,7 +237,7 @@ def test_run_file_pins_the_ensemble_the_budget_chose_and_repeats_it_without_the_
     saved, text = _pins(first)
     assert (saved["backbone"], saved["mode"], saved["time_budget"]) == (ALL, "probe", None)
     assert f"backbone {BASE} -> {ALL}, mode auto -> probe, time_budget 600.0 -> null" in text
-    assert "the 600 s time budget decided" in text
+    assert "The 600 s time budget planned this run" in text
     training = json.loads((first / "config.json").read_text())["training"]
     assert training["time_budget"] == 600 and training["pinned_by_time_budget"]["backbone"] == ALL
     # On any machine (here: the real clock, where an epoch of these tiny images would fit), the file
@@ -247,7 +247,7 @@ def test_run_file_pins_the_ensemble_the_budget_chose_and_repeats_it_without_the_
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (first, again))
     assert m2["stage"] == "probe" and Predictor.from_folder(again).config.backbone == ALL
     assert (m1["valid"], m1["test"]) == (m2["valid"], m2["test"])
-    assert _pins(again)[0] == saved and "Pinned" not in _pins(again)[1]
+    assert _pins(again)[0] == saved and "time budget planned" not in _pins(again)[1]
 
 
 def test_run_file_pins_probe_mode_when_no_epoch_fit(data, tmp_path, monkeypatch):

@@ -131,8 +131,8 @@ def save_config(cfg: TrainConfig, path: Path, pinned: dict | None = None, caveat
     text = "# Resolved training settings; reproduce with: vistrain train --config THIS_FILE --out NEW_RUN\n"
     if pinned:
         changes = ", ".join(f"{k} {yaml_scalar(settings[k])} -> {yaml_scalar(pinned[k])}" for k in settings if k in pinned)
-        text += (f"# Pinned to what the {settings['time_budget']:g} s time budget decided from this "
-                 f"machine's speed, so that\n# any machine repeats it: {changes}\n")
+        text += (f"# The {settings['time_budget']:g} s time budget planned this run from this machine's "
+                 f"speed; pinned, so that\n# any machine repeats it: {changes}\n")
         settings.update(pinned)
     if caveat:
         text += f"# Not repeatable: {caveat}\n"
