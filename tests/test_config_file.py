@@ -105,7 +105,8 @@ def test_probe_c_auto_means_chosen_and_bad_values_are_named(tmp_path):
 def test_budget_decisions_pin_only_what_the_clock_decided(tmp_path):
     from vistrain.data.dataset import DataConfig
     from vistrain.training.finetune import FinetuneState
-    from vistrain.training.trainer import TrainConfig, budget_decisions
+    from vistrain.training.planning import budget_decisions
+    from vistrain.training.trainer import TrainConfig
 
     cfg = TrainConfig(data=DataConfig(tmp_path), out=tmp_path, epochs=8, time_budget=600.0)
     ran = FinetuneState(planned_epochs=8)

@@ -18,7 +18,7 @@ from vistrain.evaluation.predictor import Predictor
 from vistrain.models import create_backbone, get_backbone
 from vistrain.progress import SilentReporter
 from vistrain.training import grow as grow_module
-from vistrain.training import trainer
+from vistrain.training import planning
 from vistrain.training.features import backbone_features, feature_caches
 from vistrain.training.grow import Probe, grow_ensemble, plan_growth, score_probe
 from vistrain.training.pixels import decode_all
@@ -131,7 +131,7 @@ def test_partner_feature_lines_name_the_split_and_count(base, tmp_path):
 
 def test_default_run_spends_a_budget_fine_tuning_cannot_use_on_partner_probes(data, tmp_path, monkeypatch):
     # As on clothing on 2 cores: one fine-tuning epoch would take longer than the whole budget.
-    monkeypatch.setattr(trainer, "plan_epochs", lambda cfg, n, step_s, eval_s: (0, 10_000.0))
+    monkeypatch.setattr(planning, "plan_epochs", lambda cfg, n, step_s, eval_s: (0, 10_000.0))
     recorder = StageRecorder()
     run = vistrain.train(data, out=tmp_path / "run", cache_dir=tmp_path / "cache", image_size=SIZE,
                          time_budget=600, reporter=recorder)
@@ -157,7 +157,7 @@ def test_default_run_spends_a_budget_fine_tuning_cannot_use_on_partner_probes(da
 
 
 def test_ensemble_off_keeps_one_backbone_and_names_the_alternative(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer, "plan_epochs", lambda cfg, n, step_s, eval_s: (0, 10_000.0))
+    monkeypatch.setattr(planning, "plan_epochs", lambda cfg, n, step_s, eval_s: (0, 10_000.0))
     recorder = StageRecorder()
     run = vistrain.train(data, out=tmp_path / "run", cache_dir=tmp_path / "cache", image_size=SIZE,
                          time_budget=600, ensemble="off", reporter=recorder)
@@ -170,7 +170,7 @@ def test_ensemble_off_keeps_one_backbone_and_names_the_alternative(data, tmp_pat
 
 
 def test_an_epoch_or_two_of_fine_tuning_gives_way_to_partner_probes_that_fit(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer, "plan_epochs", lambda cfg, n, step_s, eval_s: (2, 100.0))
+    monkeypatch.setattr(planning, "plan_epochs", lambda cfg, n, step_s, eval_s: (2, 100.0))
     recorder = StageRecorder()
     run = vistrain.train(data, out=tmp_path / "run", cache_dir=tmp_path / "cache", image_size=SIZE,
                          time_budget=600, reporter=recorder)
@@ -180,7 +180,7 @@ def test_an_epoch_or_two_of_fine_tuning_gives_way_to_partner_probes_that_fit(dat
 
 
 def test_fine_tuning_runs_its_short_plan_when_no_partner_fits(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer, "plan_epochs", lambda cfg, n, step_s, eval_s: (1, 100.0))
+    monkeypatch.setattr(planning, "plan_epochs", lambda cfg, n, step_s, eval_s: (1, 100.0))
     monkeypatch.setattr(grow_module, "seconds_per_image", lambda *args: 1e6)  # no partner fits any budget
     recorder = StageRecorder()
     run = vistrain.train(data, out=tmp_path / "run", cache_dir=tmp_path / "cache", image_size=SIZE,
@@ -209,7 +209,7 @@ def test_fine_tuning_runs_its_short_plan_when_no_partner_fits(data, tmp_path, mo
 def test_cli_summary_names_a_kept_ensemble_and_ensemble_off_is_a_flag(data, tmp_path, monkeypatch, capsys):
     from vistrain.cli import main
 
-    monkeypatch.setattr(trainer, "plan_epochs", lambda cfg, n, step_s, eval_s: (0, 10_000.0))
+    monkeypatch.setattr(planning, "plan_epochs", lambda cfg, n, step_s, eval_s: (0, 10_000.0))
     monkeypatch.setattr(Probe, "beats", lambda self, other: True)  # whatever these tiny images score
     args = ["train", str(data), "--image-size", str(SIZE), "--cache-dir", str(tmp_path / "cache")]
     assert main([*args, "--out", str(tmp_path / "grown")]) == 0
@@ -229,7 +229,7 @@ def test_run_file_pins_the_ensemble_the_budget_chose_and_repeats_it_without_the_
     from vistrain.cli import main
 
     # The budget (on a "slow machine": no epoch fits) chose an ensemble of probes; asked: Lite0, auto, 600 s.
-    monkeypatch.setattr(trainer, "plan_epochs", lambda cfg, n, step_s, eval_s: (0, 10_000.0))
+    monkeypatch.setattr(planning, "plan_epochs", lambda cfg, n, step_s, eval_s: (0, 10_000.0))
     monkeypatch.setattr(Probe, "beats", lambda self, other: True)
     first, again = tmp_path / "first", tmp_path / "again"
     cache = ["--cache-dir", str(tmp_path / "cache")]
@@ -251,7 +251,7 @@ def test_run_file_pins_the_ensemble_the_budget_chose_and_repeats_it_without_the_
 
 
 def test_run_file_pins_probe_mode_when_no_epoch_fit(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer, "plan_epochs", lambda cfg, n, step_s, eval_s: (0, 10_000.0))
+    monkeypatch.setattr(planning, "plan_epochs", lambda cfg, n, step_s, eval_s: (0, 10_000.0))
     run = vistrain.train(data, out=tmp_path / "run", cache_dir=tmp_path / "cache", image_size=SIZE,
                          time_budget=300, ensemble="off")
     saved, text = _pins(run.path)

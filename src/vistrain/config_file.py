@@ -125,7 +125,7 @@ def resolved_config(cfg: TrainConfig) -> dict:
 
 def save_config(cfg: TrainConfig, path: Path, pinned: dict | None = None, caveat: str | None = None) -> None:
     """The run's settings as ``train --config`` reads them. ``pinned``: settings replacing the request
-    where the time budget decided from this machine's speed (see trainer.budget_decisions); the
+    where the time budget decided from this machine's speed (see training.planning.budget_decisions); the
     header names each, with what was asked. ``caveat``: what even those cannot repeat."""
     settings = resolved_config(cfg)
     text = "# Resolved training settings; reproduce with: vistrain train --config THIS_FILE --out NEW_RUN\n"

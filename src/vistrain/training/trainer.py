@@ -17,14 +17,11 @@ from vistrain.data.split import read_split
 from vistrain.data.transforms import RESIZE_METHODS, Preprocessing
 from vistrain.memory import (
     release_freed_memory,
-    training_budget_bytes,
     training_micro_batch,
 )
 from vistrain.models.classifier import ImageClassifier, ModelConfig, build_classifier
 from vistrain.models.registry import (
-    ENSEMBLE_SEP,
     ensemble_members,
-    ensemble_partners,
     get_backbone,
 )
 from vistrain.progress import Reporter, SilentReporter
@@ -41,12 +38,10 @@ from vistrain.training.checkpoint import (
 )
 from vistrain.training.device import (
     describe,
-    gpu_activation_budget,
-    model_device,
     resolve_device,
     uses_amp,
 )
-from vistrain.training.distributed import agree_min, is_main, world_size
+from vistrain.training.distributed import is_main, world_size
 from vistrain.training.feature_cache import FeatureCache
 from vistrain.training.features import (
     backbone_features,
@@ -58,9 +53,7 @@ from vistrain.training.finetune import (
     FinetuneState,
     evaluate_logits,
     finetune,
-    measure_step_seconds,
     micro_batch_size,
-    plan_epochs,
     train_preprocessing,
 )
 from vistrain.training.grow import (
@@ -72,15 +65,16 @@ from vistrain.training.grow import (
 )
 from vistrain.training.mirror import MirrorCheck, mirror_check, mirrored
 from vistrain.training.pixels import decode_all
+from vistrain.training.planning import (
+    MIN_FINETUNE_EPOCHS,
+    activation_budget,
+    budget_decisions,
+    plan_finetuning,
+)
 from vistrain.training.probe import describe_choice, fit_ensemble_probe, probe_logits
 from vistrain.training.schedules import check_schedule
 
 MODES = ("auto", "probe", "finetune")
-# Fewer fine-tuning epochs than this, when they are all the budget allows, give way to an ensemble of
-# probes (training.grow) if one fits: a one-cycle schedule squeezed into an epoch or two has not beaten
-# the probe in any measurement here (clothing, 1 epoch: 87.4% against the probe's 88.0%; climbing's
-# best epochs came 5-6 of 8), while the ensemble measured +2.9 points on clothing's validation.
-MIN_FINETUNE_EPOCHS = 3
 
 
 class TrainError(ValueError):
@@ -293,7 +287,7 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
             patience=cfg.patience, augment=cfg.augment, seed=cfg.seed, weight_decay=cfg.weight_decay,
             schedule=cfg.schedule, balance=balance, select_by=select_by,
             micro_batch=training_micro_batch(cfg.batch_size, train_preprocessing(prep).size,
-                                             _activation_budget(cfg, device)),
+                                             activation_budget(cfg, device)),
         )
         if micro_batch_size(ft_cfg) < ft_cfg.batch_size:
             why = (f"batches of {ft_cfg.batch_size} ran as passes of up to {ft_cfg.micro_batch} images, for memory "
@@ -308,7 +302,7 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
             ui.log(f"Resuming fine-tuning after epoch {len(ft_state.history)} of {ft_state.planned_epochs}")
         else:
             release_freed_memory()  # what decoding and the features' ONNX session used, before training
-            ft_state, epoch_s = _plan(ui, model, canvases, y_train, valid_pixels, prep, ft_cfg, cfg, t_start, notes)
+            ft_state, epoch_s = plan_finetuning(ui, model, canvases, y_train, valid_pixels, prep, ft_cfg, cfg, t_start, notes)
             if is_main():
                 save_probe_head(cfg.out, model.head)
             if (ft_state.planned_epochs < MIN_FINETUNE_EPOCHS and cfg.mode == "auto" and cfg.ensemble == "auto"
@@ -383,34 +377,6 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
                        *budget_decisions(cfg, ft_state, growth))
 
 
-def budget_decisions(cfg: TrainConfig, ft_state: FinetuneState | None, growth: Growth | None
-                     ) -> tuple[dict, str | None]:
-    """The settings under which a run with no time budget decides what this one's budget did.
-
-    The budget is spent by measured speed: on a slower machine the same request plans fewer epochs,
-    or gives fine-tuning's time to partner probes (clothing: 92.2% test on one machine, 93.5% on a
-    faster one). Pinning the outcome (epochs, probe mode, the ensemble kept) and lifting the budget
-    makes ``train --config`` on the run's file repeat the run anywhere. Nothing is pinned when the
-    clock decided nothing (no budget; no fine-tuning wanted: ``--mode probe``, an ensemble backbone)
-    or when the run was interrupted (``--resume`` follows the plan in its checkpoint). The caveat
-    says what no setting repeats: fine-tuning cut short by the budget, against its own plan.
-    """
-    if cfg.time_budget is None or ft_state is None or ft_state.interrupted:
-        return {}, None
-    pinned: dict = {"time_budget": None}
-    if growth is not None or ft_state.planned_epochs == 0:
-        pinned["mode"] = "probe"
-        if growth is not None and growth.kept.backbone != cfg.backbone:
-            pinned["backbone"] = growth.kept.backbone
-    elif ft_state.planned_epochs != cfg.epochs:
-        pinned["epochs"] = ft_state.planned_epochs
-    caveat = None
-    if ft_state.out_of_time:
-        caveat = (f"fine-tuning stopped at the time budget after epoch {len(ft_state.history)} of "
-                  f"{ft_state.planned_epochs}; without a budget all {ft_state.planned_epochs} run")
-    return pinned, caveat
-
-
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(1) == labels).mean())
 
@@ -431,47 +397,6 @@ def _decide_flips(ui: Reporter, model, valid, valid_pixels: np.ndarray, y_valid:
     if not check.keep_flips:
         notes.append(check.describe())
     return check, replace(ft_cfg, augment=replace(ft_cfg.augment, flip=check.keep_flips))
-
-
-def _activation_budget(cfg: TrainConfig, device: torch.device) -> float | None:
-    """Bytes one training pass's activations may take: on a GPU its free memory (activations live
-    there; ``max_memory`` caps the host process), else the host budget from ``max_memory``."""
-    gpu = gpu_activation_budget(device)
-    return gpu if gpu is not None else training_budget_bytes(cfg.max_memory)
-
-
-def _plan(ui, model, canvases, y_train, valid_pixels, prep, ft_cfg: FinetuneConfig, cfg: TrainConfig,
-          t_start: float, notes: list[str]) -> tuple[FinetuneState, float]:
-    """Measure a training step and an evaluation, then plan the epochs that fit the time budget."""
-    step_s = measure_step_seconds(model, canvases, y_train, prep, ft_cfg)
-    probe = valid_pixels[: min(16, len(valid_pixels))]
-    # A GPU's first evaluation picks its kernels (6.3 s, then 0.025 s, for 16 images on an H100): time the second.
-    for _ in range(2 if model_device(model).type == "cuda" else 1):
-        t_eval = time.perf_counter()
-        evaluate_logits(model, probe, prep)
-    eval_s = (time.perf_counter() - t_eval) * len(valid_pixels) / len(probe)
-    if cfg.time_budget is not None:
-        # Keep a margin for the final evaluation and for writing the run, and for the mirror check
-        # that runs before the first epoch (features of the mirrored validation images: about one
-        # evaluation's time, ONNX Runtime being no slower than the eager model).
-        margin = (3 if ft_cfg.augment.flip == "auto" else 2) * eval_s
-        ft_cfg.time_budget = cfg.time_budget - (time.perf_counter() - t_start) - margin
-    planned, epoch_s = plan_epochs(ft_cfg, len(canvases), step_s, eval_s)
-    planned = int(agree_min(planned))  # every process must run the same epochs
-    if cfg.mode == "finetune" and planned == 0:
-        planned = 1  # asked for explicitly: one epoch even past the budget
-        notes.append("one fine-tuning epoch runs past the time budget: --mode finetune asked for it")
-    ui.log(f"Fine-tuning: {epoch_s:.0f} s per epoch measured, {planned} epoch(s) planned"
-           + (f" within the {cfg.time_budget:.0f} s budget" if cfg.time_budget else ""))
-    if planned == 0:
-        # With --ensemble auto the rest of the budget goes to probes of partner backbones (training.grow),
-        # which says what it did; otherwise point to that measured alternative (clothing: 88.0% -> 90.9%
-        # validation, in 2.2x the default run's time) where the user reads why nothing more happened.
-        others = ensemble_partners(cfg.backbone) if cfg.ensemble == "off" else []
-        hint = (f"; for more accuracy, a larger --time-budget or an ensemble of probes: --backbone "
-                f"{ENSEMBLE_SEP.join([cfg.backbone, *others])}" if others else "")
-        notes.append(f"fine-tuning skipped: one epoch (~{epoch_s:.0f} s) does not fit the time budget{hint}")
-    return FinetuneState(planned_epochs=planned), epoch_s
 
 
 def _epoch_logger(ui: Reporter, model, out: Path, extra: dict, then: Callable[[int, float], None] | None = None):
