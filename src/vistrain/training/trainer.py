@@ -308,7 +308,7 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
             if (ft_state.planned_epochs < MIN_FINETUNE_EPOCHS and cfg.mode == "auto" and cfg.ensemble == "auto"
                     and cfg.time_budget is not None and world_size() == 1):
                 # Under torchrun each rank would time, and might choose, differently: one process only.
-                # The whole rest of the budget: the margin _plan kept was for fine-tuning's final evaluation.
+                # The whole rest of the budget: the margin plan_finetuning kept was for fine-tuning's final evaluation.
                 splits = {"train": train, "valid": valid, "test": index.split("test")}
                 plan = plan_growth(ui, cfg.backbone, splits, prep, cfg.data.cache_dir,
                                    cfg.time_budget - (time.perf_counter() - t_start), valid_pixels, model.backbone)
