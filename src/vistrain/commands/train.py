@@ -105,6 +105,8 @@ def run(args, console, reporter) -> int:
     for a, b, n in top_confusions(m["valid"]):
         console.print(f"  {n} × actual {a} predicted as {b}")
     console.print(f"  run saved in {trained.path}/ (model.safetensors, config.json, metrics.json, history.csv, split.csv)")
+    if not (res.finetune and res.finetune.interrupted):
+        console.print(f"  repeat it on any machine: vistrain train --config {trained.path}/train_config.yaml --out NEW_RUN")
     console.print(f"  next: vistrain predict {trained.path} NEW_PHOTOS/ --csv predictions.csv")
     if args.mlflow:
         from vistrain.tracking import log_run
