@@ -61,6 +61,9 @@ def test_sub_folders_of_class_folders_are_read_and_said(tmp_path):
     assert "2 file(s) in sub-folders of class folders (circles/2019/, circles/2020/), each labelled by its class folder" \
         in idx.layout.notes
     assert "runs/latest/ (a vistrain run) ignored" in idx.layout.notes
+    make_image("circles", 3).save(root / "stray.png")
+    assert f"1 file(s) directly in {root} (outside class folders) ignored" in _index(root).layout.notes
+    (root / "stray.png").unlink()
     # Copies that predict --into sorted by a model's answers, inside the photos: not hand labels.
     from vistrain.api import sort_into
 
@@ -83,6 +86,9 @@ def test_sub_folders_of_class_folders_are_read_and_said(tmp_path):
     idx = _index(split)
     assert idx.counts()["valid"]["squares"] == 3
     assert any(n.startswith("1 file(s) in sub-folders of class folders (valid/squares/more/)") for n in idx.layout.notes)
+    # Files beside the class folders of a split are said to be left out, as beside the root's.
+    make_image("circles", 6).save(split / "train" / "stray.png")
+    assert "1 file(s) directly in train/ (outside class folders) ignored" in _index(split).layout.notes
     # A class folder left empty (in both splits) is said, not silently dropped.
     (split / "train" / "dogs").mkdir()
     (split / "valid" / "dogs").mkdir()

@@ -143,9 +143,13 @@ def _flat_entries(folder: Path, split: str | None, pattern: re.Pattern[str] | No
 def _class_entries(folder: Path, split: str | None, notes: list[str], root: Path) -> list[Entry]:
     """Every class folder's files, sub-folders included. ``notes`` gets a line saying how many came
     from sub-folders (their label is the class folder's: a user who meant them as classes sees it),
-    and one for each folder left out: vistrain's own outputs, and class folders with no files (a
-    class that is not there, rather than silently missing). Paths in notes are relative to ``root``."""
+    and one for each thing left out: files directly in ``folder``, vistrain's own outputs, and class
+    folders with no files (a class that is not there, rather than silently missing)."""
     entries, skipped = [], []
+    stray = _files(folder)
+    if stray:
+        where = folder if folder == root else f"{folder.relative_to(root)}/"
+        notes.append(f"{len(stray)} file(s) directly in {where} (outside class folders) ignored")
     nested: dict[str, int] = {}
     for d in _class_dirs(folder):
         before = len(entries), len(skipped)
@@ -201,9 +205,6 @@ def discover(root: Path | str, label_pattern: str | None = None) -> Layout:
     if _class_dirs(root):
         notes = []
         entries = _class_entries(root, None, notes, root)
-        stray = _files(root)
-        if stray:
-            notes.insert(0, f"{len(stray)} file(s) directly in {root} (outside class folders) ignored")
         return Layout("class-folders", root, entries, notes)
 
     if pattern is None:
