@@ -34,6 +34,7 @@ def test_export_folder_describes_itself(exported_run, trained_run):
     assert fp32["valid_accuracy"] == info["validation"]["pytorch_accuracy"]
     assert fp32["latency_ms_1_thread"] > 0 and info["models"]["int8"]["latency_ms_1_thread"] > 0
     assert not any("ensemble" in n for n in info["validation"]["notes"])
+    assert not any(n.startswith("int8 static") for n in info["validation"]["notes"])  # one method: no comparison
     assert info["validation"]["images"] == sum(1 for r in csv.DictReader((run / "split.csv").open())
                                                if r["split"] == "valid")
     assert (exported_run / "head.safetensors").is_file()
@@ -193,3 +194,17 @@ def test_bytes_path_refuses_what_the_file_path_refuses(exported_run):
         pred.pixels_from_bytes(buf.getvalue()[: len(buf.getvalue()) // 2], "half.png")
     with pytest.raises(ImageError, match="empty"):
         pred.pixels_from_bytes(b"", "empty.png")
+
+
+def test_int8_auto_compares_both_methods_and_keeps_the_better(trained_run, tmp_path):
+    from vistrain.export import ExportConfig, export_run
+
+    result = export_run(trained_run[0], ExportConfig(out=tmp_path / "export", int8=True, int8_method="auto",
+                                                     calibration_images=12, max_accuracy_drop=100))
+    kept = result.info.models["int8"]
+    assert {n.split(":")[0] for n in result.notes if n.startswith("int8 ")} == {"int8 static", "int8 dynamic"}
+    assert f"kept int8 {kept['method']}" in result.notes
+    # The rule: higher validation accuracy, then lower latency; the other candidate's figures are in its note.
+    other = next(n for n in result.notes if n.startswith("int8 ") and not n.startswith(f"int8 {kept['method']}"))
+    other_acc = float(other.split("validation accuracy ")[1].split("%")[0]) / 100
+    assert kept["valid_accuracy"] >= other_acc - 1e-9

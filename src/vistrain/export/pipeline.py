@@ -264,12 +264,12 @@ def _best_int8(out: Path, cfg: ExportConfig, x_cal, x_valid, y_valid, torch_logi
     finally:
         for p in [prepared, *(c[0] for c in candidates)]:
             p.unlink(missing_ok=True)
+    if len(candidates) == 1:
+        return best, []  # the summary already gives its accuracy, latency and size
     notes = [f"int8 {e['method']}: validation accuracy {e['valid_accuracy']:.1%}, "
              f"{e['latency_ms_1_thread']:.1f} ms per image on 1 thread, {e['bytes'] / 1e6:.1f} MB"
              for _, e in candidates]
-    if len(candidates) > 1:
-        notes.append(f"kept int8 {best['method']}")
-    return best, notes
+    return best, [*notes, f"kept int8 {best['method']}"]
 
 
 def _versions() -> dict:
