@@ -54,6 +54,14 @@ def test_evaluate_json_has_the_documented_keys(trained, tmp_path, capsys):
     assert {"accuracy", "per_class", "confusion_matrix", "classes", "n"} <= set(m)
     assert m["n"] == 6 and m["accuracy"] >= 5 / 6
     assert set(m["per_class"]["squares"]) == {"precision", "recall", "f1", "support"}
+    # Named after the model's classes, the flat folder needs no regex (as a flat test/ in training).
+    assert main(["evaluate", str(run), str(flat), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["confusion_matrix"] == m["confusion_matrix"]
+    make_image("circles", 7100).save(flat / "IMG_0001.jpg")
+    assert main(["evaluate", str(run), str(flat), "--json"]) == 2
+    captured = capsys.readouterr()
+    err = " ".join((captured.out + captured.err).split())
+    assert "give --label-from-name REGEX" in err and "or name each file after its class" in err
 
 
 def test_evaluate_table(trained, capsys):

@@ -264,7 +264,7 @@ def evaluate(run: str | Path | Run, data: str | Path, label_from_name: str | Non
     ui = reporter or SilentReporter()
     run = run if isinstance(run, Run) else load(run, device)
     index = build_eval_index(DataConfig(Path(data), label_from_name, cache_dir=_resolve_cache(cache_dir)),
-                             reporter=ui)
+                             reporter=ui, classes=run.classes)
     unknown = sorted({r.label for r in index.records} - set(run.classes))
     if unknown:
         raise ValueError(f"{data}: label(s) the model does not know: {', '.join(unknown)} "

@@ -108,9 +108,14 @@ def build_index(
     return DatasetIndex(layout, ok, bad, classes, from_cache=hits)
 
 
-def build_eval_index(cfg: DataConfig, reporter: Reporter | None = None) -> DatasetIndex:
-    """Index a labelled folder to evaluate on: every usable file counts, whatever its split."""
-    layout = discover(cfg.root, cfg.label_from_name)
+def build_eval_index(cfg: DataConfig, reporter: Reporter | None = None, classes: list[str] | None = None
+                     ) -> DatasetIndex:
+    """Index a labelled folder to evaluate on: every usable file counts, whatever its split.
+
+    ``classes``: the model's; a flat folder whose file names start with them is labelled from the
+    names without a regex, as a flat ``test/`` beside ``train/`` is in training.
+    """
+    layout = discover(cfg.root, cfg.label_from_name, classes)
     if not layout.entries:
         raise DataError(f"{layout.root}: no files found")
     if layout.kind == "split-folders":

@@ -169,8 +169,12 @@ def _class_entries(folder: Path, split: str | None, notes: list[str], root: Path
     return entries
 
 
-def discover(root: Path | str, label_pattern: str | None = None) -> Layout:
-    """Detect the layout of ``root`` and list every candidate file with its label and split."""
+def discover(root: Path | str, label_pattern: str | None = None, classes: list[str] | None = None) -> Layout:
+    """Detect the layout of ``root`` and list every candidate file with its label and split.
+
+    ``classes`` (known from a trained model) label a flat folder without ``label_pattern`` when
+    every file name starts with one of them.
+    """
     root = Path(root).expanduser()
     if not root.exists():
         raise DataError(f"{root}: no such file or folder")
@@ -208,9 +212,14 @@ def discover(root: Path | str, label_pattern: str | None = None) -> Layout:
         return Layout("class-folders", root, entries, notes)
 
     if pattern is None:
+        if classes:
+            entries, note = _flat_entries(root, None, None, classes)
+            if entries:
+                return Layout("flat", root, entries, [note])
         raise DataError(
             f"{root}: a flat folder with no class sub-folders; give --label-from-name REGEX "
             f"to read labels from file names (e.g. '(.+)_\\d+' for 'cat_12.jpg')"
+            + (", or name each file after its class (e.g. 'cat_12.jpg' for class cat)" if classes else "")
         )
     entries, note = _flat_entries(root, None, pattern, None)
     return Layout("flat", root, entries, [note])

@@ -98,7 +98,8 @@ def analyse(run_dir: Path | str, predictor: Predictor, data: Path | str | None =
         pairs = [(p, lab) for p, lab in pairs if Path(p).is_file()]
         source = f"the validation split of {run_dir} ({len(pairs)} images)"
     else:
-        index = build_eval_index(DataConfig(Path(data), label_from_name, cache_dir=cache_dir), reporter=ui)
+        index = build_eval_index(DataConfig(Path(data), label_from_name, cache_dir=cache_dir), reporter=ui,
+                                 classes=list(classes))
         unknown = sorted({r.label for r in index.records} - set(classes))
         if unknown:
             raise ReportError(f"{data}: label(s) the model does not know: {', '.join(unknown)} "
