@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from vistrain.clean.audit import AuditResult
 from vistrain.clean.journal import QUARANTINE, CleanError, Journal, safe_path
+from vistrain.data.layout import label_folder
 
 # Suspect kinds in review order; the score ranks within a kind.
 PRIORITY = {"conflict": 0, "label_error": 1, "exact_duplicate": 2, "near_duplicate": 3, "outlier": 4}
@@ -45,9 +46,8 @@ def suspects(result: AuditResult) -> list[dict]:
 
 def _labels(result: AuditResult, path: str) -> dict:
     p = result.predictions.get(path, {})
-    # The outermost folder named like a class gives the label (a sub-folder, cats/2019/, does not).
-    folder = next((part for part in Path(path).parts[:-1] if part in result.classes), Path(path).parent.name)
-    label = p.get("label") or folder
+    found = label_folder(Path(path), result.classes)  # cats/2019/x.jpg is a cat, not a "2019"
+    label = p.get("label") or (found.name if found else Path(path).parent.name)
     return {"label": label, "predicted": p.get("predicted"), "probability": p.get("probability")}
 
 

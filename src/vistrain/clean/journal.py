@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from vistrain.data.layout import label_folder
+
 QUARANTINE = ".vistrain-quarantine"
 JOURNAL = "journal.jsonl"
 MANIFEST = "manifest.json"
@@ -217,8 +219,8 @@ class Journal:
             raise CleanError(f"{label!r} is not a valid class folder name")
         folder = src.parent
         if classes is not None:
-            named = [d for d in src.parents if d != self.root and d.is_relative_to(self.root) and d.name in classes]
-            folder = named[-1] if named else self.root
+            found = label_folder(src.relative_to(self.root), classes)
+            folder = self.root / found if found else self.root
         if folder == self.root:
             raise CleanError(f"{rel}: not in a class folder, so it cannot be relabelled by moving it")
         if folder.name == label:

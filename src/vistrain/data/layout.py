@@ -74,6 +74,15 @@ def vistrain_output(d: Path) -> str | None:
     return None
 
 
+def label_folder(rel: Path, classes) -> Path | None:
+    """The folder that gives the file ``rel`` (relative to the data root) its label, relative too:
+    the outermost one named like a class (``train/cats/2019/dogs/b.jpg`` -> ``train/cats``)."""
+    for i, part in enumerate(rel.parts[:-1]):
+        if part in classes:
+            return Path(*rel.parts[: i + 1])
+    return None
+
+
 def _tree_files(folder: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
     """Candidate files in ``folder`` and its sub-folders (as torchvision's ImageFolder and fastai
     read class folders: ``cats/2019/x.jpg`` is a cat), in sorted order; symlinked sub-folders are not
