@@ -125,6 +125,32 @@ def test_predict_table_names_files_below_their_shared_folder(trained, tmp_path, 
     assert any("sub/stripe_photo.png" in line and "stripes" in line for line in lines)
 
 
+def test_predict_over_a_folder_passes_over_what_vistrain_wrote_there(trained, tmp_path, capsys):
+    _data, run = trained
+    new = tmp_path / "new"
+    (new / "__MACOSX").mkdir(parents=True)
+    for i, name in enumerate(["circles", "squares"]):
+        make_image(name, 8200 + i).save(new / f"photo{i}.png")
+    make_image("stripes", 8202).save(new / "__MACOSX" / "photo0.png")  # archive metadata, not a photo
+    shutil.copytree(run, new / "old_run")  # a run folder holds copies of misclassified images
+    make_image("stripes", 8203).save(new / "old_run" / "copy.png")
+    assert main(["predict", str(run), str(new), "--into", str(new / "sorted"), "--unsure", "0", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert sorted(Path(r["path"]).name for r in first) == ["photo0.png", "photo1.png"]
+    assert len(list((new / "sorted").rglob("*.png"))) == 2
+
+    # Again over the same folder: the sorted copies inside it are not answered for a second time.
+    assert main(["predict", str(run), str(new), "--unsure", "0"]) == 0
+    captured = capsys.readouterr()
+    out = " ".join((captured.out + captured.err).split())
+    assert "2 file(s): 2 classified" in out
+    assert "sorted/ (copies sorted by vistrain predict --into) ignored" in out
+    assert "old_run/ (a vistrain run) ignored" in out
+    # Named directly, the sorted folder is read like any other.
+    assert main(["predict", str(run), str(new / "sorted"), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+
+
 def test_confusion_table_numbers_its_columns_when_class_names_do_not_fit():
     from rich.console import Console
 

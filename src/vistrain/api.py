@@ -305,7 +305,10 @@ def predict(run: str | Path | Run, inputs: list[str | Path], top_k: int = 3, uns
     ``device``: where a run given as a folder is loaded (a :class:`Run` stays where it is)."""
     ui = reporter or SilentReporter()
     run = run if isinstance(run, Run) else load(run, device)
-    paths = collect_images(inputs)
+    skipped: list[tuple[Path, str]] = []
+    paths = collect_images(inputs, skipped)
+    for folder, what in skipped:
+        ui.log(f"{folder}/ ({what}) ignored")
     threshold = unsure if unsure is not None else run.predictor.config.unsure_threshold
     with ui.stage("predict", len(paths)) as advance:
         preds = run.predictor.predict_paths(paths, progress=advance, tta=tta)

@@ -83,14 +83,16 @@ def label_folder(rel: Path, classes) -> Path | None:
     return None
 
 
-def _tree_files(folder: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
+def tree_files(folder: Path, skipped: list[tuple[Path, str]], given: bool = False) -> list[Path]:
     """Candidate files in ``folder`` and its sub-folders (as torchvision's ImageFolder and fastai
     read class folders: ``cats/2019/x.jpg`` is a cat), in sorted order; symlinked sub-folders are not
-    followed (no loops). vistrain's own outputs found on the way are left out and added to ``skipped``."""
+    followed (no loops); hidden folders and ``__MACOSX`` are passed over. vistrain's own outputs found
+    on the way are left out and added to ``skipped``. ``given``: ``folder`` was named by the user, so it is read
+    even when vistrain wrote it (``predict`` over a ``--into`` folder)."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         here = Path(dirpath)
-        what = vistrain_output(here)
+        what = None if given and here == folder else vistrain_output(here)
         if what:
             skipped.append((here, what))
             dirnames[:] = []
@@ -162,7 +164,7 @@ def _class_entries(folder: Path, split: str | None, notes: list[str], root: Path
     nested: dict[str, int] = {}
     for d in _class_dirs(folder):
         before = len(entries), len(skipped)
-        for p in _tree_files(d, skipped):
+        for p in tree_files(d, skipped):
             entries.append(Entry(p, d.name, split))
             if p.parent != d:
                 sub = str(p.parent.relative_to(root))

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vistrain.data.images import is_candidate, load_rgb
+from vistrain.data.images import load_rgb
+from vistrain.data.layout import tree_files
 from vistrain.data.transforms import normalize, to_model_pixels
 from vistrain.memory import inference_batch_size
 from vistrain.models.classifier import ImageClassifier, ModelConfig, load_model
@@ -100,14 +101,20 @@ class Predictor:
         return logits, errors
 
 
-def collect_images(inputs: list[str | Path]) -> list[Path]:
-    """Files given directly, plus every non-hidden file under the folders given (sorted, recursive)."""
+def collect_images(inputs: list[str | Path], skipped: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """Files given directly, plus every non-hidden file under the folders given (sorted, recursive).
+
+    Read as training reads class folders (data.layout.tree_files): hidden folders and ``__MACOSX``
+    are passed over, and so are vistrain's own outputs inside a folder given (a run's copies of
+    misclassified images, an earlier ``predict --into``), each added to ``skipped`` with what it is:
+    predicting ``photos/`` again after ``--into photos/sorted`` must not answer for the copies too.
+    """
+    skipped = [] if skipped is None else skipped
     files: list[Path] = []
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if is_candidate(f) and not any(
-                part.startswith(".") for part in f.relative_to(p).parts)))
+            files.extend(tree_files(p, skipped, given=True))
         elif p.is_file():
             files.append(p)
         else:
