@@ -115,6 +115,38 @@ def test_duplicates_stay_on_one_side_of_the_split(tmp_path):
         assert len({side["squares_5.png"]} | {side[f"big_{i}.png"] for i in range(4)}) == 1
         for c in ("circles", "squares", "stripes"):  # still stratified: each class on both sides
             assert {r.split for r in idx.records if r.label == c} == {"train", "valid"}
+        # ... and each class's validation share stays its 20%: the 5 copies never join 3 valid places.
+        valid = {c: sum(r.split == "valid" for r in idx.records if r.label == c) for c in ("circles", "squares")}
+        assert valid == {"circles": 3, "squares": 3}
+
+
+def test_the_same_shape_in_another_colour_is_not_a_duplicate(tmp_path, cache_dir):
+    from vistrain.data.phash import phash
+
+    def product(colour, seed):
+        rng = np.random.default_rng(seed)
+        img = Image.new("RGB", (96, 96), (245, 245, 245))
+        x, y = rng.integers(4, 30, 2)
+        w, h = rng.integers(20, 60, 2)
+        draw = ImageDraw.Draw(img)
+        (draw.ellipse if seed % 2 else draw.rectangle)([x, y, x + w, y + h], fill=colour)
+        return img
+
+    root = tmp_path / "shirts"
+    for label, colour in (("red", (200, 30, 30)), ("blue", (30, 40, 190))):
+        (root / label).mkdir(parents=True)
+        for i in range(10):  # the same shirts, shot the same way, in two colours
+            product(colour, i).save(root / label / f"{i}.png")
+    product((200, 30, 30), 0).save(root / "red" / "0_again.jpg", quality=60)  # a re-encoded copy
+    red, blue = Image.open(root / "red/3.png"), Image.open(root / "blue/3.png")
+    assert bin(int(phash(red), 16) ^ int(phash(blue), 16)).count("1") <= 2  # grey structure alone: alike
+
+    found = _by_kind(audit(_config(root, cache_dir)))
+    assert "conflict" not in found
+    assert [sorted(f.files) for f in found["near_duplicate"]] == [["red/0.png", "red/0_again.jpg"]]
+    # And the split is stratified as for any photos, not one cross-colour cluster on one side.
+    idx = build_index(DataConfig(root, cache_dir=cache_dir))
+    assert {c: sum(r.split == "valid" for r in idx.records if r.label == c) for c in ("red", "blue")} == {"red": 2, "blue": 2}
 
 
 def test_train_prints_and_keeps_a_quick_audit(trained_run):

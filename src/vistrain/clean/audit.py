@@ -91,7 +91,8 @@ def _rel(root: Path, path: str) -> str:
 def duplicate_clusters(records: list[Record], near_bits: int = NEAR_BITS,
                        extra_pairs: list[tuple[int, int, float]] = ()) -> list[list[int]]:
     """Record indices grouped by same bytes, perceptual hash within ``near_bits``, or ``extra_pairs``."""
-    return duplicate_groups([r.sha1 for r in records], [r.phash for r in records], near_bits, extra_pairs)
+    return duplicate_groups([r.sha1 for r in records], [r.phash for r in records], near_bits, extra_pairs,
+                            [r.colour for r in records])
 
 
 def hash_findings(root: Path, records: list[Record], skipped: list[Record], near_bits: int = NEAR_BITS,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from vistrain.data.images import DEFAULT_MAX_PIXELS, ImageError, decode_with_header
 from vistrain.data.layout import Entry
-from vistrain.data.phash import phash
+from vistrain.data.phash import colour_signature, phash
 
-SCAN_CACHE_VERSION = 2  # 2: perceptual hash
+SCAN_CACHE_VERSION = 3  # 2: perceptual hash; 3: colour signature
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Record:
     bytes: int = 0
     sha1: str | None = None
     phash: str | None = None  # perceptual hash (duplicates at any size or encoding)
+    colour: str | None = None  # mean colour of each quarter (near duplicates must match it too)
 
 
 def _inspect(path: Path, max_pixels: int) -> dict:
@@ -58,7 +59,7 @@ def _inspect(path: Path, max_pixels: int) -> dict:
     w, h = header["width"], header["height"]
     if (rgb.size[0] > rgb.size[1]) != (w > h) and rgb.size[0] != rgb.size[1]:
         w, h = h, w  # EXIF rotated the photo by 90 degrees: record its upright size
-    facts.update(ok=True, width=w, height=h, phash=phash(rgb))
+    facts.update(ok=True, width=w, height=h, phash=phash(rgb), colour=colour_signature(rgb))
     return facts
 
 

@@ -17,8 +17,9 @@ def stratified_split(records: list[Record], valid_fraction: float, seed: int) ->
     """Assign ``split`` to records that have none: per class, ``valid_fraction`` goes to valid.
 
     Each class keeps at least one image on each side, so a class needs two usable images.
-    Duplicates (same bytes, or perceptual hashes within ``NEAR_BITS``) move together, so a
-    photo never sits in train and valid at once: such a leak inflates the validation score.
+    Duplicates (same bytes, or perceptual hashes within ``NEAR_BITS`` and the same colours) move
+    together, so a photo never sits in train and valid at once: such a leak inflates the validation
+    score.
     The order of files on disk does not matter: they are sorted by path before shuffling.
     """
     if not 0.0 < valid_fraction < 1.0:
@@ -36,7 +37,8 @@ def stratified_split(records: list[Record], valid_fraction: float, seed: int) ->
         )
     # Each duplicate cluster is one unit, filed under its most common label (ties: first by name).
     units: dict[str, list[list[Record]]] = defaultdict(list)
-    for idx in duplicate_groups([r.sha1 for r in todo], [r.phash for r in todo]):
+    for idx in duplicate_groups([r.sha1 for r in todo], [r.phash for r in todo],
+                                colours=[r.colour for r in todo]):
         members = [todo[i] for i in idx]
         labels = Counter(r.label for r in members)
         home = min(labels, key=lambda c: (-labels[c], c))
@@ -52,13 +54,19 @@ def stratified_split(records: list[Record], valid_fraction: float, seed: int) ->
         order = rng.permutation(len(group))
         n_images = sum(len(u) for u in group)
         n_valid = min(n_images - 1, max(1, round(n_images * valid_fraction)))
-        taken = 0
-        for rank, idx in enumerate(order):
-            # The last unit always trains, so both sides keep this class.
-            side = "valid" if taken < n_valid and rank < len(group) - 1 else "train"
-            taken += len(group[idx]) if side == "valid" else 0
+        # Units fill valid in shuffled order, none past its share: a burst of ten near-identical shots
+        # drawn first would otherwise take a class of 30 to 10 valid, 20 train. At least one unit
+        # trains, so both sides keep this class.
+        chosen, taken = [], 0
+        for idx in order:
+            if taken + len(group[idx]) <= n_valid and len(chosen) < len(group) - 1:
+                chosen.append(idx)
+                taken += len(group[idx])
+        if not chosen:  # every unit is bigger than the share: the smallest goes, so the class is validated
+            chosen = [min(order, key=lambda i: len(group[i]))]
+        for idx in range(len(group)):
             for r in group[idx]:
-                r.split = side
+                r.split = "valid" if idx in chosen else "train"
 
 
 def write_split(records: list[Record], path: Path) -> None:
