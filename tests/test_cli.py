@@ -146,6 +146,10 @@ def test_predict_over_a_folder_passes_over_what_vistrain_wrote_there(trained, tm
     assert "2 file(s): 2 classified" in out
     assert "sorted/ (copies sorted by vistrain predict --into) ignored" in out
     assert "old_run/ (a vistrain run) ignored" in out
+    # A folder with nothing to classify is an error, not an empty table.
+    (tmp_path / "empty" / ".thumbs").mkdir(parents=True)
+    assert main(["predict", str(run), str(tmp_path / "empty")]) == 2
+    assert f"{tmp_path / 'empty'}: no files to classify" in " ".join(capsys.readouterr().out.split())
     # Named directly, the sorted folder is read like any other.
     assert main(["predict", str(run), str(new / "sorted"), "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 2

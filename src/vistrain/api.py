@@ -28,7 +28,7 @@ from vistrain.data.dataset import (
     build_index,
     default_cache_dir,
 )
-from vistrain.data.layout import SORTED_MARKER
+from vistrain.data.layout import SORTED_MARKER, DataError
 from vistrain.data.split import write_split
 from vistrain.evaluation.confidence import apply_confidence, fit_confidence
 from vistrain.evaluation.metrics import classification_metrics
@@ -309,6 +309,8 @@ def predict(run: str | Path | Run, inputs: list[str | Path], top_k: int = 3, uns
     paths = collect_images(inputs, skipped)
     for folder, what in skipped:
         ui.log(f"{folder}/ ({what}) ignored")
+    if not paths:
+        raise DataError(f"{', '.join(str(i) for i in inputs)}: no files to classify (hidden files are passed over)")
     threshold = unsure if unsure is not None else run.predictor.config.unsure_threshold
     with ui.stage("predict", len(paths)) as advance:
         preds = run.predictor.predict_paths(paths, progress=advance, tta=tta)
