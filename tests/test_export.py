@@ -149,6 +149,31 @@ def test_cli_export_carries_temperature_and_threshold(trained_run, tmp_path, cap
     assert pred.temperature == 1.7 and pred.unsure_threshold == 0.6
 
 
+def test_an_export_inside_a_run_trained_again_is_refused_not_served_stale(trained_run, tmp_path, capsys):
+    from conftest import FAST
+
+    import vistrain
+    from vistrain.runtime import ExportFolderError
+
+    run = _copy_run(trained_run[0], tmp_path / "run")
+    assert main(["export", str(run)]) == 0
+    shutil.copytree(run / "export", tmp_path / "deployed")  # a copy elsewhere: complete in itself
+    before = OnnxPredictor.from_folder(run).info.extra["source_weights_sha256"]
+
+    again = vistrain.train(trained_run[1], out=run, mode="probe", seed=1, cache_dir=False, **FAST)
+    assert any("held an earlier run" in n and "export/ is of the earlier model until `vistrain export" in n
+               for n in again.result.notes)
+    with pytest.raises(ExportFolderError, match="an export of an earlier model"):
+        OnnxPredictor.from_folder(run)
+    capsys.readouterr()
+    assert main(["serve", str(run), "--port", "0"]) == 2  # refused before the server starts
+    assert f"vistrain export {run}" in " ".join(capsys.readouterr().out.split())
+    assert OnnxPredictor.from_folder(tmp_path / "deployed").info.extra["source_weights_sha256"] == before
+
+    assert main(["export", str(run)]) == 0  # exported again: current, and served
+    assert OnnxPredictor.from_folder(run).info.extra["source_weights_sha256"] != before
+
+
 def test_int8_accuracy_gate_fails_loudly(trained_run, tmp_path, capsys):
     """Calibrating on flat grey pictures gives activation ranges that clip real photos: the int8 model
     loses accuracy, and the export must refuse it with a clear message and a non-zero exit."""

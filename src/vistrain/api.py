@@ -125,6 +125,7 @@ def train(
         ui.log(f"  [yellow]skipped[/yellow] {r.path}: {r.reason}")
     audit = quick_audit(index)  # duplicates, conflicts, leaks, shortcuts: from the scan alone, no decoding
     ui.log(f"  {summary_line(audit)}" + (f" (details: vistrain audit {data})" if audit.findings else ""))
+    earlier = [] if cfg.resume else _earlier_outputs(out)
     if is_main():  # under torchrun, the other processes train but write nothing
         out.mkdir(parents=True, exist_ok=True)
         audit.save(out / "audit.json")
@@ -137,6 +138,10 @@ def train(
     result = run_training(index, cfg, ui, on_epoch=on_epoch)
     if backend:
         result.notes.append(f"data-parallel fine-tuning over {world_size()} processes ({backend})")
+    if earlier:
+        renew = " and ".join(f"`vistrain {command} {out}`" for _, command in earlier)
+        result.notes.append(f"{out} held an earlier run, now replaced; its {' and '.join(n for n, _ in earlier)} "
+                            f"{'is' if len(earlier) == 1 else 'are'} of the earlier model until {renew}")
     predictor = Predictor(result.model, result.model_config)  # on the training device
     metrics = _final_metrics(index, result, predictor, ui, cfg.probe_c)
     y_valid = [result.model_config.classes.index(r.label) for r in index.split("valid")]
@@ -146,6 +151,15 @@ def train(
         if not (result.finetune and result.finetune.interrupted):
             remove_checkpoint(out)  # finished: the run folder holds the result; keep it for --resume otherwise
     return Run(out, predictor, metrics, result, seconds=time.perf_counter() - t0)
+
+
+def _earlier_outputs(out: Path) -> list[tuple[str, str]]:
+    """What an earlier run in ``out`` made from its model, which training again does not rewrite:
+    (name, the command that renews it)."""
+    if not (out / "model.safetensors").is_file():
+        return []
+    return [(name, command) for name, command in (("export/", "export"), ("report.html", "report"))
+            if (out / name.rstrip("/")).exists()]
 
 
 def find_lr(data: str | Path, reporter: Reporter | None = None, label_from_name: str | None = None,

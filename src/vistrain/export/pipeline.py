@@ -31,7 +31,7 @@ from vistrain.memory import inference_batch_size
 from vistrain.models.classifier import WEIGHTS_FILE, load_model
 from vistrain.models.registry import ensemble_members
 from vistrain.progress import Reporter, SilentReporter
-from vistrain.runtime.bundle import HEAD_FILE, ExportInfo
+from vistrain.runtime.bundle import HEAD_FILE, ExportInfo, weights_digest
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -133,6 +133,7 @@ def export_run(run_dir: Path | str, cfg: ExportConfig | None = None, reporter: R
             "versions": _versions(),
             "validation": {"images": len(y_valid), "pytorch_accuracy": torch_acc, "notes": notes},
             "safetensors_bytes": (run_dir / WEIGHTS_FILE).stat().st_size,
+            "source_weights_sha256": weights_digest(run_dir / WEIGHTS_FILE),
         },
     )
     info.write(out)

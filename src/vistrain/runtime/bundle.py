@@ -3,6 +3,7 @@ turn a photo into the same input the model was trained on, and to read its outpu
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,4 +99,28 @@ def read_export(folder: Path | str) -> tuple[Path, ExportInfo]:
         raise ExportFolderError(f"{path}: unreadable export description ({exc})") from exc
     if not info.models:
         raise ExportFolderError(f"{path}: lists no model files")
+    _check_fresh(folder, info)
     return folder, info
+
+
+def weights_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_fresh(folder: Path, info: ExportInfo) -> None:
+    """An export inside the run it came from must be of that run's current model: after training
+    again into the same run folder, ``vistrain serve RUN`` would otherwise serve the old model's
+    ONNX file (with the old temperature and threshold) without a word. An export elsewhere is a
+    deployed copy, complete in itself, and is not checked."""
+    digest, source = info.extra.get("source_weights_sha256"), info.extra.get("source_run")
+    run = folder.parent
+    weights = run / "model.safetensors"
+    if not digest or not source or not weights.is_file() or run.resolve() != Path(source).resolve():
+        return
+    if weights_digest(weights) != digest:
+        raise ExportFolderError(f"{folder}: an export of an earlier model of {run} ({weights} has changed since: "
+                                f"trained again?); run `vistrain export {run}` to export the current one")
