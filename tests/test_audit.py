@@ -185,3 +185,14 @@ def test_review_rows_label_sub_folder_files_by_their_class_folder(tmp_path):
     rows = suspects(AuditResult(tmp_path, [dup], classes=["cats", "dogs"]))
     # b.jpg is a cat (train/cats/ gives the label), though it sits in a sub-folder named like a class.
     assert [(r["path"], r["label"]) for r in rows] == [("train/cats/2019/dogs/b.jpg", "cats")]
+
+
+def test_summary_line_counts_groups_in_words():
+    from vistrain.clean.audit import AuditResult, Finding
+    from vistrain.clean.render import summary_line
+
+    found = [Finding("near_duplicate", "", ["a.jpg", "b.jpg"])] * 3 + [Finding("conflict", "", ["a.jpg", "c.jpg"])]
+    found += [Finding("unreadable", "", ["x.jpg"])] * 2
+    assert summary_line(AuditResult(Path("photos"), found)) == (
+        "audit: 1 conflict, 3 groups of near duplicates, 2 unreadable files")
+    assert summary_line(AuditResult(Path("photos"), [])) == "audit: nothing found"

@@ -27,8 +27,26 @@ def audit_table(result: AuditResult, rows_per_kind: int = 8):
     return table
 
 
+# Each finding of these kinds is a group of files, not one file: "3 near duplicate" read as 3 files.
+NAMES = {
+    "conflict": ("conflict", "conflicts"),
+    "leak": ("leak across splits", "leaks across splits"),
+    "exact_duplicate": ("group of exact copies", "groups of exact copies"),
+    "near_duplicate": ("group of near duplicates", "groups of near duplicates"),
+    "unreadable": ("unreadable file", "unreadable files"),
+    "shortcut": ("shortcut", "shortcuts"),
+    "label_error": ("likely label error", "likely label errors"),
+    "outlier": ("outlier", "outliers"),
+}
+
+
 def summary_line(result: AuditResult) -> str:
     s = result.summary()
     if not s:
         return "audit: nothing found"
-    return "audit: " + ", ".join(f"{s[k]} {k.replace('_', ' ')}" for k in ORDER + sorted(set(s) - set(ORDER)) if k in s)
+    parts = []
+    for k in ORDER + sorted(set(s) - set(ORDER)):
+        if k in s:
+            one, many = NAMES.get(k, (k.replace("_", " "),) * 2)
+            parts.append(f"{s[k]} {one if s[k] == 1 else many}")
+    return "audit: " + ", ".join(parts)
