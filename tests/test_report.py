@@ -61,12 +61,19 @@ def test_report_page_in_a_browser(run_copy, mislabelled, browser, capsys):
     assert _digest(mislabelled) == before  # copies, never moves
     copied = run_copy / "errors" / "squares" / "circles" / "odd_circle.png"
     assert copied.read_bytes() == (mislabelled / "squares" / "odd_circle.png").read_bytes()
-    # A second report reuses its own earlier copy; another file of the same name gets a suffix.
+    # A second report replaces its own earlier copy; a file someone changed stays, and the copy gets a suffix.
     assert main(["report", str(run_copy), str(mislabelled)]) == 0
     assert [p.name for p in copied.parent.iterdir()] == ["odd_circle.png"]
     copied.write_bytes(b"someone else's file")
     assert main(["report", str(run_copy), str(mislabelled)]) == 0
     assert sorted(p.name for p in copied.parent.iterdir()) == ["odd_circle.png", "odd_circle_1.png"]
+    assert copied.read_bytes() == b"someone else's file"
+    # A report on other images holds their errors only: the earlier report's copies are gone.
+    (mislabelled / "squares" / "odd_circle.png").unlink()
+    make_image("squares", 778).save(mislabelled / "circles" / "odd_square.png")
+    assert main(["report", str(run_copy), str(mislabelled)]) == 0
+    assert sorted(p.relative_to(run_copy / "errors").as_posix() for p in (run_copy / "errors").rglob("*.png")) == [
+        "circles/squares/odd_square.png", "squares/circles/odd_circle.png"]  # the changed file is not ours to remove
 
 
 def test_report_on_validation_refits_and_stores(run_copy, capsys):

@@ -88,27 +88,52 @@ def heat_tiles(predictor: Predictor, paths: list[str], targets: np.ndarray, size
     return out
 
 
+COPIES_FILE = ".vistrain-copies.json"
+
+
 def copy_errors(a: Analysis, folder: Path) -> int:
     """Copy (never move) each misclassified image into ``folder/<actual>/<predicted>/``.
 
-    An identical earlier copy (same size and modification time, which copy2 keeps) is reused;
-    any other existing file keeps its name and the new copy gets a numbered suffix.
+    The copies of the previous report, listed in ``folder/.vistrain-copies.json``, go first, so the
+    folder holds this report's errors only (a report on test after one on validation would
+    otherwise mix both, and a retrained model's old errors would stay). Only files still exactly as
+    copied are removed (same size and modification time): anything else found there is kept, and a
+    new copy of the same name gets a numbered suffix.
     """
-    n = 0
+    _remove_earlier_copies(folder)
+    written: dict[str, list[int]] = {}
     for i in np.flatnonzero(a.y_pred != a.y_true):
         src = Path(a.paths[i])
         dest_dir = folder / a.classes[a.y_true[i]] / a.classes[a.y_pred[i]]
         dest_dir.mkdir(parents=True, exist_ok=True)
-        dest, k, st = dest_dir / src.name, 1, src.stat()
+        dest, k = dest_dir / src.name, 1
         while dest.exists():
-            d = dest.stat()
-            if d.st_size == st.st_size and int(d.st_mtime) == int(st.st_mtime):
-                break
             dest, k = dest_dir / f"{src.stem}_{k}{src.suffix}", k + 1
-        if not dest.exists():
-            shutil.copy2(src, dest)
-        n += 1
-    return n
+        shutil.copy2(src, dest)
+        st = dest.stat()
+        written[dest.relative_to(folder).as_posix()] = [st.st_size, st.st_mtime_ns]
+    if written or folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / COPIES_FILE).write_text(json.dumps({"written_by": "vistrain report", "files": written}, indent=1))
+    return len(written)
+
+
+def _remove_earlier_copies(folder: Path) -> None:
+    try:
+        listed = json.loads((folder / COPIES_FILE).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no list (or an unreadable one): nothing is known to be ours, so nothing goes
+    for rel, (size, mtime_ns) in listed.items():
+        path = folder / rel
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        if path.is_file() and (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
+            path.unlink()
+            for parent in (path.parent, path.parent.parent):  # <actual>/<predicted>/, emptied
+                if parent != folder and parent.is_dir() and not any(parent.iterdir()):
+                    parent.rmdir()
 
 
 def _training_section(run_dir: Path) -> str:
