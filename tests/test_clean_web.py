@@ -93,3 +93,30 @@ def test_paths_from_the_browser_are_never_trusted(review, bad):
         assert client.post("/api/undo", headers={"Host": "evil.example"}).status_code == 403
     assert (root.parent / "outside.txt").read_text() == "not yours"
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == before
+
+
+def test_thumbnails_show_photos_upright_and_read_heic(review):
+    """The page shows each photo as training sees it: a phone photo's EXIF rotation applied (it was
+    shown sideways), and an iPhone's HEIC photos decoded."""
+    import io
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    root, url = review
+    wide = Image.new("RGB", (64, 40), (220, 30, 30))
+    wide.paste((30, 40, 200), (32, 0, 64, 40))  # red left, blue right
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to show"
+    wide.save(root / "circles/turned.jpg", quality=95, exif=exif.tobytes())
+    shutil.copy(Path(__file__).parent / "data/two_colours.heic", root / "circles/phone.heic")
+    with httpx.Client(base_url=url) as client:
+        turned = Image.open(io.BytesIO(client.get("/api/thumb", params={"path": "circles/turned.jpg"}).content))
+        heic = client.get("/api/thumb", params={"path": "circles/phone.heic"})
+    assert turned.size == (40, 64)  # portrait, as shown
+    top, bottom = np.asarray(turned)[2, 20], np.asarray(turned)[-3, 20]
+    assert top[0] > 150 > top[2] and bottom[2] > 150 > bottom[0]  # red on top after the turn
+    assert heic.status_code == 200
+    left, right = np.asarray(Image.open(io.BytesIO(heic.content)))[20, [4, 60]]
+    assert left[0] > 150 > left[2] and right[2] > 150 > right[0]

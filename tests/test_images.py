@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,3 +105,29 @@ def test_torch_free_normalisation_is_bit_for_bit_torchs(backbone):
         assert np.array_equal(ours.view(np.uint32), theirs.view(np.uint32))
     with pytest.raises(TypeError, match="uint8"):
         normalize_array(batch.astype(np.float32), prep)
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_heic_photos_decode_upright():
+    """An iPhone's default format (HEIC), through pi-heif; its rotation is applied, as EXIF's is."""
+    from vistrain.data.images import decode_with_header
+
+    img, header = decode_with_header(DATA / "two_colours.heic")
+    assert header["format"] == "HEIF" and img.mode == "RGB" and img.size == (64, 40)
+    px = np.asarray(img)
+    assert px[20, 4, 0] > 150 > px[20, 4, 2] and px[20, 60, 2] > 150 > px[20, 60, 0]  # red left, blue right
+    turned = np.asarray(load_rgb(DATA / "turned.heic"))
+    assert turned.shape == (64, 40, 3)
+    assert turned[4, 20, 0] > 150 > turned[4, 20, 2] and turned[60, 20, 2] > 150 > turned[60, 20, 0]  # red on top
+
+
+def test_heic_without_pi_heif_names_what_to_install():
+    """Where pi-heif has no wheel, a HEIC photo is skipped with a reason a user can act on."""
+    code = ("import sys; sys.modules['pi_heif'] = None\n"
+            "from vistrain.data.images import ImageError, load_rgb\n"
+            f"try: load_rgb({str(DATA / 'two_colours.heic')!r})\n"
+            "except ImageError as e: print(e.reason)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEIC/HEIF photo, which needs pi-heif to read (pip install pi-heif)" in out

@@ -98,21 +98,20 @@ def create_app(root: Path, result: AuditResult, journal: Journal | None = None, 
 
     @app.get("/api/thumb")
     def thumb(path: str, size: int = 224) -> Response:
-        from PIL import Image
+        from vistrain.data.images import ImageError, load_rgb
 
         try:
             full = safe_path(root, path)
         except CleanError as exc:
             raise HTTPException(400, str(exc)) from None
         try:
-            with Image.open(full) as img:
-                img.draft("RGB", (size, size))
-                img = img.convert("RGB")
-                img.thumbnail((size, size))
-                buf = io.BytesIO()
-                img.save(buf, "JPEG", quality=85)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # say so, keep the page
-            raise HTTPException(422, f"{path}: cannot be shown ({type(exc).__name__})") from None
+            # As training sees it: upright (a phone photo's EXIF rotation applied), HEIC included.
+            img = load_rgb(full, min_side=size)
+        except ImageError as exc:  # say so, keep the page
+            raise HTTPException(422, f"{path}: cannot be shown ({exc.reason})") from None
+        img.thumbnail((size, size))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=85)
         return Response(buf.getvalue(), media_type="image/jpeg")
 
     @app.post("/api/keep")

@@ -6,6 +6,7 @@ identically by every stage (orientation, colour mode, draft scale).
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from pathlib import Path
@@ -17,8 +18,35 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 DEFAULT_MAX_PIXELS = 89_478_485
 
 IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
+    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif",
+     ".heic", ".heif", ".avif"}
 )
+# HEIF "brands" (bytes 8-12 of the file): an iPhone's photos (heic), other HEIF stills (mif1, heix).
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1")
+
+
+@functools.cache
+def heif_support() -> bool:
+    """Teach Pillow to read HEIC/HEIF, an iPhone's default photo format, through pi-heif (libheif,
+    decode only; a dependency). Registered on first decode rather than at import, and only once.
+    False when pi-heif is missing (a platform without its wheel): such files are then skipped with
+    a reason that says what to install."""
+    try:
+        from pi_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+def _heif_reason(path: Path, data: bytes | None) -> str | None:
+    try:
+        head = data[:12] if data is not None else path.open("rb").read(12)
+    except OSError:
+        return None
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "HEIC/HEIF photo, which needs pi-heif to read (pip install pi-heif)"
+    return None
 
 
 class ImageError(Exception):
@@ -54,6 +82,7 @@ def decode_with_header(
         raise ImageError(path, f"cannot read file ({exc.strerror or exc})") from exc
     if size == 0:
         raise ImageError(path, "empty file (0 bytes)")
+    heif_support()
     try:
         with warnings.catch_warnings():
             # Pillow warns (not raises) between 1x and 2x its limit; we enforce our own limit below.
@@ -77,7 +106,7 @@ def decode_with_header(
     except Image.DecompressionBombError as exc:
         raise ImageError(path, f"decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(path, "not an image (unrecognised format)") from exc
+        raise ImageError(path, _heif_reason(path, data) or "not an image (unrecognised format)") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         text = str(exc)
         if "truncated" in text:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from vistrain.data.images import heif_support
 from vistrain.evaluation import plots
 from vistrain.progress import Reporter
 
@@ -21,6 +22,7 @@ _ORIENTATION = 0x0112
 
 def header_size(path: str) -> tuple[int, int] | None:
     """Width and height as displayed (EXIF rotation applied) from the file header; no decoding."""
+    heif_support()
     try:
         with Image.open(path) as img:
             w, h = img.size

@@ -28,7 +28,7 @@ PAGE = """<!doctype html>
 <h1>What is in this photo?</h1>
 <p id="meta">Loading model...</p>
 <label id="drop" for="file">Drop an image here, or click to pick one
-  <input id="file" type="file" accept="image/*" hidden>
+  <input id="file" type="file" accept="image/*,.heic,.heif" hidden>
 </label>
 <div id="error" role="alert"></div>
 <div id="result">
