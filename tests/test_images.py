@@ -131,3 +131,13 @@ def test_heic_without_pi_heif_names_what_to_install():
             "except ImageError as e: print(e.reason)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEIC/HEIF photo, which needs pi-heif to read (pip install pi-heif)" in out
+
+
+def test_avif_and_webp_decode(tmp_path):
+    wide = Image.new("RGB", (64, 40), (220, 30, 30))
+    wide.paste((30, 40, 200), (32, 0, 64, 40))
+    for fmt in ("AVIF", "WEBP"):
+        wide.save(tmp_path / f"x.{fmt.lower()}", fmt, quality=90)
+        px = np.asarray(load_rgb(tmp_path / f"x.{fmt.lower()}"))
+        assert px.shape == (40, 64, 3), fmt
+        assert px[20, 4, 0] > 150 > px[20, 4, 2] and px[20, 60, 2] > 150 > px[20, 60, 0], fmt
