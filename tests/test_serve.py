@@ -69,6 +69,16 @@ def test_heatmap_is_a_png_of_the_model_input(client):
     assert img.size == (size, size)
 
 
+def test_an_iphone_heic_upload_is_read(client):
+    from pathlib import Path
+
+    heic = (Path(__file__).parent / "data" / "turned.heic").read_bytes()
+    r = client.post("/predict", files={"file": ("IMG_0001.HEIC", heic, "image/heic")}, params={"heatmap": True})
+    assert r.status_code == 200, r.text
+    pred = r.json()["predictions"][0]
+    assert pred["filename"] == "IMG_0001.HEIC" and pred["label"] and pred["heatmap"].startswith("data:image/png")
+
+
 def test_health_and_model(client, exported_run):
     h = client.get("/health").json()
     assert h["status"] == "ok" and h["variant"] == "int8"
