@@ -17,10 +17,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Pillow's own default (about 89 Mpx); larger files are treated as decompression bombs.
 DEFAULT_MAX_PIXELS = 89_478_485
 
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif",
-     ".heic", ".heif", ".avif"}
-)
 # HEIF "brands" (bytes 8-12 of the file): an iPhone's photos (heic), other HEIF stills (mif1, heix).
 _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1")
 
@@ -41,7 +37,11 @@ def heif_support() -> bool:
 
 def _heif_reason(path: Path, data: bytes | None) -> str | None:
     try:
-        head = data[:12] if data is not None else path.open("rb").read(12)
+        if data is not None:
+            head = data[:12]
+        else:
+            with path.open("rb") as f:
+                head = f.read(12)
     except OSError:
         return None
     if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
