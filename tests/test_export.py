@@ -172,6 +172,11 @@ def test_an_export_inside_a_run_trained_again_is_refused_not_served_stale(traine
 
     assert main(["export", str(run)]) == 0  # exported again: current, and served
     assert OnnxPredictor.from_folder(run).info.extra["source_weights_sha256"] != before
+    # `report` refits the confidence settings into config.json: the export no longer matches predict.
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "unsure_threshold": 0.42}))
+    with pytest.raises(ExportFolderError, match="config.json now has .* and 0.42"):
+        OnnxPredictor.from_folder(run)
 
 
 def test_int8_accuracy_gate_fails_loudly(trained_run, tmp_path, capsys):

@@ -124,3 +124,13 @@ def _check_fresh(folder: Path, info: ExportInfo) -> None:
     if weights_digest(weights) != digest:
         raise ExportFolderError(f"{folder}: an export of an earlier model of {run} ({weights} has changed since: "
                                 f"trained again?); run `vistrain export {run}` to export the current one")
+    try:
+        config = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    # `vistrain report` refits these and stores them in the run; predict would then disagree with serve.
+    now = (float(config.get("temperature") or 1.0), config.get("unsure_threshold"))
+    if now != (info.temperature, info.unsure_threshold):
+        raise ExportFolderError(f"{folder}: exported with temperature {info.temperature:g} and unsure threshold "
+                                f"{info.unsure_threshold}, but {run}/config.json now has {now[0]:g} and {now[1]} "
+                                f"(refitted by `vistrain report`?); run `vistrain export {run}` again")
