@@ -101,3 +101,18 @@ def test_report_names_unknown_labels(run_copy, tmp_path, capsys):
     make_image("squares", 5).save(data / "triangles" / "t.png")
     assert main(["report", str(run_copy), str(data)]) == 2
     assert "triangles" in capsys.readouterr().out
+
+
+def test_errors_folder_list_never_reaches_outside_it(tmp_path):
+    """The list of earlier copies is a file anyone can edit: a path in it that leads out of errors/
+    removes nothing, even a file of exactly the listed size and time."""
+    from vistrain.evaluation.report import COPIES_FILE, _remove_earlier_copies
+
+    (tmp_path / "errors").mkdir()
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"a user's photo")
+    st = photo.stat()
+    listed = {rel: [st.st_size, st.st_mtime_ns] for rel in ("../photo.jpg", "a/../../photo.jpg", str(photo))}
+    (tmp_path / "errors" / COPIES_FILE).write_text(json.dumps({"files": listed}))
+    _remove_earlier_copies(tmp_path / "errors")
+    assert photo.read_bytes() == b"a user's photo"

@@ -124,12 +124,15 @@ def _remove_earlier_copies(folder: Path) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         return  # no list (or an unreadable one): nothing is known to be ours, so nothing goes
     for rel, (size, mtime_ns) in listed.items():
+        parts = Path(rel).parts
+        if len(parts) != 3 or any(p in ("..", "") or p.startswith("/") for p in parts):
+            continue  # only <actual>/<predicted>/<name>, never a path that leads elsewhere
         path = folder / rel
         try:
-            st = path.stat()
+            st = path.lstat()
         except OSError:
             continue
-        if path.is_file() and (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
+        if path.is_file() and not path.is_symlink() and (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
             path.unlink()
             for parent in (path.parent, path.parent.parent):  # <actual>/<predicted>/, emptied
                 if parent != folder and parent.is_dir() and not any(parent.iterdir()):
