@@ -69,6 +69,31 @@ def test_evaluate_table(trained, capsys):
     assert main(["evaluate", str(run), str(data)]) == 0
     out = capsys.readouterr().out
     assert "Confusion matrix" in out and "accuracy" in out and "stripes" in out
+    # Its own training folder: said, not passed off as the model's accuracy on new photos.
+    assert "images, 18 trained it and 6 chose its settings" in " ".join(out.split())
+    assert "None of them is new to the model" in " ".join(out.split())
+
+
+def test_evaluate_separates_images_the_run_has_seen(trained, tmp_path, capsys):
+    _data, run = trained
+    with (run / "split.csv").open() as f:
+        seen = [r for r in csv.DictReader(f)][:4]  # some of the run's own images, by path
+    new = tmp_path / "new"
+    new.mkdir()
+    rows = [(r["path"], r["label"]) for r in seen]
+    for i, name in enumerate(["circles", "squares", "stripes"]):
+        make_image(name, 9100 + i).save(new / f"{name}.png")
+        rows.append((str(new / f"{name}.png"), name))
+    with (tmp_path / "labels.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([("path", "label"), *rows])
+    assert main(["evaluate", str(run), str(tmp_path / "labels.csv"), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    o = m["overlap_with_run"]
+    assert o["train"] + o["valid"] == 4 and o["new"] == 3 and m["n"] == 7
+    # The accuracy on the new ones alone is what predict gets right on them.
+    assert main(["predict", str(run), str(new), "--json"]) == 0
+    preds = json.loads(capsys.readouterr().out)
+    assert o["accuracy_new"] == pytest.approx(np.mean([Path(p["path"]).stem == p["label"] for p in preds]))
 
 
 def _digest(folder):

@@ -116,3 +116,15 @@ def test_errors_folder_list_never_reaches_outside_it(tmp_path):
     (tmp_path / "errors" / COPIES_FILE).write_text(json.dumps({"files": listed}))
     _remove_earlier_copies(tmp_path / "errors")
     assert photo.read_bytes() == b"a user's photo"
+
+
+def test_report_on_the_training_folder_says_it_is_optimistic(run_copy, trained_run, mislabelled, capsys):
+    assert main(["report", str(run_copy), str(trained_run[1])]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Of these 30 images, 24 trained it and 6 chose its settings" in out and "None of them is new" in out
+    html = (run_copy / "report.html").read_text()
+    assert 'class="warn">Of these 30 images' in html and "30 of which the run has seen" in html
+    # New images only: nothing to say, and calibration is judged on images the run never saw.
+    assert main(["report", str(run_copy), str(mislabelled)]) == 0
+    assert "optimistic" not in capsys.readouterr().out
+    assert "judged here on images it never saw" in (run_copy / "report.html").read_text()

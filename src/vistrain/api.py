@@ -33,6 +33,7 @@ from vistrain.data.split import write_split
 from vistrain.evaluation.confidence import apply_confidence, fit_confidence
 from vistrain.evaluation.metrics import classification_metrics
 from vistrain.evaluation.predictor import Prediction, Predictor, collect_images
+from vistrain.evaluation.seen import overlap_with_run
 from vistrain.models.classifier import save_model
 from vistrain.models.registry import ensemble_members
 from vistrain.progress import Reporter, SilentReporter
@@ -293,6 +294,9 @@ def evaluate(run: str | Path | Run, data: str | Path, label_from_name: str | Non
         metrics["tta"] = {"accuracy_plain": plain, "accuracy_tta": metrics["accuracy"], "gain": metrics["accuracy"] - plain}
     metrics["skipped"] = [{"path": r.path, "reason": r.reason} for r in index.skipped]
     metrics["notes"] = index.layout.notes
+    overlap = overlap_with_run(run.path, run.predictor.config.extra, [r.path for r in index.records], y_true, y_pred)
+    if overlap:
+        metrics["overlap_with_run"] = overlap
     return metrics
 
 

@@ -80,3 +80,16 @@ def write_split(records: list[Record], path: Path) -> None:
 def read_split(path: Path) -> dict[str, str]:
     with path.open(newline="") as f:
         return {row["path"]: row["split"] for row in csv.DictReader(f)}
+
+
+def split_rows(split_file: Path, root: Path) -> list[tuple[Path | None, str, str]]:
+    """``split.csv``'s rows as (the file, found where it now is or None, label, split). Paths there are
+    absolute when the run was trained on an absolute folder; relative ones are tried against the
+    training data folder ``root`` and then the current directory."""
+    rows = []
+    with split_file.open(newline="") as f:
+        for row in csv.DictReader(f):
+            p = Path(row["path"])
+            found = next((c for c in ([p] if p.is_absolute() else [root / p, p]) if c.is_file()), None)
+            rows.append((found, row.get("label") or "", row.get("split") or ""))
+    return rows

@@ -34,6 +34,7 @@ from vistrain.evaluation.confidence import (
 from vistrain.evaluation.intervals import metrics_with_intervals
 from vistrain.evaluation.metrics import classification_metrics
 from vistrain.evaluation.predictor import Predictor, softmax
+from vistrain.evaluation.seen import overlap_with_run
 from vistrain.models.classifier import CONFIG_FILE
 from vistrain.progress import Reporter, SilentReporter
 
@@ -57,6 +58,7 @@ class Analysis:
     curve: CoverageCurve
     skipped: list[dict] = field(default_factory=list)
     tta: dict | None = None  # accuracy without / with mirror averaging, when asked
+    overlap: dict | None = None  # images of a given folder the run trained on or validated with (seen.py)
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -145,8 +147,9 @@ def analyse(run_dir: Path | str, predictor: Predictor, data: Path | str | None =
         abst = {"target_precision": target, "threshold": threshold, "coverage": cov, "precision": prec,
                 "threshold_here": here.threshold, "coverage_here": here.coverage}
     metrics = metrics_with_intervals(classification_metrics(y, logits.argmax(1), classes), y, logits.argmax(1))
+    overlap = None if data is None else overlap_with_run(run_dir, predictor.config.extra, paths, y, logits.argmax(1))
     return Analysis(source, data is None, classes, paths, y, logits, temperature, metrics, calibration, abst,
-                    coverage_curve(softmax(logits, temperature), y), skipped, tta_info)
+                    coverage_curve(softmax(logits, temperature), y), skipped, tta_info, overlap)
 
 
 def reliability_pair(a: Analysis) -> tuple[list, list]:

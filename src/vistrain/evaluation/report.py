@@ -21,6 +21,7 @@ from vistrain.evaluation.calibration import set_aside
 from vistrain.evaluation.gradcam import grad_cam
 from vistrain.evaluation.predictor import Predictor
 from vistrain.evaluation.report_audit import audit_section, data_section
+from vistrain.evaluation.seen import describe_overlap
 from vistrain.heatmap import overlay
 from vistrain.progress import Reporter, SilentReporter
 
@@ -161,6 +162,8 @@ def _training_section(run_dir: Path) -> str:
 
 def _metrics_section(a: Analysis) -> str:
     m = a.metrics
+    said = describe_overlap(a.overlap, m["n"], "the run's split.csv") if a.overlap else ""
+    warning = f'<p class="warn">{escape(said)}</p>' if said else ""
     rows = []
     for c in a.classes:
         r = m["per_class"][c]
@@ -173,7 +176,7 @@ def _metrics_section(a: Analysis) -> str:
                     f"<th>{avg['f1']:.3f}</th><th>{m['n']}</th></tr>")
     small = min(r["support"] for r in m["per_class"].values())
     return (f'<div class="kpi"><div>accuracy<b>{_pct(m["accuracy"])}</b>{_ci(m["accuracy_ci"])}</div>'
-            f'<div>errors<b>{m["errors"]} of {m["n"]}</b></div></div>'
+            f'<div>errors<b>{m["errors"]} of {m["n"]}</b></div></div>{warning}'
             f'<p class="note">Brackets: 95% confidence intervals (Wilson for precision and recall, bootstrap for F1). '
             f'With {m["n"]} images ({small} in the smallest class) they are wide: differences inside them may be luck.</p>'
             "<table><thead><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr></thead>"
@@ -231,7 +234,9 @@ def _calibration_section(a: Analysis) -> str:
     c = a.calibration
     before, after = reliability_pair(a)
     where = ("fitted on these validation images (in-sample: expect it a little better than on new photos)"
-             if a.fitted_here else "fitted on the run's validation images and judged here on images it never saw")
+             if a.fitted_here else "fitted on the run's validation images and judged here on images it never saw"
+             if not a.overlap else f"fitted on the run's validation images and judged here on these images, "
+             f"{a.overlap['train'] + a.overlap['valid']} of which the run has seen")
     return (f'<div class="kpi"><div>ECE before<b>{_pct(c["ece_before"])}</b></div><div>ECE after<b>{_pct(c["ece_after"])}</b></div>'
             f'<div>temperature<b>{a.temperature:.2f}</b></div><div>NLL<b>{c["nll_before"]:.3f} → {c["nll_after"]:.3f}</b></div></div>'
             f"<p>Expected calibration error: the gap between confidence and accuracy, averaged over 10 confidence bins. "

@@ -7,7 +7,6 @@ loses more than ``max_accuracy_drop`` points of accuracy is not kept, and the ex
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ import torch
 
 from vistrain import __version__
 from vistrain.data.images import ImageError, load_rgb
+from vistrain.data.split import split_rows
 from vistrain.data.transforms import (
     Preprocessing,
     normalize,
@@ -143,27 +143,21 @@ def export_run(run_dir: Path | str, cfg: ExportConfig | None = None, reporter: R
 
 
 def split_images(run_dir: Path, classes: list[str], extra: dict, notes: list[str]):
-    """(path, class index) of the run's validation and training images, read from ``split.csv``.
-
-    Paths there are absolute when the run was trained on an absolute folder; relative ones are
-    tried against the training data folder and the current directory.
-    """
+    """(path, class index) of the run's validation and training images, read from ``split.csv``
+    (see :func:`vistrain.data.split.split_rows` for where relative paths are looked for)."""
     split_file = run_dir / "split.csv"
     if not split_file.is_file():
         raise ExportError(f"{run_dir}: no split.csv, so no validation images to verify the export with")
     root = Path(extra.get("training", {}).get("data", {}).get("root", "."))
     out: dict[str, list] = {"valid": [], "train": []}
     missing = 0
-    with split_file.open(newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("split") not in out or row.get("label") not in classes:
-                continue
-            p = Path(row["path"])
-            found = next((c for c in ([p] if p.is_absolute() else [root / p, p]) if c.is_file()), None)
-            if found is None:
-                missing += 1
-                continue
-            out[row["split"]].append((found, classes.index(row["label"])))
+    for found, label, split in split_rows(split_file, root):
+        if split not in out or label not in classes:
+            continue
+        if found is None:
+            missing += 1
+            continue
+        out[split].append((found, classes.index(label)))
     if missing:
         notes.append(f"{missing} image(s) listed in {split_file} no longer exist and were left out")
     return out["valid"], out["train"]
