@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import FAST, make_image, write_class_folders
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from vistrain.clean.audit import AuditConfig, audit
 from vistrain.clean.label_errors import find_label_issues
@@ -147,6 +147,13 @@ def test_the_same_shape_in_another_colour_is_not_a_duplicate(tmp_path, cache_dir
     # And the split is stratified as for any photos, not one cross-colour cluster on one side.
     idx = build_index(DataConfig(root, cache_dir=cache_dir))
     assert {c: sum(r.split == "valid" for r in idx.records if r.label == c) for c in ("red", "blue")} == {"red": 2, "blue": 2}
+
+    # A black-and-white edit is still its photo (compared by brightness): kept with it, so it cannot
+    # leak across the split. Colourless, it also matches the blue one: in a dataset whose classes are
+    # colours, such a photo is worth a look anyway.
+    ImageOps.grayscale(product((200, 30, 30), 4)).save(root / "red" / "4_bw.png")
+    groups = [set(f.files) for f in _by_kind(audit(_config(root, cache_dir)))["near_duplicate"]]
+    assert any({"red/4.png", "red/4_bw.png"} <= g for g in groups)
 
 
 def test_train_prints_and_keeps_a_quick_audit(trained_run):

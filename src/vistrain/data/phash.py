@@ -48,12 +48,28 @@ def colour_signature(img: Image.Image) -> str:
     return cells.tobytes().hex()
 
 
+# A signature whose cells all have channels within this of each other is black and white (or sepia-free grey).
+GREY_CHROMA = 12
+
+
 def same_colours(a: str | None, b: str | None, tol: int = COLOUR_TOL) -> bool:
-    """Do two colour signatures match within ``tol`` in every cell and channel? (Unknown: yes.)"""
+    """Do two colour signatures match within ``tol`` in every cell and channel? (Unknown: yes.)
+
+    When either photo is black and white, brightness is compared instead: a black-and-white edit of
+    a colour photo is still that photo (kept together, it cannot leak across the split).
+    """
     if not a or not b:
         return True
-    diff = np.abs(np.frombuffer(bytes.fromhex(a), np.uint8).astype(int) - np.frombuffer(bytes.fromhex(b), np.uint8))
-    return int(diff.max()) <= tol
+    ca = np.frombuffer(bytes.fromhex(a), np.uint8).astype(float).reshape(-1, 3)
+    cb = np.frombuffer(bytes.fromhex(b), np.uint8).astype(float).reshape(-1, 3)
+    if min(_chroma(ca), _chroma(cb)) <= GREY_CHROMA:
+        luma = np.array([0.299, 0.587, 0.114])
+        return float(np.abs(ca @ luma - cb @ luma).max()) <= tol
+    return float(np.abs(ca - cb).max()) <= tol
+
+
+def _chroma(cells: np.ndarray) -> float:
+    return float((cells.max(axis=1) - cells.min(axis=1)).max())
 
 
 def hash_array(hashes: list[str]) -> np.ndarray:
