@@ -38,6 +38,10 @@ def test_train_prints_a_summary(trained, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "validation accuracy" in out and "Kept: linear probe" in out and "macro average" in out
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())["valid"]
+    lo, hi = m["accuracy_ci"]
+    assert lo <= m["accuracy"] <= hi and hi - lo > 0.1  # a handful of validation images: a wide interval
+    assert f"95% CI {lo:.1%}–{hi:.1%}" in " ".join(out.split())
     assert str(tmp_path / "r") in out.replace("\n", "")
 
 

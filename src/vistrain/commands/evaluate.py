@@ -23,7 +23,7 @@ def register(sub) -> None:
 
 def run(args, console, reporter) -> int:
     from vistrain.api import evaluate
-    from vistrain.evaluation.render import confusion_table, per_class_table
+    from vistrain.evaluation.render import ci_text, confusion_table, per_class_table
     from vistrain.evaluation.seen import describe_overlap
 
     m = evaluate(args.run, args.data, args.label_from_name, reporter=reporter, cache_dir=cache_dir(args),
@@ -37,7 +37,7 @@ def run(args, console, reporter) -> int:
         console.print(f"[yellow]skipped[/] {s['path']}: {s['reason']}")
     console.print(per_class_table(m, f"{args.data}: per class"))
     console.print(confusion_table(m, width=console.width))
-    console.print(f"[bold]accuracy {m['accuracy']:.1%}[/] ({m['n'] - m['errors']} of {m['n']} right)")
+    console.print(f"[bold]accuracy {m['accuracy']:.1%}[/] ({m['n'] - m['errors']} of {m['n']} right{ci_text(m)})")
     if "overlap_with_run" in m:
         said = describe_overlap(m["overlap_with_run"], m["n"], f"{args.run}/split.csv")
         console.print(f"[yellow]{said}[/]")

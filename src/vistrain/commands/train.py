@@ -61,6 +61,7 @@ def run(args, console, reporter) -> int:
     from vistrain.api import train
     from vistrain.evaluation.confidence import describe
     from vistrain.evaluation.render import (
+        ci_text,
         confusion_table,
         per_class_table,
         top_confusions,
@@ -92,10 +93,11 @@ def run(args, console, reporter) -> int:
             else f"ensemble of linear probes ({', '.join(members)})")
     console.print(f"\n[bold green]Done[/] in {trained.seconds:.0f} s on {res.device}"
                   + (" (mixed precision)" if res.amp else "") + f". Kept: {kept}.")
-    console.print(f"  validation accuracy {m['valid']['accuracy']:.1%} ({m['valid']['errors']} of {m['valid']['n']} wrong)"
-                  f"; linear probe alone {res.probe_accuracy:.1%}")
+    console.print(f"  validation accuracy {m['valid']['accuracy']:.1%} ({m['valid']['errors']} of {m['valid']['n']} wrong"
+                  f"{ci_text(m['valid'])}); linear probe alone {res.probe_accuracy:.1%}")
     if "test" in m:
-        console.print(f"  test accuracy {m['test']['accuracy']:.1%} ({m['test']['n'] - m['test']['errors']} of {m['test']['n']} right)")
+        console.print(f"  test accuracy {m['test']['accuracy']:.1%} ({m['test']['n'] - m['test']['errors']} of "
+                      f"{m['test']['n']} right{ci_text(m['test'])})")
     console.print(f"  confidence: {describe(trained.predictor.config)}")
     for note in res.notes:
         console.print(f"  note: {note}")

@@ -103,3 +103,9 @@ def top_confusions(metrics: dict, n: int = 3) -> list[tuple[str, str, int]]:
     classes, cm = metrics["classes"], metrics["confusion_matrix"]
     pairs = [(classes[i], classes[j], cm[i][j]) for i in range(len(classes)) for j in range(len(classes)) if i != j and cm[i][j]]
     return sorted(pairs, key=lambda p: -p[2])[:n]
+
+
+def ci_text(metrics: dict) -> str:
+    """``; 95% CI 87.3-96.9%`` for a metrics dict that has ``accuracy_ci`` (older runs' do not)."""
+    ci = metrics.get("accuracy_ci")
+    return f"; 95% CI {ci[0]:.1%}–{ci[1]:.1%}" if ci else ""
