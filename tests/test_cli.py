@@ -68,7 +68,7 @@ def test_evaluate_json_has_the_documented_keys(trained, tmp_path, capsys):
     assert "give --label-from-name REGEX" in err and "or name each file after its class" in err
 
 
-def test_evaluate_table(trained, capsys):
+def test_evaluate_table(trained, tmp_path, capsys):
     data, run = trained
     assert main(["evaluate", str(run), str(data)]) == 0
     out = capsys.readouterr().out
@@ -76,6 +76,11 @@ def test_evaluate_table(trained, capsys):
     # Its own training folder: said, not passed off as the model's accuracy on new photos.
     assert "images, 18 trained it and 6 chose its settings" in " ".join(out.split())
     assert "None of them is new to the model" in " ".join(out.split())
+    # A copy of the training folder is recognised by content (split.csv keeps each image's sha1).
+    shutil.copytree(data, tmp_path / "copy")
+    assert main(["evaluate", str(run), str(tmp_path / "copy"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["overlap_with_run"] == {"train": 18, "valid": 6, "new": 0,
+                                                                       "accuracy_new": None}
 
 
 def test_evaluate_separates_images_the_run_has_seen(trained, tmp_path, capsys):

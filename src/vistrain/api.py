@@ -294,7 +294,8 @@ def evaluate(run: str | Path | Run, data: str | Path, label_from_name: str | Non
         metrics["tta"] = {"accuracy_plain": plain, "accuracy_tta": metrics["accuracy"], "gain": metrics["accuracy"] - plain}
     metrics["skipped"] = [{"path": r.path, "reason": r.reason} for r in index.skipped]
     metrics["notes"] = index.layout.notes
-    overlap = overlap_with_run(run.path, run.predictor.config.extra, [r.path for r in index.records], y_true, y_pred)
+    overlap = overlap_with_run(run.path, run.predictor.config.extra, [r.path for r in index.records], y_true, y_pred,
+                               [r.sha1 for r in index.records])
     if overlap:
         metrics["overlap_with_run"] = overlap
     return metrics

@@ -70,11 +70,13 @@ def stratified_split(records: list[Record], valid_fraction: float, seed: int) ->
 
 
 def write_split(records: list[Record], path: Path) -> None:
+    """``path,label,split,sha1``: the content hash lets ``evaluate`` recognise the run's own images
+    in a copy of the training folder, not only at their original paths."""
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "label", "split"])
+        w.writerow(["path", "label", "split", "sha1"])
         for r in records:
-            w.writerow([r.path, r.label, r.split])
+            w.writerow([r.path, r.label, r.split, r.sha1 or ""])
 
 
 def read_split(path: Path) -> dict[str, str]:
@@ -82,14 +84,15 @@ def read_split(path: Path) -> dict[str, str]:
         return {row["path"]: row["split"] for row in csv.DictReader(f)}
 
 
-def split_rows(split_file: Path, root: Path) -> list[tuple[Path | None, str, str]]:
-    """``split.csv``'s rows as (the file, found where it now is or None, label, split). Paths there are
-    absolute when the run was trained on an absolute folder; relative ones are tried against the
-    training data folder ``root`` and then the current directory."""
+def split_rows(split_file: Path, root: Path) -> list[tuple[Path | None, str, str, str]]:
+    """``split.csv``'s rows as (the file, found where it now is or None; label; split; sha1, empty in
+    runs written before it was kept). Paths there are absolute when the run was trained on an
+    absolute folder; relative ones are tried against the training data folder ``root`` and then the
+    current directory."""
     rows = []
     with split_file.open(newline="") as f:
         for row in csv.DictReader(f):
             p = Path(row["path"])
             found = next((c for c in ([p] if p.is_absolute() else [root / p, p]) if c.is_file()), None)
-            rows.append((found, row.get("label") or "", row.get("split") or ""))
+            rows.append((found, row.get("label") or "", row.get("split") or "", row.get("sha1") or ""))
     return rows

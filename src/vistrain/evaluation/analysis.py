@@ -93,6 +93,7 @@ def analyse(run_dir: Path | str, predictor: Predictor, data: Path | str | None =
     run_dir = Path(run_dir)
     classes = predictor.classes
     skipped: list[dict] = []
+    content: dict[str, str | None] = {}  # path -> sha1 of a given folder's images
     if data is None:
         pairs = validation_records(run_dir)
         missing = [p for p, _ in pairs if not Path(p).is_file()]
@@ -107,6 +108,7 @@ def analyse(run_dir: Path | str, predictor: Predictor, data: Path | str | None =
             raise ReportError(f"{data}: label(s) the model does not know: {', '.join(unknown)} "
                               f"(model classes: {', '.join(classes)})")
         pairs = [(r.path, r.label) for r in index.records]
+        content = {r.path: r.sha1 for r in index.records}
         skipped += [{"path": r.path, "reason": r.reason} for r in index.skipped]
         source = f"{data} ({len(pairs)} images)"
     with ui.stage("predict", len(pairs)) as advance:
@@ -147,7 +149,8 @@ def analyse(run_dir: Path | str, predictor: Predictor, data: Path | str | None =
         abst = {"target_precision": target, "threshold": threshold, "coverage": cov, "precision": prec,
                 "threshold_here": here.threshold, "coverage_here": here.coverage}
     metrics = metrics_with_intervals(classification_metrics(y, logits.argmax(1), classes), y, logits.argmax(1))
-    overlap = None if data is None else overlap_with_run(run_dir, predictor.config.extra, paths, y, logits.argmax(1))
+    overlap = None if data is None else overlap_with_run(run_dir, predictor.config.extra, paths, y, logits.argmax(1),
+                                                         [content.get(p) for p in paths])
     return Analysis(source, data is None, classes, paths, y, logits, temperature, metrics, calibration, abst,
                     coverage_curve(softmax(logits, temperature), y), skipped, tta_info, overlap)
 

@@ -16,16 +16,21 @@ from vistrain.data.split import split_rows
 
 
 def overlap_with_run(run_dir: Path, extra: dict, paths: list[str], y_true: np.ndarray,
-                     y_pred: np.ndarray) -> dict | None:
+                     y_pred: np.ndarray, sha1s: list[str | None] | None = None) -> dict | None:
     """``{"train": n, "valid": n, "new": n, "accuracy_new": float | None}`` for ``paths``, or None
-    when the run has seen none of them (or has no ``split.csv``). ``extra``: the run's config
-    extras, which name the training data folder that relative paths in ``split.csv`` start from."""
+    when the run has seen none of them (or has no ``split.csv``). An image counts as seen at the
+    path the run listed it under, or anywhere with the same content (``sha1s``, when given: a copy
+    of the training folder). ``extra``: the run's config extras, which name the training data
+    folder that relative paths in ``split.csv`` start from."""
     split_file = Path(run_dir) / "split.csv"
     if not split_file.is_file():
         return None
     root = Path(extra.get("training", {}).get("data", {}).get("root", "."))
-    seen = {found.resolve(): split for found, _, split in split_rows(split_file, root) if found is not None}
-    where = [seen.get(Path(p).resolve()) for p in paths]
+    rows = split_rows(split_file, root)
+    by_path = {found.resolve(): split for found, _, split, _ in rows if found is not None}
+    by_content = {sha1: split for _, _, split, sha1 in rows if sha1}
+    sha1s = sha1s or [None] * len(paths)
+    where = [by_path.get(Path(p).resolve()) or (by_content.get(h) if h else None) for p, h in zip(paths, sha1s)]
     n_train, n_valid = where.count("train"), where.count("valid")
     if not (n_train or n_valid):
         return None

@@ -151,7 +151,7 @@ def split_images(run_dir: Path, classes: list[str], extra: dict, notes: list[str
     root = Path(extra.get("training", {}).get("data", {}).get("root", "."))
     out: dict[str, list] = {"valid": [], "train": []}
     missing = 0
-    for found, label, split in split_rows(split_file, root):
+    for found, label, split, _ in split_rows(split_file, root):
         if split not in out or label not in classes:
             continue
         if found is None:
