@@ -28,7 +28,7 @@ def overlap_with_run(run_dir: Path, extra: dict, paths: list[str], y_true: np.nd
     root = Path(extra.get("training", {}).get("data", {}).get("root", "."))
     rows = split_rows(split_file, root)
     by_path = {found.resolve(): split for found, _, split, _ in rows if found is not None}
-    by_content = {sha1: split for _, _, split, sha1 in rows if sha1}
+    by_content = {sha1: split for _, _, split, sha1 in rows if sha1 and split in ("train", "valid")}
     sha1s = sha1s or [None] * len(paths)
     where = [by_path.get(Path(p).resolve()) or (by_content.get(h) if h else None) for p, h in zip(paths, sha1s)]
     n_train, n_valid = where.count("train"), where.count("valid")
