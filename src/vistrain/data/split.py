@@ -84,11 +84,12 @@ def read_split(path: Path) -> dict[str, str]:
         return {row["path"]: row["split"] for row in csv.DictReader(f)}
 
 
-def split_rows(split_file: Path, root: Path) -> list[tuple[Path | None, str, str, str]]:
+def split_rows(split_file: Path, run_extra: dict) -> list[tuple[Path | None, str, str, str]]:
     """``split.csv``'s rows as (the file, found where it now is or None; label; split; sha1, empty in
     runs written before it was kept). Paths there are absolute when the run was trained on an
-    absolute folder; relative ones are tried against the training data folder ``root`` and then the
-    current directory."""
+    absolute folder; relative ones are tried against the training data folder (named in the run's
+    config, ``run_extra``) and then the current directory."""
+    root = Path(run_extra.get("training", {}).get("data", {}).get("root", "."))
     rows = []
     with split_file.open(newline="") as f:
         for row in csv.DictReader(f):

@@ -113,8 +113,7 @@ def copy_errors(a: Analysis, folder: Path) -> int:
         shutil.copy2(src, dest)
         st = dest.stat()
         written[dest.relative_to(folder).as_posix()] = [st.st_size, st.st_mtime_ns]
-    if written or folder.is_dir():
-        folder.mkdir(parents=True, exist_ok=True)
+    if folder.is_dir():  # made by the copies above, or left by an earlier report
         (folder / COPIES_FILE).write_text(json.dumps({"written_by": "vistrain report", "files": written}, indent=1))
     return len(written)
 

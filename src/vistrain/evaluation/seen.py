@@ -25,8 +25,7 @@ def overlap_with_run(run_dir: Path, extra: dict, paths: list[str], y_true: np.nd
     split_file = Path(run_dir) / "split.csv"
     if not split_file.is_file():
         return None
-    root = Path(extra.get("training", {}).get("data", {}).get("root", "."))
-    rows = split_rows(split_file, root)
+    rows = split_rows(split_file, extra)
     by_path = {found.resolve(): split for found, _, split, _ in rows if found is not None}
     by_content = {sha1: split for _, _, split, sha1 in rows if sha1 and split in ("train", "valid")}
     sha1s = sha1s or [None] * len(paths)

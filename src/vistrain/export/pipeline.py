@@ -148,10 +148,9 @@ def split_images(run_dir: Path, classes: list[str], extra: dict, notes: list[str
     split_file = run_dir / "split.csv"
     if not split_file.is_file():
         raise ExportError(f"{run_dir}: no split.csv, so no validation images to verify the export with")
-    root = Path(extra.get("training", {}).get("data", {}).get("root", "."))
     out: dict[str, list] = {"valid": [], "train": []}
     missing = 0
-    for found, label, split, _ in split_rows(split_file, root):
+    for found, label, split, _ in split_rows(split_file, extra):
         if split not in out or label not in classes:
             continue
         if found is None:
