@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from conftest import FAST
 from safetensors import safe_open
 
@@ -139,6 +140,28 @@ def test_resume_after_a_crash(split_folders, tmp_path, cache_dir):
     assert [round(h.valid_loss, 4) for h in resumed.result.finetune.history] == \
         [round(h.valid_loss, 4) for h in straight.result.finetune.history]
     assert (out / "split.csv").read_text() == (tmp_path / "straight" / "split.csv").read_text()
+
+
+def test_a_crashed_retrain_leaves_the_earlier_run_whole_until_resumed(class_folders, tmp_path, cache_dir):
+    out = tmp_path / "run"
+    vistrain.train(class_folders, out=out, cache_dir=cache_dir, mode="probe", seed=0, **FAST)
+    earlier = {n: (out / n).read_bytes() for n in
+               ("model.safetensors", "config.json", "metrics.json", "split.csv", "train_config.yaml", "audit.json")}
+    opts = dict(cache_dir=cache_dir, mode="finetune", epochs=2, batch_size=8, seed=3, **FAST)
+    with pytest.raises(RuntimeError, match="killed"):
+        vistrain.train(class_folders, out=out, reporter=CrashAfterFirstEpoch(), **opts)
+    # The earlier run still agrees with itself: its model, its metrics and the split it was scored on.
+    assert {n: (out / n).read_bytes() for n in earlier} == earlier
+    pending = (out / "checkpoint" / "split.csv").read_text()
+    assert pending != earlier["split.csv"].decode()  # seed 3 splits differently
+    assert vistrain.load(out).predictor.predict_paths(sorted(class_folders.rglob("*.png"))[:2])
+
+    resumed = vistrain.train(class_folders, out=out, resume=True, cache_dir=cache_dir)
+    assert [h.epoch for h in resumed.result.finetune.history] == [1, 2]
+    assert (out / "split.csv").read_text() == pending
+    assert yaml.safe_load((out / "train_config.yaml").read_text())["seed"] == 3
+    assert json.loads((out / "config.json").read_text())["training"]["mode"] == "finetune"
+    assert not (out / "checkpoint").exists()
 
 
 def test_resume_on_other_data_is_a_clear_error(split_folders, class_folders, tmp_path, cache_dir):

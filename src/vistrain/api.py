@@ -37,7 +37,7 @@ from vistrain.evaluation.seen import overlap_with_run
 from vistrain.models.classifier import save_model
 from vistrain.models.registry import ensemble_members
 from vistrain.progress import Reporter, SilentReporter
-from vistrain.training.checkpoint import remove_checkpoint
+from vistrain.training.checkpoint import CHECKPOINT_DIR, in_progress_file, remove_checkpoint
 from vistrain.training.device import resolve_device
 from vistrain.training.distributed import init_from_env, is_main, world_size
 from vistrain.training.trainer import TrainConfig, TrainError, TrainResult, run_training
@@ -128,12 +128,13 @@ def train(
     ui.log(f"  {summary_line(audit)}" + (f" (details: vistrain audit {data})" if audit.findings else ""))
     earlier = [] if cfg.resume else _earlier_outputs(out)
     if is_main():  # under torchrun, the other processes train but write nothing
-        out.mkdir(parents=True, exist_ok=True)
-        audit.save(out / "audit.json")
         # Now, not only at the end: --resume after a crash (no Ctrl-C) needs the settings and the split.
-        save_config(cfg, out / CONFIG_NAME)
-        if not (cfg.resume and (out / "split.csv").exists()):
-            write_split(index.records, out / "split.csv")
+        # They wait with the checkpoint: the run folder's own files are written together at the end.
+        pending = out / CHECKPOINT_DIR
+        pending.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, pending / CONFIG_NAME)
+        if not (cfg.resume and in_progress_file(out, "split.csv").exists()):
+            write_split(index.records, pending / "split.csv")
     if backend:
         ui.log(f"Data-parallel training over {world_size()} processes ({backend})")
     result = run_training(index, cfg, ui, on_epoch=on_epoch)
@@ -149,6 +150,7 @@ def train(
     apply_confidence(result.model_config, fit_confidence(result.valid_logits, y_valid))
     if is_main():
         _write_run(out, index, cfg, result, metrics, time.perf_counter() - t0)
+        audit.save(out / "audit.json")
         if not (result.finetune and result.finetune.interrupted):
             remove_checkpoint(out)  # finished: the run folder holds the result; keep it for --resume otherwise
     return Run(out, predictor, metrics, result, seconds=time.perf_counter() - t0)
@@ -178,7 +180,7 @@ def find_lr(data: str | Path, reporter: Reporter | None = None, label_from_name:
 
 def _resume_settings(data: Path, out: Path, options: dict, label_from_name: str | None) -> tuple[dict, str | None]:
     """The interrupted run's settings (its train_config.yaml), overridden by the options given now."""
-    saved_path = out / CONFIG_NAME
+    saved_path = in_progress_file(out, CONFIG_NAME)
     if not saved_path.exists():
         return options, label_from_name  # an older run: the options given now are all there is
     saved = load_config(saved_path)

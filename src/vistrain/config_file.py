@@ -164,7 +164,9 @@ def resolve_train_args(args: argparse.Namespace) -> tuple[argparse.Namespace, di
     config = getattr(args, "config", None)
     if config is None and getattr(args, "resume", defaults.get("resume", False)):
         # Resuming continues the interrupted run as it was set up; flags typed now still win.
-        saved = Path(getattr(args, "out", defaults.get("out") or ".")) / CONFIG_NAME
+        from vistrain.training.checkpoint import in_progress_file
+
+        saved = in_progress_file(Path(getattr(args, "out", defaults.get("out") or ".")), CONFIG_NAME)
         config = saved if saved.exists() else None
     file_cfg = load_config(config) if config else {}
     if "time_budget" in file_cfg and "no_time_budget" in defaults and file_cfg["time_budget"] is None:

@@ -111,5 +111,13 @@ def load_checkpoint(run_dir: Path) -> Resumable | None:
     )
 
 
+def in_progress_file(run_dir: Path, name: str) -> Path:
+    """Where an unfinished run keeps its ``split.csv`` or ``train_config.yaml``: with its checkpoint,
+    so that an earlier finished run in the same folder stays whole (model, metrics and split agreeing)
+    until the new one is written over it. Checkpoints from before this kept them in ``run_dir``."""
+    kept = run_dir / CHECKPOINT_DIR / name
+    return kept if kept.exists() else run_dir / name
+
+
 def remove_checkpoint(run_dir: Path) -> None:
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)

@@ -32,6 +32,7 @@ from vistrain.training.balance import (
     resolve_balance,
 )
 from vistrain.training.checkpoint import (
+    in_progress_file,
     load_checkpoint,
     save_checkpoint,
     save_probe_head,
@@ -187,7 +188,7 @@ def choose_image_size(index: DatasetIndex, backbone: str) -> int:
 
 
 def _restore_split(index: DatasetIndex, run_dir: Path) -> None:
-    saved = read_split(run_dir / "split.csv")
+    saved = read_split(in_progress_file(run_dir, "split.csv"))
     for r in index.records:
         if r.path in saved:
             r.split = saved[r.path]
