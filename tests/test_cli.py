@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_image
+from PIL import Image
 
 from vistrain.cli import main
 from vistrain.evaluation.metrics import classification_metrics
@@ -80,7 +81,7 @@ def test_evaluate_table(trained, tmp_path, capsys):
     shutil.copytree(data, tmp_path / "copy")
     assert main(["evaluate", str(run), str(tmp_path / "copy"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["overlap_with_run"] == {"train": 18, "valid": 6, "new": 0,
-                                                                       "accuracy_new": None}
+                                                                       "accuracy_new": None, "near": 0}
 
 
 def test_evaluate_separates_images_the_run_has_seen(trained, tmp_path, capsys):
@@ -90,6 +91,14 @@ def test_evaluate_separates_images_the_run_has_seen(trained, tmp_path, capsys):
     new = tmp_path / "new"
     new.mkdir()
     rows = [(r["path"], r["label"]) for r in seen]
+    # Two more of its own, shrunk and saved as JPEG: other bytes, the same look.
+    shrunk = tmp_path / "shrunk"
+    shrunk.mkdir()
+    for r in seen[:2]:
+        with Image.open(r["path"]) as im:
+            im.convert("RGB").resize((im.width // 2, im.height // 2)).save(shrunk / (Path(r["path"]).stem + ".jpg"),
+                                                                          quality=80)
+        rows.append((str(shrunk / (Path(r["path"]).stem + ".jpg")), r["label"]))
     for i, name in enumerate(["circles", "squares", "stripes"]):
         make_image(name, 9100 + i).save(new / f"{name}.png")
         rows.append((str(new / f"{name}.png"), name))
@@ -98,7 +107,7 @@ def test_evaluate_separates_images_the_run_has_seen(trained, tmp_path, capsys):
     assert main(["evaluate", str(run), str(tmp_path / "labels.csv"), "--json"]) == 0
     m = json.loads(capsys.readouterr().out)
     o = m["overlap_with_run"]
-    assert o["train"] + o["valid"] == 4 and o["new"] == 3 and m["n"] == 7
+    assert o["train"] + o["valid"] == 6 and o["near"] == 2 and o["new"] == 3 and m["n"] == 9
     # The accuracy on the new ones alone is what predict gets right on them.
     assert main(["predict", str(run), str(new), "--json"]) == 0
     preds = json.loads(capsys.readouterr().out)

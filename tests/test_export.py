@@ -190,7 +190,7 @@ def test_int8_accuracy_gate_fails_loudly(trained_run, tmp_path, capsys):
         Image.new("RGB", (64, 64), (128, 128, 128)).save(grey / f"{i}.png")
         rows.append({"path": str(grey / f"{i}.png"), "label": label, "split": "train"})
     with (run / "split.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, ["path", "label", "split", "sha1"])
+        w = csv.DictWriter(f, ["path", "label", "split", "sha1", "phash", "colour"])
         w.writeheader()
         w.writerows(rows)
     code = main(["export", str(run), "--int8", "--int8-method", "static", "--max-accuracy-drop", "1"])

@@ -33,11 +33,15 @@ from vistrain.data.split import write_split
 from vistrain.evaluation.confidence import apply_confidence, fit_confidence
 from vistrain.evaluation.metrics import classification_metrics
 from vistrain.evaluation.predictor import Prediction, Predictor, collect_images
-from vistrain.evaluation.seen import overlap_with_run
+from vistrain.evaluation.seen import Look, overlap_with_run
 from vistrain.models.classifier import save_model
 from vistrain.models.registry import ensemble_members
 from vistrain.progress import Reporter, SilentReporter
-from vistrain.training.checkpoint import CHECKPOINT_DIR, in_progress_file, remove_checkpoint
+from vistrain.training.checkpoint import (
+    CHECKPOINT_DIR,
+    in_progress_file,
+    remove_checkpoint,
+)
 from vistrain.training.device import resolve_device
 from vistrain.training.distributed import init_from_env, is_main, world_size
 from vistrain.training.trainer import TrainConfig, TrainError, TrainResult, run_training
@@ -297,7 +301,7 @@ def evaluate(run: str | Path | Run, data: str | Path, label_from_name: str | Non
     metrics["skipped"] = [{"path": r.path, "reason": r.reason} for r in index.skipped]
     metrics["notes"] = index.layout.notes
     overlap = overlap_with_run(run.path, run.predictor.config.extra, [r.path for r in index.records], y_true, y_pred,
-                               [r.sha1 for r in index.records])
+                               [Look(r.sha1, r.phash, r.colour) for r in index.records])
     if overlap:
         metrics["overlap_with_run"] = overlap
     return metrics

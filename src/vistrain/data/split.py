@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,13 +71,14 @@ def stratified_split(records: list[Record], valid_fraction: float, seed: int) ->
 
 
 def write_split(records: list[Record], path: Path) -> None:
-    """``path,label,split,sha1``: the content hash lets ``evaluate`` recognise the run's own images
-    in a copy of the training folder, not only at their original paths."""
+    """``path,label,split,sha1,phash,colour``: the content hash and the look (perceptual hash and
+    colours) let ``evaluate`` recognise the run's own images in a copy of the training folder, or
+    resized and re-encoded, not only at their original paths."""
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "label", "split", "sha1"])
+        w.writerow(["path", "label", "split", "sha1", "phash", "colour"])
         for r in records:
-            w.writerow([r.path, r.label, r.split, r.sha1 or ""])
+            w.writerow([r.path, r.label, r.split, r.sha1 or "", r.phash or "", r.colour or ""])
 
 
 def read_split(path: Path) -> dict[str, str]:
@@ -84,16 +86,26 @@ def read_split(path: Path) -> dict[str, str]:
         return {row["path"]: row["split"] for row in csv.DictReader(f)}
 
 
-def split_rows(split_file: Path, run_extra: dict) -> list[tuple[Path | None, str, str, str]]:
-    """``split.csv``'s rows as (the file, found where it now is or None; label; split; sha1, empty in
-    runs written before it was kept). Paths there are absolute when the run was trained on an
-    absolute folder; relative ones are tried against the training data folder (named in the run's
-    config, ``run_extra``) and then the current directory."""
+@dataclass(frozen=True)
+class SplitRow:
+    found: Path | None  # the file where it now is, or None when it is gone
+    label: str
+    split: str
+    sha1: str = ""  # these three are empty in runs written before they were kept
+    phash: str = ""
+    colour: str = ""
+
+
+def split_rows(split_file: Path, run_extra: dict) -> list[SplitRow]:
+    """``split.csv``'s rows. Paths there are absolute when the run was trained on an absolute
+    folder; relative ones are tried against the training data folder (named in the run's config,
+    ``run_extra``) and then the current directory."""
     root = Path(run_extra.get("training", {}).get("data", {}).get("root", "."))
     rows = []
     with split_file.open(newline="") as f:
         for row in csv.DictReader(f):
             p = Path(row["path"])
             found = next((c for c in ([p] if p.is_absolute() else [root / p, p]) if c.is_file()), None)
-            rows.append((found, row.get("label") or "", row.get("split") or "", row.get("sha1") or ""))
+            rows.append(SplitRow(found, row.get("label") or "", row.get("split") or "", row.get("sha1") or "",
+                                 row.get("phash") or "", row.get("colour") or ""))
     return rows

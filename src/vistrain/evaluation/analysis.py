@@ -34,7 +34,7 @@ from vistrain.evaluation.confidence import (
 from vistrain.evaluation.intervals import metrics_with_intervals
 from vistrain.evaluation.metrics import classification_metrics
 from vistrain.evaluation.predictor import Predictor, softmax
-from vistrain.evaluation.seen import overlap_with_run
+from vistrain.evaluation.seen import Look, overlap_with_run
 from vistrain.models.classifier import CONFIG_FILE
 from vistrain.progress import Reporter, SilentReporter
 
@@ -93,7 +93,7 @@ def analyse(run_dir: Path | str, predictor: Predictor, data: Path | str | None =
     run_dir = Path(run_dir)
     classes = predictor.classes
     skipped: list[dict] = []
-    content: dict[str, str | None] = {}  # path -> sha1 of a given folder's images
+    content: dict[str, Look] = {}  # path -> what a given folder's image is (bytes and look)
     if data is None:
         pairs = validation_records(run_dir)
         missing = [p for p, _ in pairs if not Path(p).is_file()]
@@ -108,7 +108,7 @@ def analyse(run_dir: Path | str, predictor: Predictor, data: Path | str | None =
             raise ReportError(f"{data}: label(s) the model does not know: {', '.join(unknown)} "
                               f"(model classes: {', '.join(classes)})")
         pairs = [(r.path, r.label) for r in index.records]
-        content = {r.path: r.sha1 for r in index.records}
+        content = {r.path: Look(r.sha1, r.phash, r.colour) for r in index.records}
         skipped += [{"path": r.path, "reason": r.reason} for r in index.skipped]
         source = f"{data} ({len(pairs)} images)"
     with ui.stage("predict", len(pairs)) as advance:

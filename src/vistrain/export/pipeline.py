@@ -150,13 +150,13 @@ def split_images(run_dir: Path, classes: list[str], extra: dict, notes: list[str
         raise ExportError(f"{run_dir}: no split.csv, so no validation images to verify the export with")
     out: dict[str, list] = {"valid": [], "train": []}
     missing = 0
-    for found, label, split, _ in split_rows(split_file, extra):
-        if split not in out or label not in classes:
+    for row in split_rows(split_file, extra):
+        if row.split not in out or row.label not in classes:
             continue
-        if found is None:
+        if row.found is None:
             missing += 1
             continue
-        out[split].append((found, classes.index(label)))
+        out[row.split].append((row.found, classes.index(row.label)))
     if missing:
         notes.append(f"{missing} image(s) listed in {split_file} no longer exist and were left out")
     return out["valid"], out["train"]
