@@ -34,6 +34,7 @@ from vistrain.evaluation.confidence import apply_confidence, fit_confidence
 from vistrain.evaluation.metrics import classification_metrics
 from vistrain.evaluation.predictor import Prediction, Predictor, collect_images
 from vistrain.evaluation.seen import Look, overlap_with_run
+from vistrain.familiarity import FAMILIAR_FILE
 from vistrain.models.classifier import save_model
 from vistrain.models.registry import ensemble_members
 from vistrain.progress import Reporter, SilentReporter
@@ -148,7 +149,7 @@ def train(
         renew = " and ".join(f"`vistrain {command} {out}`" for _, command in earlier)
         result.notes.append(f"{out} held an earlier run, now replaced; its {' and '.join(n for n, _ in earlier)} "
                             f"{'is' if len(earlier) == 1 else 'are'} of the earlier model until {renew}")
-    predictor = Predictor(result.model, result.model_config)  # on the training device
+    predictor = Predictor(result.model, result.model_config, familiarity=result.familiarity)  # on the training device
     metrics = _final_metrics(index, result, predictor, ui, cfg.probe_c)
     y_valid = [result.model_config.classes.index(r.label) for r in index.split("valid")]
     apply_confidence(result.model_config, fit_confidence(result.valid_logits, y_valid))
@@ -252,7 +253,15 @@ def _write_run(out: Path, index: DatasetIndex, cfg: TrainConfig, result: TrainRe
         "training": settings,
         "validation_accuracy": metrics["valid"]["accuracy"],
     }
+    if result.familiarity is not None:
+        f = result.familiarity
+        result.model_config.extra["familiarity"] = {"file": FAMILIAR_FILE, "threshold": round(f.threshold, 6),
+                                                    "keep": f.keep, "neighbours": len(f.bank), "n_valid": f.n_valid,
+                                                    "n_valid_familiar": f.n_kept}
     save_model(out, result.model, result.model_config)
+    (out / FAMILIAR_FILE).unlink(missing_ok=True)  # an earlier run's, which would judge by other features
+    if result.familiarity is not None:
+        result.familiarity.save(out)
     (out / "metrics.json").write_text(json.dumps({
         **metrics,
         "stage": result.stage,
@@ -309,7 +318,8 @@ def evaluate(run: str | Path | Run, data: str | Path, label_from_name: str | Non
 
 def prediction_row(p: Prediction, classes: list[str], top_k: int, unsure: float | None) -> dict:
     if p.probabilities is None:
-        return {"path": p.path, "label": None, "probability": None, "unsure": None, "top": [], "error": p.error}
+        return {"path": p.path, "label": None, "probability": None, "unsure": None, "familiar": None,
+                "similarity": None, "top": [], "error": p.error}
     order = np.argsort(-p.probabilities)[:top_k]
     best = float(p.probabilities[order[0]])
     return {
@@ -317,6 +327,8 @@ def prediction_row(p: Prediction, classes: list[str], top_k: int, unsure: float 
         "label": classes[order[0]],
         "probability": best,
         "unsure": bool(unsure is not None and best < unsure),
+        "familiar": p.familiar,  # None: the run has no familiarity check
+        "similarity": p.similarity,
         "top": [(classes[i], float(p.probabilities[i])) for i in order],
         "error": None,
     }
@@ -356,20 +368,23 @@ def write_predictions_csv(rows: list[dict], path: Path, top_k: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        header = ["path", "label", "probability", "unsure"]
+        header = ["path", "label", "probability", "unsure", "familiar", "similarity"]
         for i in range(1, top_k + 1):
             header += [f"top{i}", f"top{i}_probability"]
         w.writerow(header + ["error"])
         for r in rows:
             line = [r["path"], r["label"] or "", "" if r["probability"] is None else f"{r['probability']:.6f}",
-                    "" if r["unsure"] is None else str(r["unsure"]).lower()]
+                    "" if r["unsure"] is None else str(r["unsure"]).lower(),
+                    "" if r.get("familiar") is None else str(r["familiar"]).lower(),
+                    "" if r.get("similarity") is None else f"{r['similarity']:.4f}"]
             for i in range(top_k):
                 line += [r["top"][i][0], f"{r['top'][i][1]:.6f}"] if i < len(r["top"]) else ["", ""]
             w.writerow(line + [r["error"] or ""])
 
 
 def sort_into(rows: list[dict], folder: Path) -> list[Path]:
-    """Copy (never move) each image into ``folder/<label>/`` (or ``unsure/``); names never collide.
+    """Copy (never move) each image into ``folder/<label>/``, or ``unfamiliar/`` when it is unlike the
+    training photos, or ``unsure/`` when the model is not confident; names never collide.
 
     ``folder`` gets a hidden marker (data.layout.SORTED_MARKER): if it lies inside a training folder,
     its copies, sorted by prediction, are not read as photos labelled by hand.
@@ -383,7 +398,7 @@ def sort_into(rows: list[dict], folder: Path) -> list[Path]:
     for r in rows:
         if r["label"] is None:
             continue
-        dest_dir = folder / ("unsure" if r["unsure"] else r["label"])
+        dest_dir = folder / ("unfamiliar" if r.get("familiar") is False else "unsure" if r["unsure"] else r["label"])
         dest_dir.mkdir(parents=True, exist_ok=True)
         src = Path(r["path"])
         dest = dest_dir / src.name

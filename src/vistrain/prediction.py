@@ -18,6 +18,10 @@ class Prediction:
     path: str
     probabilities: np.ndarray | None  # over the model's classes; None when the file failed
     error: str | None = None
+    # Nearest-neighbour similarity to the training photos, and whether it passes the run's threshold
+    # (vistrain.familiarity); None for runs without the check.
+    similarity: float | None = None
+    familiar: bool | None = None
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

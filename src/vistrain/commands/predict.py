@@ -17,7 +17,8 @@ def register(sub) -> None:
     pr.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders (searched recursively)")
     pr.add_argument("--top-k", type=int, default=3)
     pr.add_argument("--csv", type=Path, help="write predictions to this CSV file")
-    pr.add_argument("--into", type=Path, help="copy each image into DIR/<predicted class>/ (or DIR/unsure/)")
+    pr.add_argument("--into", type=Path, help="copy each image into DIR/<predicted class>/ (or DIR/unsure/, or DIR/unfamiliar/ "
+                    "when it is unlike the training photos)")
     pr.add_argument("--unsure", type=float, metavar="P",
                     help="answer 'unsure' when the top probability is below P (default: the run's threshold; 0: never)")
     pr.add_argument("--tta", action="store_true", help="average each image with its mirror image (2x the time)")
@@ -43,7 +44,9 @@ def run(args, console, reporter) -> int:
         console.print(predictions_table(rows, top_k, width=console.width))
     failed = sum(1 for r in rows if r["error"])
     unsure = sum(1 for r in rows if r["unsure"])
-    console.print(f"{len(rows)} file(s): {len(rows) - failed} classified ({unsure} unsure), {failed} failed"
+    unfamiliar = sum(1 for r in rows if r.get("familiar") is False)
+    console.print(f"{len(rows)} file(s): {len(rows) - failed} classified ({unsure} unsure"
+                  + (f", {unfamiliar} unlike the training photos" if unfamiliar else "") + f"), {failed} failed"
                   + (f"; CSV written to {args.csv}" if args.csv else "")
                   + (f"; copies sorted into {args.into}/" if args.into else "")
                   + (f"; heat maps in {args.heatmap}/" if args.heatmap else ""))

@@ -99,6 +99,8 @@ def run(args, console, reporter) -> int:
         console.print(f"  test accuracy {m['test']['accuracy']:.1%} ({m['test']['n'] - m['test']['errors']} of "
                       f"{m['test']['n']} right{ci_text(m['test'])})")
     console.print(f"  confidence: {describe(trained.predictor.config)}")
+    if res.familiarity is not None:
+        console.print(f"  familiarity: {res.familiarity.describe()}")
     for note in res.notes:
         console.print(f"  note: {note}")
     weak = worst_classes(m["valid"])

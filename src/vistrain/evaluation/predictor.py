@@ -11,6 +11,7 @@ import torch
 from vistrain.data.images import load_rgb
 from vistrain.data.layout import tree_files
 from vistrain.data.transforms import normalize, to_model_pixels
+from vistrain.familiarity import Familiarity
 from vistrain.memory import inference_batch_size
 from vistrain.models.classifier import ImageClassifier, ModelConfig, load_model
 from vistrain.prediction import (  # Prediction, softmax: re-exported
@@ -27,18 +28,19 @@ class Predictor:
     differ slightly from the CPU's)."""
 
     def __init__(self, model: ImageClassifier, config: ModelConfig, batch_size: int | None = None,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, familiarity: Familiarity | None = None):
         if isinstance(device, str):
             device = resolve_device(device)
         self.model = model.eval().to(device, memory_format=torch.channels_last)
         self.device = model_device(self.model)
         self.config = config
         self.batch_size = batch_size or inference_batch_size(config.preprocessing.size)
+        self.familiarity = familiarity
 
     @classmethod
     def from_folder(cls, folder: Path | str, batch_size: int | None = None, device: str | torch.device = "cpu") -> Predictor:
         model, cfg = load_model(folder)
-        return cls(model, cfg, batch_size, device)
+        return cls(model, cfg, batch_size, device, Familiarity.load(Path(folder)))
 
     @property
     def classes(self) -> list[str]:
@@ -58,16 +60,25 @@ class Predictor:
         that every network here saw while fine-tuning; averaging logits keeps temperature
         scaling meaningful afterwards.
         """
+        return self.view_outputs(pixels, views)[0]
+
+    @torch.inference_mode()
+    def view_outputs(self, pixels: np.ndarray, views: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`view_logits`, and the pooled features of view 0 (``N x D``) that gave them."""
         if views not in (1, 2):
             raise ValueError(f"views must be 1 (plain) or 2 (plain + mirror), got {views}")
         prep = self.config.preprocessing
-        outs = []
+        outs, feats = [], []
         for i in range(0, len(pixels), self.batch_size):
             chunk = np.ascontiguousarray(pixels[i : i + self.batch_size])
             batch = [chunk] + ([np.ascontiguousarray(chunk[:, :, ::-1])] if views == 2 else [])
-            outs.append(np.stack([self.model(to_device(normalize(b, prep), self.device)).float().cpu().numpy()
-                                  for b in batch], axis=1))
-        return np.concatenate(outs) if outs else np.zeros((0, views, len(self.classes)), dtype=np.float32)
+            # The classifier's own forward, split: head(dropout(backbone)), dropout idle in eval mode.
+            pooled = [self.model.backbone(to_device(normalize(b, prep), self.device)) for b in batch]
+            outs.append(np.stack([self.model.head(f).float().cpu().numpy() for f in pooled], axis=1))
+            feats.append(pooled[0].float().cpu().numpy())
+        if not outs:
+            return np.zeros((0, views, len(self.classes)), dtype=np.float32), np.zeros((0, 0), dtype=np.float32)
+        return np.concatenate(outs), np.concatenate(feats)
 
     def probabilities_from_pixels(self, pixels: np.ndarray, tta: bool = False) -> np.ndarray:
         return softmax(self.logits_from_pixels(pixels, tta), self.config.temperature)
@@ -75,18 +86,28 @@ class Predictor:
     def predict_paths(self, paths: list[str | Path], progress: Callable[[int], None] | None = None,
                       tta: bool = False) -> list[Prediction]:
         """Decode (threads) and classify batch by batch; files that fail carry their reason."""
-        logits, errors = self.logits_from_paths(paths, progress, views=2 if tta else 1)
+        logits, similarity, errors = self.outputs_from_paths(paths, progress, views=2 if tta else 1)
         results = []
-        for p, z, err in zip(paths, logits, errors):
+        for i, (p, z, err) in enumerate(zip(paths, logits, errors)):
             probs = None if err else softmax(z.mean(axis=0, keepdims=True), self.config.temperature)[0]
-            results.append(Prediction(str(p), probs, err))
+            sim = None if err or similarity is None else float(similarity[i])
+            results.append(Prediction(str(p), probs, err, sim,
+                                      None if sim is None else bool(self.familiarity.familiar(sim))))
         return results
 
     def logits_from_paths(self, paths: list[str | Path], progress: Callable[[int], None] | None = None,
                           views: int = 1) -> tuple[np.ndarray, list[str | None]]:
         """``N x views x classes`` logits (NaN where a file failed) and each file's error or None."""
+        logits, _, errors = self.outputs_from_paths(paths, progress, views)
+        return logits, errors
+
+    def outputs_from_paths(self, paths: list[str | Path], progress: Callable[[int], None] | None = None,
+                           views: int = 1) -> tuple[np.ndarray, np.ndarray | None, list[str | None]]:
+        """:meth:`logits_from_paths`, with each file's similarity to the training photos (NaN where it
+        failed; None for a run without the familiarity check)."""
         prep = self.config.preprocessing
         logits = np.full((len(paths), views, len(self.classes)), np.nan, dtype=np.float32)
+        similarity = None if self.familiarity is None else np.full(len(paths), np.nan, dtype=np.float32)
         errors: list[str | None] = []
 
         def decode(p: str) -> np.ndarray:
@@ -95,10 +116,13 @@ class Predictor:
         start = 0
         for chunk, good, pixels, errs in decoded_batches(paths, decode, self.batch_size, progress):
             if good:
-                logits[[start + i for i in good]] = self.view_logits(pixels, views)
+                at = [start + i for i in good]
+                logits[at], features = self.view_outputs(pixels, views)
+                if similarity is not None:
+                    similarity[at] = self.familiarity.similarity(features)
             errors.extend(errs)
             start += len(chunk)
-        return logits, errors
+        return logits, similarity, errors
 
 
 def collect_images(inputs: list[str | Path], skipped: list[tuple[Path, str]] | None = None) -> list[Path]:

@@ -55,7 +55,8 @@ def predictions_table(rows: list[dict], top_k: int, width: int | None = None) ->
             answers.append(f"[red]error: {escape(r['error'])}")
             rests.append("")
             continue
-        answers.append(f"{escape(r['label'])} {r['probability']:.1%}" + (" [yellow](unsure)" if r["unsure"] else ""))
+        answers.append(f"{escape(r['label'])} {r['probability']:.1%}" + (" [yellow](unsure)" if r["unsure"] else "")
+                       + (" [magenta](unfamiliar)" if r.get("familiar") is False else ""))
         rests.append(", ".join(f"{escape(c)} {p:.1%}" for c, p in r["top"][1:top_k]))
     answer_w = max((len(Text.from_markup(a).plain) for a, r in zip(answers, rows) if not r["error"]), default=10)
     rest_w = max((len(Text.from_markup(x).plain) for x in rests), default=0)

@@ -27,6 +27,7 @@ from vistrain.data.transforms import (
 )
 from vistrain.export.graph import export_graph
 from vistrain.export.quantize import METHODS, prepare, quantize, single_image_latency_ms
+from vistrain.familiarity import FAMILIAR_FILE, Familiarity, pooled
 from vistrain.memory import inference_batch_size
 from vistrain.models.classifier import WEIGHTS_FILE, load_model
 from vistrain.models.registry import ensemble_members
@@ -115,6 +116,12 @@ def export_run(run_dir: Path | str, cfg: ExportConfig | None = None, reporter: R
             models["int8"] = int8
             default = "int8"
 
+    familiar = Familiarity.load(run_dir)
+    (out / FAMILIAR_FILE).unlink(missing_ok=True)
+    if familiar is not None:
+        check_familiarity(familiar, out, models, x_valid, prep, notes)
+        familiar.save(out)
+
     members = ensemble_members(mcfg.backbone)
     if len(members) > 1:
         served = models[default]
@@ -190,7 +197,9 @@ def _torch_logits(model, pixels: np.ndarray, prep: Preprocessing, batch: int | N
                            for i in range(0, len(pixels), batch)])
 
 
-def ort_logits(path: Path, pixels: np.ndarray, prep: Preprocessing, batch: int | None = None) -> np.ndarray:
+def ort_logits(path: Path, pixels: np.ndarray, prep: Preprocessing, batch: int | None = None,
+               output: str = "logits") -> np.ndarray:
+    """One output of an exported graph over ``pixels``: ``logits``, or ``features`` pooled."""
     import onnxruntime as ort
 
     batch = batch or inference_batch_size(prep.size)
@@ -199,8 +208,25 @@ def ort_logits(path: Path, pixels: np.ndarray, prep: Preprocessing, batch: int |
     opts.intra_op_num_threads = os.cpu_count() or 1
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run(["logits"], {"pixels": normalize_array(pixels[i : i + batch], prep)})[0]
-                           for i in range(0, len(pixels), batch)])
+    outs = []
+    for i in range(0, len(pixels), batch):
+        y = sess.run([output], {"pixels": normalize_array(pixels[i : i + batch], prep)})[0]
+        outs.append(pooled(y) if output == "features" else y)
+    return np.concatenate(outs)
+
+
+def check_familiarity(familiar: Familiarity, out: Path, models: dict, x_valid: np.ndarray, prep: Preprocessing,
+                      notes: list[str]) -> None:
+    """Each exported model's own familiarity threshold, by the run's rule on the same validation
+    photos: int8 features are a little off fp32's, and the run's threshold would flag too many."""
+    for variant, entry in models.items():
+        sims = familiar.similarity(ort_logits(out / entry["file"], x_valid, prep, output="features"))
+        refit = Familiarity.threshold_for(sims, familiar.keep)
+        entry["familiar_threshold"] = round(refit, 6)
+        entry["valid_familiar_at_run_threshold"] = round(float(np.mean(sims >= familiar.threshold)), 4)
+        if variant == "int8" and abs(refit - familiar.threshold) > 0.02:
+            notes.append(f"int8 familiarity threshold {refit:.3f} (the run's: {familiar.threshold:.3f}): "
+                         f"int8 features differ from fp32's")
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -19,6 +19,7 @@ from vistrain.data.images import (
     load_rgb,
 )
 from vistrain.data.transforms import normalize_array, to_model_pixels
+from vistrain.familiarity import Familiarity, pooled
 from vistrain.heatmap import cam_from_features
 from vistrain.memory import inference_batch_size
 from vistrain.prediction import (  # Prediction, softmax: re-exported
@@ -63,6 +64,10 @@ class OnnxPredictor:
             raise ExportFolderError(f"{self.model_path}: ONNX Runtime cannot load it ({exc})") from exc
         head = folder / HEAD_FILE
         self.head_weight = load_file(str(head))["weight"] if head.is_file() else None
+        self.familiarity = Familiarity.load(folder)
+        own = info.models[variant].get("familiar_threshold")
+        if self.familiarity is not None and own is not None:  # int8 features: the export fitted its own
+            self.familiarity = self.familiarity.with_threshold(own)
 
     @classmethod
     def from_folder(cls, folder: Path | str, variant: str = "auto", threads: int | None = None,
@@ -128,6 +133,21 @@ class OnnxPredictor:
         """Decode (threads) and classify batch by batch; files that fail carry their reason."""
         results: list[Prediction] = []
         for chunk, good, pixels, errors in decoded_batches(paths, self.pixels_from_file, self.batch_size, progress):
-            by_index = dict(zip(good, self.probabilities_from_pixels(pixels))) if good else {}
-            results.extend(Prediction(p, by_index.get(i), errors[i]) for i, p in enumerate(chunk))
+            by_index: dict[int, tuple] = {}
+            if good:
+                logits, fmaps = self.outputs_from_pixels(pixels)
+                sims = self.similarity(fmaps)
+                for j, i in enumerate(good):
+                    by_index[i] = (softmax(logits[j : j + 1], self.temperature)[0],
+                                   None if sims is None else float(sims[j]))
+            for i, p in enumerate(chunk):
+                probs, sim = by_index.get(i, (None, None))
+                results.append(Prediction(p, probs, errors[i], sim,
+                                          None if sim is None else bool(self.familiarity.familiar(sim))))
         return results
+
+    def similarity(self, feature_maps: np.ndarray) -> np.ndarray | None:
+        """Each image's similarity to the nearest training photo, from its feature map (None: no check)."""
+        if self.familiarity is None or len(feature_maps) == 0:
+            return None
+        return self.familiarity.similarity(pooled(feature_maps))

@@ -43,6 +43,8 @@ class ImagePrediction(BaseModel):
     label: str
     probability: float
     unsure: bool
+    familiar: bool | None = None  # False: unlike every training photo (None: the model has no such check)
+    similarity: float | None = None  # cosine similarity to the nearest training photo
     top: list[ClassProbability]
     heatmap: str | None = None  # PNG data URL: the image as the model saw it, with the class activation map
 

@@ -65,6 +65,7 @@ def answers(predictor: OnnxPredictor, names: list[str], pixels: np.ndarray, logi
             top_k: int = 3, heatmap: bool = False) -> list[dict]:
     probs = softmax(logits, predictor.temperature)
     threshold = predictor.unsure_threshold
+    sims = predictor.similarity(feats)
     out = []
     for i, name in enumerate(names):
         order = np.argsort(-probs[i])[: max(1, top_k)]
@@ -75,6 +76,9 @@ def answers(predictor: OnnxPredictor, names: list[str], pixels: np.ndarray, logi
             "label": predictor.classes[best],
             "probability": float(probs[i, best]),
             "unsure": bool(threshold is not None and probs[i, best] < threshold),
+            # Unlike every training photo (vistrain.familiarity); None for a model without the check.
+            "familiar": None if sims is None else bool(predictor.familiarity.familiar(sims[i])),
+            "similarity": None if sims is None else round(float(sims[i]), 4),
             "top": [{"label": predictor.classes[j], "probability": float(probs[i, j])} for j in order],
             "heatmap": None if cam is None else png_data_url(overlay(pixels[i], cam)),
         })
@@ -97,5 +101,6 @@ def model_description(predictor: OnnxPredictor) -> dict:
         "preprocessing": info.preprocessing.to_dict(),
         "temperature": predictor.temperature,
         "unsure_threshold": predictor.unsure_threshold,
+        "familiar_threshold": None if predictor.familiarity is None else predictor.familiarity.threshold,
         "metrics": {"models": info.models, "validation": info.extra.get("validation", {})},
     }

@@ -47,6 +47,7 @@ function show(p) {
     `<div class="bar"><div style="width:${(100 * t.probability).toFixed(1)}%"></div></div>` +
     `<span>${(100 * t.probability).toFixed(1)}%</span></div>`).join("");
   $("scores").innerHTML = `<h2 id="prediction">${esc(p.label)}</h2>` +
+    (p.familiar === false ? `<p class="unsure" id="unfamiliar">unfamiliar: this photo is unlike every photo the model was trained on, so its answer means little</p>` : "") +
     (p.unsure ? `<p class="unsure">unsure: the model is not confident about this one</p>` : "") + rows;
   if (p.heatmap) { $("heatimg").src = p.heatmap; $("heat").hidden = false; }
 }

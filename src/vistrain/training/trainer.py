@@ -15,6 +15,7 @@ from vistrain.data.dataset import DataConfig, DatasetIndex
 from vistrain.data.pixel_cache import PixelCache
 from vistrain.data.split import read_split
 from vistrain.data.transforms import RESIZE_METHODS, Preprocessing
+from vistrain.familiarity import Familiarity
 from vistrain.memory import (
     release_freed_memory,
     training_micro_batch,
@@ -43,6 +44,7 @@ from vistrain.training.device import (
     uses_amp,
 )
 from vistrain.training.distributed import is_main, world_size
+from vistrain.training.familiar import fit_familiarity
 from vistrain.training.feature_cache import FeatureCache
 from vistrain.training.features import (
     backbone_features,
@@ -173,6 +175,7 @@ class TrainResult:
     # and what even they cannot repeat
     pinned: dict = field(default_factory=dict)
     pin_caveat: str | None = None
+    familiarity: Familiarity | None = None  # which photos are unlike the training ones (None: no check)
 
 
 def choose_image_size(index: DatasetIndex, backbone: str) -> int:
@@ -372,10 +375,15 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
         # Runtime) and a later run on the same data reads them back instead of running the network.
         f_test = backbone_features(ui, model.backbone, test, prep, caches, pixel_cache=pixel_cache, split="test")
         test_logits = probe_logits(f_test, model.head.weight.detach().cpu(), model.head.bias.detach().cpu())
-    return TrainResult(model.eval(), model_cfg, stage, probe_acc, ft_state, valid_logits,
-                       time.perf_counter() - t_start, notes, str(device),
-                       uses_amp(device) and bool(ft_state and ft_state.history), check, test_logits,
-                       *budget_decisions(cfg, ft_state, growth))
+    known = (f_train, f_valid) if stage == "probe" and resumed is None and model_cfg.backbone == cfg.backbone else None
+    familiarity = fit_familiarity(ui, stage, model, model_cfg.backbone, train, y_train, valid, prep, caches, pixel_cache,
+                                  valid_pixels, cfg.seed, known)
+    result = TrainResult(model.eval(), model_cfg, stage, probe_acc, ft_state, valid_logits,
+                         time.perf_counter() - t_start, notes, str(device),
+                         uses_amp(device) and bool(ft_state and ft_state.history), check, test_logits,
+                         *budget_decisions(cfg, ft_state, growth))
+    result.familiarity = familiarity
+    return result
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
