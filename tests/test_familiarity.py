@@ -86,6 +86,22 @@ def test_probe_run_flags_odd_photos_in_predict_csv_and_into(trained_run, tmp_pat
     assert (tmp_path / "sorted" / "circles" / "new_circles.png").is_file()
 
 
+def test_evaluate_counts_unfamiliar_images_and_scores_them_apart(trained_run, tmp_path, capsys):
+    run, _data = trained_run
+    odd = _odd_photos(tmp_path / "odd")
+    rows = [(str(p), "circles") for p in sorted(odd.iterdir())]
+    for i, kind in enumerate(["circles", "squares", "stripes"]):
+        make_image(kind, 7200 + i).save(odd / f"new_{kind}.png")
+        rows.append((str(odd / f"new_{kind}.png"), kind))
+    with (tmp_path / "labels.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([("path", "label"), *rows])
+    assert main(["evaluate", str(run), str(tmp_path / "labels.csv"), "--json"]) == 0
+    u = json.loads(capsys.readouterr().out)["unfamiliar"]
+    assert u["n"] == 3 and u["accuracy_familiar"] == 1.0
+    assert main(["evaluate", str(run), str(tmp_path / "labels.csv")]) == 0
+    assert "3 of these 6 images are unlike every training photo" in " ".join(capsys.readouterr().out.split())
+
+
 def test_fine_tuned_run_judges_by_its_own_features(split_folders, tmp_path, cache_dir):
     run = vistrain.train(split_folders, out=tmp_path / "ft", cache_dir=cache_dir, mode="finetune", epochs=1,
                          batch_size=8, **FAST)

@@ -300,10 +300,17 @@ def evaluate(run: str | Path | Run, data: str | Path, label_from_name: str | Non
         raise ValueError(f"{data}: label(s) the model does not know: {', '.join(unknown)} "
                          f"(model classes: {', '.join(run.classes)})")
     with ui.stage("predict", len(index.records)) as advance:
-        views, _ = run.predictor.logits_from_paths([r.path for r in index.records], advance, views=2 if tta else 1)
+        views, similarity, _ = run.predictor.outputs_from_paths([r.path for r in index.records], advance,
+                                                               views=2 if tta else 1)
     y_true = np.array([run.classes.index(r.label) for r in index.records])
     y_pred = views.mean(axis=1).argmax(axis=1)
     metrics = classification_metrics(y_true, y_pred, run.classes)
+    if similarity is not None:
+        odd = ~run.predictor.familiarity.familiar(similarity) & ~np.isnan(similarity)  # NaN: the file failed
+        metrics["unfamiliar"] = {
+            "n": int(odd.sum()), "threshold": run.predictor.familiarity.threshold,
+            "accuracy_unfamiliar": float((y_pred[odd] == y_true[odd]).mean()) if odd.any() else None,
+            "accuracy_familiar": float((y_pred[~odd] == y_true[~odd]).mean()) if (~odd).any() else None}
     if tta:
         plain = float((views[:, 0].argmax(axis=1) == y_true).mean())
         metrics["tta"] = {"accuracy_plain": plain, "accuracy_tta": metrics["accuracy"], "gain": metrics["accuracy"] - plain}

@@ -41,6 +41,11 @@ def run(args, console, reporter) -> int:
     if "overlap_with_run" in m:
         said = describe_overlap(m["overlap_with_run"], m["n"], f"{args.run}/split.csv")
         console.print(f"[yellow]{said}[/]")
+    u = m.get("unfamiliar")
+    if u and u["n"]:
+        console.print(f"[magenta]{u['n']} of these {m['n']} images are unlike every training photo[/] (similarity "
+                      f"below {u['threshold']:.3f}): {u['accuracy_unfamiliar']:.1%} right on them"
+                      + (f", {u['accuracy_familiar']:.1%} on the rest" if u["accuracy_familiar"] is not None else ""))
     if "tta" in m:
         t = m["tta"]
         console.print(f"test-time augmentation (mirror averaging): {t['accuracy_plain']:.1%} -> {t['accuracy_tta']:.1%} "

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from vistrain.familiarity import MAX_BANK
 from vistrain.memory import training_budget_bytes
 from vistrain.models.registry import ENSEMBLE_SEP, ensemble_partners
 from vistrain.training.device import gpu_activation_budget, model_device
@@ -57,6 +58,9 @@ def plan_finetuning(ui, model, canvases, y_train, valid_pixels, prep, ft_cfg: Fi
         # that runs before the first epoch (features of the mirrored validation images: about one
         # evaluation's time, ONNX Runtime being no slower than the eager model).
         margin = (3 if ft_cfg.augment.flip == "auto" else 2) * eval_s
+        # And for the fine-tuned network's familiarity features (training.familiar): one more pass
+        # over the validation photos and (a sample of) the training photos.
+        margin += eval_s * (min(len(canvases), MAX_BANK) + len(valid_pixels)) / max(len(valid_pixels), 1)
         ft_cfg.time_budget = cfg.time_budget - (time.perf_counter() - t_start) - margin
     planned, epoch_s = plan_epochs(ft_cfg, len(canvases), step_s, eval_s)
     planned = int(agree_min(planned))  # every process must run the same epochs
