@@ -7,8 +7,8 @@ the run's threshold, set to keep 99% of its validation photos), and how many the
 probability would flag at a threshold set by the same rule on the same validation photos, with
 each score's AUROC against the validation photos. ``--like``: photos of the run's own kind (e.g.
 its test folder: few should be flagged); ``--unlike``: photos of something else (all should be).
-Defaults, for a climbing run: ../shared/datasets/climbing/test as like; clothing's test photos and
-scikit-learn's handwritten digits (written out here) as unlike.
+Defaults, for a climbing run: ../shared/datasets/climbing/test as like, clothing's test photos as
+unlike; scikit-learn's handwritten digits (written out here) are always among the unlike.
 """
 
 from __future__ import annotations
@@ -56,12 +56,10 @@ def main() -> None:
         sys.exit(f"{args.run}: this run has no familiarity check (trained before it existed): train it again")
     tmp = tempfile.TemporaryDirectory()
     like = args.like or [SHARED / "climbing" / "test"]
-    unlike = args.unlike
-    if unlike is None:
-        digits = Path(tmp.name) / "digits"
-        subprocess.run([sys.executable, str(HERE.parent / "examples" / "make_digits.py"), str(digits),
-                        "--per-class", "20"], check=True, capture_output=True)
-        unlike = [SHARED / "clothing" / "test", digits]
+    digits = Path(tmp.name) / "digits"
+    subprocess.run([sys.executable, str(HERE.parent / "examples" / "make_digits.py"), str(digits),
+                    "--per-class", "20"], check=True, capture_output=True)
+    unlike = [*(args.unlike or [SHARED / "clothing" / "test"]), digits]
 
     valid = [r.found for r in split_rows(args.run / "split.csv", run.predictor.config.extra)
              if r.split == "valid" and r.found is not None]
@@ -78,7 +76,8 @@ def main() -> None:
             preds = [p for p in run.predictor.predict_paths(files(folder, args.limit)) if p.error is None]
             sim = np.array([p.similarity for p in preds])
             top = np.array([p.probabilities.max() for p in preds])
-            rows.append([kind, f"{folder.parent.name}/{folder.name}", len(preds), f"{np.mean(sim < fam.threshold):.1%}",
+            name = "digits (scikit-learn)" if folder == digits else f"{folder.parent.name}/{folder.name}"
+            rows.append([kind, name, len(preds), f"{np.mean(sim < fam.threshold):.1%}",
                          f"{np.mean(top < top_threshold):.1%}", f"{auroc(v_sim, sim):.3f}", f"{auroc(v_top, top):.3f}",
                          f"{np.median(sim):.3f}"])
     header = ["kind", "folder", "photos", "flagged (familiarity)", "flagged (softmax)", "AUROC familiarity",

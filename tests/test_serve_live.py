@@ -11,6 +11,7 @@ import pytest
 import schemathesis
 from conftest import live_server, make_image
 from hypothesis import HealthCheck, given, settings
+from PIL import Image
 
 from vistrain.serve import ServeConfig, create_app
 
@@ -87,9 +88,11 @@ def test_fuzzed_requests_never_get_a_server_error(live_url):
     assert httpx.get(f"{live_url}/health").status_code == 200
 
 
-def test_web_page_shows_the_prediction(live_url, browser, tmp_path):
+def test_web_page_shows_the_prediction(live_url, browser, tmp_path, trained_run):
     img = tmp_path / "my photo.png"
-    img.write_bytes(png_bytes("stripes", 77))
+    # One of the training photos: with 6 validation photos the familiarity threshold is their lowest
+    # similarity, which a new photo of the same kind misses about one time in seven.
+    img.write_bytes(min((trained_run[1] / "stripes").iterdir()).read_bytes())
     page = browser.new_page()
     try:
         page.goto(live_url + "/")
@@ -100,6 +103,12 @@ def test_web_page_shows_the_prediction(live_url, browser, tmp_path):
         assert page.locator(".row").count() == 3  # three classes, each with a bar
         page.wait_for_selector("#heat:not([hidden])")
         assert page.get_attribute("#heatimg", "src").startswith("data:image/png;base64,")
+        assert page.locator("#unfamiliar").count() == 0
+        blank = tmp_path / "blank page.png"
+        Image.new("RGB", (80, 60), (255, 255, 255)).save(blank)  # nothing like the coloured shapes it learned
+        page.set_input_files("#file", str(blank))
+        page.wait_for_selector("#unfamiliar", timeout=30_000)
+        assert "unlike every photo the model was trained on" in page.inner_text("#unfamiliar")
         bad = tmp_path / "notes.png"
         bad.write_bytes(b"not an image at all")
         page.set_input_files("#file", str(bad))

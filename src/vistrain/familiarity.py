@@ -44,7 +44,7 @@ def bank_sample(labels: np.ndarray, limit: int = MAX_BANK, seed: int = 0) -> np.
     chosen = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        take = max(1, round(limit * len(idx) / len(labels)))
+        take = max(1, int(limit * len(idx) / len(labels)))
         chosen.append(rng.choice(idx, size=min(take, len(idx)), replace=False))
     return np.sort(np.concatenate(chosen))
 
@@ -112,9 +112,14 @@ class Familiarity:
             raise ValueError(f"{path}: not a vistrain familiarity file ({exc})") from None
 
     def describe(self) -> str:
-        return (f"photos unlike the {len(self.bank)} training photos kept as neighbours are flagged unfamiliar "
+        text = (f"photos unlike the {len(self.bank)} training photos kept as neighbours are flagged unfamiliar "
                 f"(cosine similarity to the nearest below {self.threshold:.3f}; {self.n_kept} of {self.n_valid} "
                 f"validation photos reach it)")
+        if self.n_valid and self.n_valid + 1 < 1 / (1 - self.keep):
+            # Exchangeable photos: a new one falls below the lowest of n with probability 1/(n+1).
+            text += (f"; with {self.n_valid} validation photos, about 1 in {self.n_valid + 1} ordinary photos "
+                     f"may be flagged too")
+        return text
 
 
 def nearest(bank: np.ndarray, rows: np.ndarray, chunk: int = 256) -> np.ndarray:
