@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -100,6 +101,12 @@ def test_evaluate_counts_unfamiliar_images_and_scores_them_apart(trained_run, tm
     assert u["n"] == 3 and u["accuracy_familiar"] == 1.0
     assert main(["evaluate", str(run), str(tmp_path / "labels.csv")]) == 0
     assert "3 of these 6 images are unlike every training photo" in " ".join(capsys.readouterr().out.split())
+    # The report says the same, on the console and on the page (it writes into the run: a copy).
+    shutil.copytree(run, tmp_path / "run")
+    assert main(["report", str(tmp_path / "run"), str(tmp_path / "labels.csv")]) == 0
+    assert "3 of these 6 images are unlike every training photo" in " ".join(capsys.readouterr().out.split())
+    assert 'class="warn">3 of these 6 images are unlike every training photo' in \
+        (tmp_path / "run" / "report.html").read_text()
 
 
 def test_fine_tuned_run_judges_by_its_own_features(split_folders, tmp_path, cache_dir):

@@ -34,7 +34,7 @@ from vistrain.evaluation.confidence import apply_confidence, fit_confidence
 from vistrain.evaluation.metrics import classification_metrics
 from vistrain.evaluation.predictor import Prediction, Predictor, collect_images
 from vistrain.evaluation.seen import Look, overlap_with_run
-from vistrain.familiarity import FAMILIAR_FILE
+from vistrain.familiarity import FAMILIAR_FILE, unfamiliar_summary
 from vistrain.models.classifier import save_model
 from vistrain.models.registry import ensemble_members
 from vistrain.progress import Reporter, SilentReporter
@@ -306,11 +306,7 @@ def evaluate(run: str | Path | Run, data: str | Path, label_from_name: str | Non
     y_pred = views.mean(axis=1).argmax(axis=1)
     metrics = classification_metrics(y_true, y_pred, run.classes)
     if similarity is not None:
-        odd = ~run.predictor.familiarity.familiar(similarity) & ~np.isnan(similarity)  # NaN: the file failed
-        metrics["unfamiliar"] = {
-            "n": int(odd.sum()), "threshold": run.predictor.familiarity.threshold,
-            "accuracy_unfamiliar": float((y_pred[odd] == y_true[odd]).mean()) if odd.any() else None,
-            "accuracy_familiar": float((y_pred[~odd] == y_true[~odd]).mean()) if (~odd).any() else None}
+        metrics["unfamiliar"] = unfamiliar_summary(run.predictor.familiarity, similarity, y_true, y_pred)
     if tta:
         plain = float((views[:, 0].argmax(axis=1) == y_true).mean())
         metrics["tta"] = {"accuracy_plain": plain, "accuracy_tta": metrics["accuracy"], "gain": metrics["accuracy"] - plain}

@@ -122,6 +122,29 @@ class Familiarity:
         return text
 
 
+def unfamiliar_summary(familiarity: Familiarity, similarity: np.ndarray, y_true: np.ndarray,
+                       y_pred: np.ndarray) -> dict:
+    """How many scored images are unlike every training photo, and the accuracy on them and on the
+    rest (``evaluate --json``'s ``unfamiliar``). NaN similarities (files that failed) count as neither."""
+    similarity = np.asarray(similarity, dtype=np.float64)
+    known = ~np.isnan(similarity)
+    odd = known & ~familiarity.familiar(np.nan_to_num(similarity, nan=np.inf))
+    rest = known & ~odd
+    right = np.asarray(y_pred) == np.asarray(y_true)
+    return {"n": int(odd.sum()), "threshold": familiarity.threshold,
+            "accuracy_unfamiliar": float(right[odd].mean()) if odd.any() else None,
+            "accuracy_familiar": float(right[rest].mean()) if rest.any() else None}
+
+
+def describe_unfamiliar(u: dict, n: int) -> str:
+    """One sentence for a terminal or a page, or "" when no image is unfamiliar."""
+    if not u or not u["n"]:
+        return ""
+    return (f"{u['n']} of these {n} images are unlike every training photo (similarity below "
+            f"{u['threshold']:.3f}): {u['accuracy_unfamiliar']:.1%} right on them"
+            + (f", {u['accuracy_familiar']:.1%} on the rest" if u["accuracy_familiar"] is not None else "") + ".")
+
+
 def nearest(bank: np.ndarray, rows: np.ndarray, chunk: int = 256) -> np.ndarray:
     bank32 = bank.astype(np.float32)
     out = [(rows[i : i + chunk] @ bank32.T).max(axis=1) for i in range(0, len(rows), chunk)]

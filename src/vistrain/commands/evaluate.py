@@ -25,6 +25,7 @@ def run(args, console, reporter) -> int:
     from vistrain.api import evaluate
     from vistrain.evaluation.render import ci_text, confusion_table, per_class_table
     from vistrain.evaluation.seen import describe_overlap
+    from vistrain.familiarity import describe_unfamiliar
 
     m = evaluate(args.run, args.data, args.label_from_name, reporter=reporter, cache_dir=cache_dir(args),
                  tta=args.tta, device=args.device)
@@ -41,11 +42,9 @@ def run(args, console, reporter) -> int:
     if "overlap_with_run" in m:
         said = describe_overlap(m["overlap_with_run"], m["n"], f"{args.run}/split.csv")
         console.print(f"[yellow]{said}[/]")
-    u = m.get("unfamiliar")
-    if u and u["n"]:
-        console.print(f"[magenta]{u['n']} of these {m['n']} images are unlike every training photo[/] (similarity "
-                      f"below {u['threshold']:.3f}): {u['accuracy_unfamiliar']:.1%} right on them"
-                      + (f", {u['accuracy_familiar']:.1%} on the rest" if u["accuracy_familiar"] is not None else ""))
+    odd = describe_unfamiliar(m.get("unfamiliar"), m["n"])
+    if odd:
+        console.print(f"[magenta]{odd}[/]")
     if "tta" in m:
         t = m["tta"]
         console.print(f"test-time augmentation (mirror averaging): {t['accuracy_plain']:.1%} -> {t['accuracy_tta']:.1%} "

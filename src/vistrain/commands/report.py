@@ -30,6 +30,7 @@ def run(args, console, reporter) -> int:
     from vistrain.evaluation.calibration import set_aside
     from vistrain.evaluation.report import write_report
     from vistrain.evaluation.seen import describe_overlap
+    from vistrain.familiarity import describe_unfamiliar
 
     path, a = write_report(args.run, args.data, args.label_from_name, args.target_precision, args.tta,
                            args.top_losses, args.per_class, reporter, cache_dir(args), args.device)
@@ -39,6 +40,8 @@ def run(args, console, reporter) -> int:
                   f"{m['errors']} error(s) copied into {Path(args.run) / 'errors'}/")
     if a.overlap:
         console.print(f"  [yellow]{describe_overlap(a.overlap, m['n'], f'{args.run}/split.csv')}[/]")
+    if describe_unfamiliar(a.unfamiliar, m["n"]):
+        console.print(f"  [magenta]{describe_unfamiliar(a.unfamiliar, m['n'])}[/]")
     console.print(f"  calibration error {c['ece_before']:.1%} -> {c['ece_after']:.1%} with temperature {a.temperature:.2f}"
                   + (" (fitted here and stored in the run)" if a.fitted_here else " (the run's, fitted on validation)")
                   + (f"; {c['fitted_temperature']:.2f} fitted, not applied: it did not help held-out images"

@@ -35,6 +35,7 @@ from vistrain.evaluation.intervals import metrics_with_intervals
 from vistrain.evaluation.metrics import classification_metrics
 from vistrain.evaluation.predictor import Predictor, softmax
 from vistrain.evaluation.seen import Look, overlap_with_run
+from vistrain.familiarity import unfamiliar_summary
 from vistrain.models.classifier import CONFIG_FILE
 from vistrain.progress import Reporter, SilentReporter
 
@@ -59,6 +60,7 @@ class Analysis:
     skipped: list[dict] = field(default_factory=list)
     tta: dict | None = None  # accuracy without / with mirror averaging, when asked
     overlap: dict | None = None  # images of a given folder the run trained on or validated with (seen.py)
+    unfamiliar: dict | None = None  # images of a given folder unlike every training photo (familiarity.py)
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -112,7 +114,7 @@ def analyse(run_dir: Path | str, predictor: Predictor, data: Path | str | None =
         skipped += [{"path": r.path, "reason": r.reason} for r in index.skipped]
         source = f"{data} ({len(pairs)} images)"
     with ui.stage("predict", len(pairs)) as advance:
-        views, errors = predictor.logits_from_paths([p for p, _ in pairs], advance, views=2 if tta else 1)
+        views, similarity, errors = predictor.outputs_from_paths([p for p, _ in pairs], advance, views=2 if tta else 1)
     skipped += [{"path": p, "reason": e} for (p, _), e in zip(pairs, errors) if e]
     ok = [i for i, e in enumerate(errors) if not e]
     if not ok:
@@ -151,8 +153,11 @@ def analyse(run_dir: Path | str, predictor: Predictor, data: Path | str | None =
     metrics = metrics_with_intervals(classification_metrics(y, logits.argmax(1), classes), y, logits.argmax(1))
     overlap = None if data is None else overlap_with_run(run_dir, predictor.config.extra, paths, y, logits.argmax(1),
                                                          [content.get(p) for p in paths])
+    # On the run's validation photos the threshold was set (99% familiar by construction): only new data says anything.
+    unfamiliar = None if data is None or similarity is None else unfamiliar_summary(
+        predictor.familiarity, similarity[ok], y, logits.argmax(1))
     return Analysis(source, data is None, classes, paths, y, logits, temperature, metrics, calibration, abst,
-                    coverage_curve(softmax(logits, temperature), y), skipped, tta_info, overlap)
+                    coverage_curve(softmax(logits, temperature), y), skipped, tta_info, overlap, unfamiliar)
 
 
 def reliability_pair(a: Analysis) -> tuple[list, list]:

@@ -22,6 +22,7 @@ from vistrain.evaluation.gradcam import grad_cam
 from vistrain.evaluation.predictor import Predictor
 from vistrain.evaluation.report_audit import audit_section, data_section
 from vistrain.evaluation.seen import describe_overlap
+from vistrain.familiarity import describe_unfamiliar
 from vistrain.heatmap import overlay
 from vistrain.progress import Reporter, SilentReporter
 
@@ -162,7 +163,8 @@ def _training_section(run_dir: Path) -> str:
 def _metrics_section(a: Analysis) -> str:
     m = a.metrics
     said = describe_overlap(a.overlap, m["n"], "the run's split.csv") if a.overlap else ""
-    warning = f'<p class="warn">{escape(said)}</p>' if said else ""
+    warning = "".join(f'<p class="warn">{escape(text)}</p>' for text in (said, describe_unfamiliar(a.unfamiliar, m["n"]))
+                      if text)
     rows = []
     for c in a.classes:
         r = m["per_class"][c]
