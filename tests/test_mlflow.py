@@ -37,6 +37,6 @@ def test_train_logs_params_epochs_report_and_model(tmp_path, cache_dir):
     report = {a.path for a in client.list_artifacts(logged.info.run_id, "report")}
     model = {a.path for a in client.list_artifacts(logged.info.run_id, "model")}
     assert {"report/metrics.json", "report/history.csv", "report/train_config.yaml"} <= report
-    assert model == {"model/model.safetensors", "model/config.json"}
+    assert model == {"model/model.safetensors", "model/config.json", "model/familiar.safetensors"}
     local = client.download_artifacts(logged.info.run_id, "model/model.safetensors", str(tmp_path / "dl"))
     assert Path(local).read_bytes() == (run / "model.safetensors").read_bytes()

@@ -16,7 +16,7 @@ import yaml
 
 REPORT_FILES = ("metrics.json", "history.csv", "config.json", "train_config.yaml", "data_report.json", "split.csv",
                 "report.html")
-MODEL_FILES = ("model.safetensors", "config.json")
+MODEL_FILES = ("model.safetensors", "config.json", "familiar.safetensors")  # what vistrain.load reads
 
 
 class TrackingError(ValueError):
