@@ -101,6 +101,8 @@ def test_ctrl_c_keeps_the_best_model_and_resume_finishes(split_folders, tmp_path
     assert first.result.finetune.interrupted
     assert len(first.result.finetune.history) == 1
     assert (out / "model.safetensors").exists() and (out / "checkpoint" / "state.json").exists()
+    # Stopping means now: no further pass for the familiarity check, which the resumed run adds.
+    assert first.result.familiarity is None and not (out / "familiar.safetensors").exists()
     split_before = (out / "split.csv").read_text()
 
     # Resuming takes the interrupted run's settings from the run folder: none need repeating.
@@ -112,6 +114,7 @@ def test_ctrl_c_keeps_the_best_model_and_resume_finishes(split_folders, tmp_path
     assert (training["mode"], training["epochs"], training["batch_size"], training["image_size"]) == ("finetune", 2, 8, 64)
     assert not resumed.result.finetune.interrupted
     assert (out / "split.csv").read_text() == split_before
+    assert (out / "familiar.safetensors").exists()
     assert not (out / "checkpoint").exists()
 
     # The same two epochs without interruption give the same result: resuming loses nothing.

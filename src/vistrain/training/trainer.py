@@ -376,8 +376,12 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
         f_test = backbone_features(ui, model.backbone, test, prep, caches, pixel_cache=pixel_cache, split="test")
         test_logits = probe_logits(f_test, model.head.weight.detach().cpu(), model.head.bias.detach().cpu())
     known = (f_train, f_valid) if stage == "probe" and resumed is None and model_cfg.backbone == cfg.backbone else None
-    familiarity = fit_familiarity(ui, stage, model, model_cfg.backbone, train, y_train, valid, prep, caches, pixel_cache,
-                                  valid_pixels, cfg.seed, known)
+    familiarity = None
+    if stage == "finetune" and ft_state.interrupted:  # Ctrl-C asked to stop now, not after one more pass
+        notes.append("no familiarity check (training was interrupted): --resume finishes the run with it")
+    else:
+        familiarity = fit_familiarity(ui, stage, model, model_cfg.backbone, train, y_train, valid, prep, caches,
+                                      pixel_cache, valid_pixels, cfg.seed, known)
     result = TrainResult(model.eval(), model_cfg, stage, probe_acc, ft_state, valid_logits,
                          time.perf_counter() - t_start, notes, str(device),
                          uses_amp(device) and bool(ft_state and ft_state.history), check, test_logits,
