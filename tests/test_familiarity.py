@@ -146,3 +146,18 @@ def test_onnx_export_and_server_agree_with_pytorch(trained_run, exported_run, tm
         preds = client.post("/predict", files=files[:4]).json()["predictions"]
         assert [q["familiar"] for q in preds] == [False, False, False, True]
         assert client.get("/model").json()["familiar_threshold"] is not None
+
+
+def test_into_flag_folders_never_merge_with_a_class_of_the_same_name(tmp_path):
+    from vistrain.api import sort_into
+
+    photo = tmp_path / "a.png"
+    make_image("circles", 1).save(photo)
+    rows = [{"path": str(photo), "label": "unsure", "unsure": False, "familiar": True},  # a class named unsure
+            {"path": str(photo), "label": "dogs", "unsure": True, "familiar": True},
+            {"path": str(photo), "label": "dogs", "unsure": False, "familiar": False}]
+    written = sort_into(rows, tmp_path / "sorted", ["dogs", "unfamiliar", "unsure"])
+    assert [p.parent.name for p in written] == ["unsure", "unsure (vistrain)", "unfamiliar (vistrain)"]
+    # Without such classes the flags keep their plain names.
+    written = sort_into(rows[1:], tmp_path / "plain", ["cats", "dogs"])
+    assert [p.parent.name for p in written] == ["unsure", "unfamiliar"]

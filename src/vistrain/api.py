@@ -363,7 +363,7 @@ def predict(run: str | Path | Run, inputs: list[str | Path], top_k: int = 3, uns
     if csv_path is not None:
         write_predictions_csv(rows, Path(csv_path), top_k)
     if into is not None:
-        sort_into(rows, Path(into))
+        sort_into(rows, Path(into), run.classes)
     return rows
 
 
@@ -385,9 +385,15 @@ def write_predictions_csv(rows: list[dict], path: Path, top_k: int) -> None:
             w.writerow(line + [r["error"] or ""])
 
 
-def sort_into(rows: list[dict], folder: Path) -> list[Path]:
+def flag_folder(name: str, classes: list[str]) -> str:
+    """``unsure`` or ``unfamiliar``, unless a class has that name: then the flag's folder must differ."""
+    return f"{name} (vistrain)" if name in classes else name
+
+
+def sort_into(rows: list[dict], folder: Path, classes: list[str] = ()) -> list[Path]:
     """Copy (never move) each image into ``folder/<label>/``, or ``unfamiliar/`` when it is unlike the
-    training photos, or ``unsure/`` when the model is not confident; names never collide.
+    training photos, or ``unsure/`` when the model is not confident (``unsure (vistrain)/`` and so on
+    when a class has that name); names never collide.
 
     ``folder`` gets a hidden marker (data.layout.SORTED_MARKER): if it lies inside a training folder,
     its copies, sorted by prediction, are not read as photos labelled by hand.
@@ -401,7 +407,8 @@ def sort_into(rows: list[dict], folder: Path) -> list[Path]:
     for r in rows:
         if r["label"] is None:
             continue
-        dest_dir = folder / ("unfamiliar" if r.get("familiar") is False else "unsure" if r["unsure"] else r["label"])
+        dest_dir = folder / (flag_folder("unfamiliar", classes) if r.get("familiar") is False
+                             else flag_folder("unsure", classes) if r["unsure"] else r["label"])
         dest_dir.mkdir(parents=True, exist_ok=True)
         src = Path(r["path"])
         dest = dest_dir / src.name
