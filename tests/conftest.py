@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,13 @@ def write_class_folders(root: Path, per_class: int = 8, classes=tuple(STYLES), s
         for i in range(per_class):
             make_image(name, seed=1000 * ci + start + i).save(folder / f"{name}_{start + i}.{fmt}")
     return root
+
+
+def write_labels_csv(path: Path, rows) -> Path:
+    """Layout (d): a ``path,label`` CSV of (path, label) rows."""
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([("path", "label"), *rows])
+    return path
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image
+from conftest import make_image, write_labels_csv
 from PIL import Image
 
 from vistrain.cli import main
@@ -102,9 +102,8 @@ def test_evaluate_separates_images_the_run_has_seen(trained, tmp_path, capsys):
     for i, name in enumerate(["circles", "squares", "stripes"]):
         make_image(name, 9100 + i).save(new / f"{name}.png")
         rows.append((str(new / f"{name}.png"), name))
-    with (tmp_path / "labels.csv").open("w", newline="") as f:
-        csv.writer(f).writerows([("path", "label"), *rows])
-    assert main(["evaluate", str(run), str(tmp_path / "labels.csv"), "--json"]) == 0
+    labels = write_labels_csv(tmp_path / "labels.csv", rows)
+    assert main(["evaluate", str(run), str(labels), "--json"]) == 0
     m = json.loads(capsys.readouterr().out)
     o = m["overlap_with_run"]
     assert o["train"] + o["valid"] == 6 and o["near"] == 2 and o["new"] == 3 and m["n"] == 9

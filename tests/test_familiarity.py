@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import FAST, make_image
+from conftest import FAST, make_image, write_labels_csv
 from PIL import Image
 
 import vistrain
@@ -94,16 +94,15 @@ def test_evaluate_counts_unfamiliar_images_and_scores_them_apart(trained_run, tm
     for i, kind in enumerate(["circles", "squares", "stripes"]):
         make_image(kind, 7200 + i).save(odd / f"new_{kind}.png")
         rows.append((str(odd / f"new_{kind}.png"), kind))
-    with (tmp_path / "labels.csv").open("w", newline="") as f:
-        csv.writer(f).writerows([("path", "label"), *rows])
-    assert main(["evaluate", str(run), str(tmp_path / "labels.csv"), "--json"]) == 0
+    labels = write_labels_csv(tmp_path / "labels.csv", rows)
+    assert main(["evaluate", str(run), str(labels), "--json"]) == 0
     u = json.loads(capsys.readouterr().out)["unfamiliar"]
     assert u["n"] == 3 and u["accuracy_familiar"] == 1.0
-    assert main(["evaluate", str(run), str(tmp_path / "labels.csv")]) == 0
+    assert main(["evaluate", str(run), str(labels)]) == 0
     assert "3 of these 6 images are unlike every training photo" in " ".join(capsys.readouterr().out.split())
     # The report says the same, on the console and on the page (it writes into the run: a copy).
     shutil.copytree(run, tmp_path / "run")
-    assert main(["report", str(tmp_path / "run"), str(tmp_path / "labels.csv")]) == 0
+    assert main(["report", str(tmp_path / "run"), str(labels)]) == 0
     assert "3 of these 6 images are unlike every training photo" in " ".join(capsys.readouterr().out.split())
     assert 'class="warn">3 of these 6 images are unlike every training photo' in \
         (tmp_path / "run" / "report.html").read_text()

@@ -84,6 +84,10 @@ class Familiarity:
     def familiar(self, similarity: np.ndarray) -> np.ndarray:
         return np.asarray(similarity) >= self.threshold
 
+    def verdict(self, similarity: float) -> bool:
+        """One image's ``familiar`` answer, as a plain bool (for JSON and ``Prediction``)."""
+        return bool(similarity >= self.threshold)
+
     def save(self, folder: Path) -> Path:
         from safetensors.numpy import save_file
 

@@ -40,8 +40,9 @@ def run(args, console, reporter) -> int:
                   f"{m['errors']} error(s) copied into {Path(args.run) / 'errors'}/")
     if a.overlap:
         console.print(f"  [yellow]{describe_overlap(a.overlap, m['n'], f'{args.run}/split.csv')}[/]")
-    if describe_unfamiliar(a.unfamiliar, m["n"]):
-        console.print(f"  [magenta]{describe_unfamiliar(a.unfamiliar, m['n'])}[/]")
+    odd = describe_unfamiliar(a.unfamiliar, m["n"])
+    if odd:
+        console.print(f"  [magenta]{odd}[/]")
     console.print(f"  calibration error {c['ece_before']:.1%} -> {c['ece_after']:.1%} with temperature {a.temperature:.2f}"
                   + (" (fitted here and stored in the run)" if a.fitted_here else " (the run's, fitted on validation)")
                   + (f"; {c['fitted_temperature']:.2f} fitted, not applied: it did not help held-out images"

@@ -91,8 +91,7 @@ class Predictor:
         for i, (p, z, err) in enumerate(zip(paths, logits, errors)):
             probs = None if err else softmax(z.mean(axis=0, keepdims=True), self.config.temperature)[0]
             sim = None if err or similarity is None else float(similarity[i])
-            results.append(Prediction(str(p), probs, err, sim,
-                                      None if sim is None else bool(self.familiarity.familiar(sim))))
+            results.append(Prediction(str(p), probs, err, sim, None if sim is None else self.familiarity.verdict(sim)))
         return results
 
     def logits_from_paths(self, paths: list[str | Path], progress: Callable[[int], None] | None = None,

@@ -133,17 +133,16 @@ class OnnxPredictor:
         """Decode (threads) and classify batch by batch; files that fail carry their reason."""
         results: list[Prediction] = []
         for chunk, good, pixels, errors in decoded_batches(paths, self.pixels_from_file, self.batch_size, progress):
-            by_index: dict[int, tuple] = {}
+            probs, sims = {}, {}
             if good:
                 logits, fmaps = self.outputs_from_pixels(pixels)
-                sims = self.similarity(fmaps)
-                for j, i in enumerate(good):
-                    by_index[i] = (softmax(logits[j : j + 1], self.temperature)[0],
-                                   None if sims is None else float(sims[j]))
+                probs = dict(zip(good, softmax(logits, self.temperature)))
+                found = self.similarity(fmaps)
+                sims = {} if found is None else {i: float(x) for i, x in zip(good, found)}
             for i, p in enumerate(chunk):
-                probs, sim = by_index.get(i, (None, None))
-                results.append(Prediction(p, probs, errors[i], sim,
-                                          None if sim is None else bool(self.familiarity.familiar(sim))))
+                sim = sims.get(i)
+                results.append(Prediction(p, probs.get(i), errors[i], sim,
+                                          None if sim is None else self.familiarity.verdict(sim)))
         return results
 
     def similarity(self, feature_maps: np.ndarray) -> np.ndarray | None:

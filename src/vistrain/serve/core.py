@@ -77,7 +77,7 @@ def answers(predictor: OnnxPredictor, names: list[str], pixels: np.ndarray, logi
             "probability": float(probs[i, best]),
             "unsure": bool(threshold is not None and probs[i, best] < threshold),
             # Unlike every training photo (vistrain.familiarity); None for a model without the check.
-            "familiar": None if sims is None else bool(predictor.familiarity.familiar(sims[i])),
+            "familiar": None if sims is None else predictor.familiarity.verdict(float(sims[i])),
             "similarity": None if sims is None else round(float(sims[i]), 4),
             "top": [{"label": predictor.classes[j], "probability": float(probs[i, j])} for j in order],
             "heatmap": None if cam is None else png_data_url(overlay(pixels[i], cam)),

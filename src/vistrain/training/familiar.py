@@ -25,7 +25,8 @@ def fit_familiarity(ui: Reporter, stage: str, model, backbone_name: str, train: 
                     valid: list, prep: Preprocessing, caches: list[FeatureCache], pixel_cache: PixelCache | None,
                     valid_pixels: np.ndarray | None, seed: int = 0,
                     known: tuple[np.ndarray, np.ndarray] | None = None) -> Familiarity | None:
-    """``known``: the probe's own (train, valid) features when they are the kept model's."""
+    """``known``: the probe's own (train, valid) features when they are the kept model's.
+    ``valid_pixels``: decoded whenever fine-tuning ran, so a fine-tuned model always has them."""
     if not train or not valid:
         return None
     sample = bank_sample(y_train, seed=seed)
@@ -42,9 +43,6 @@ def fit_familiarity(ui: Reporter, stage: str, model, backbone_name: str, train: 
         with ui.stage("decode", len(records)) as advance:
             pixels, _ = decode_all([r.path for r in records], prep, progress=advance, cache=pixel_cache,
                                    keys=[r.sha1 for r in records] if pixel_cache is not None else None)
-        if valid_pixels is None:
-            valid_pixels, _ = decode_all([r.path for r in valid], prep, cache=pixel_cache,
-                                         keys=[r.sha1 for r in valid] if pixel_cache is not None else None)
         with ui.stage("familiar", len(records) + len(valid)) as advance:
             f_train = extract_features(model.backbone, pixels, prep, progress=advance)
             f_valid = extract_features(model.backbone, valid_pixels, prep, progress=advance)
