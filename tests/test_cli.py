@@ -226,6 +226,46 @@ def test_confusion_table_numbers_its_columns_when_class_names_do_not_fit():
     assert "Confusion matrix (rows: actual, columns: predicted)" in text  # the title on one line
 
 
+def test_many_classes_summarise_instead_of_flooding_the_console():
+    """200 classes (birds): the summary's per-class table shows the weakest, and a matrix that
+    cannot fit even with numbered columns becomes the list of the most frequent confusions."""
+    from rich.console import Console
+
+    from vistrain.evaluation.metrics import classification_metrics
+    from vistrain.evaluation.render import confusion_table, per_class_table
+
+    k = 200
+    classes = [f"species_{i:03d}" for i in range(k)]
+    y_true = np.repeat(np.arange(k), 3)
+    y_pred = y_true.copy()
+    y_pred[[3 * 17, 3 * 17 + 1]] = 42  # both of the first two of species 17 taken for 42
+    y_pred[3 * 150] = 151
+    metrics = classification_metrics(y_true, y_pred, classes)
+
+    def shown(table, width=100):
+        console = Console(width=width, record=True, force_terminal=False)
+        console.print(table)
+        return console.export_text()
+
+    text = shown(confusion_table(metrics, width=100, full_at="RUN/metrics.json"))
+    assert "Most frequent confusions (200 classes" in " ".join(text.split()) and "RUN/metrics.json" in text
+    rows = [line for line in text.splitlines() if "species_" in line]
+    assert [c.strip() for c in rows[0].split("│")[1:5]] == ["species_017", "species_042", "2", "67%"]
+    assert len(rows) == 2 and "species_150" in rows[1] and "33%" in rows[1]
+    assert max(map(len, text.splitlines())) <= 100
+    # Few classes still get the matrix itself (numbered when names are long).
+    assert "Most frequent" not in shown(confusion_table(classification_metrics(y_true[:30], y_pred[:30], classes[:10]),
+                                                        width=100))
+
+    text = shown(per_class_table(metrics, "Validation, per class", limit=20, full_at="RUN/metrics.json"))
+    listed = [line.split("│")[1].strip() for line in text.splitlines() if "species_" in line]
+    assert listed[:3] == ["species_017", "species_042", "species_150"]  # weakest first
+    assert len(listed) == 20 and "the 20 weakest of 200 classes" in " ".join(text.split())
+    assert "… 180 more" in text and "macro average" in text
+    full = shown(per_class_table(metrics, "per class"))  # evaluate's: every class, in class order
+    assert [line.split("│")[1].strip() for line in full.splitlines() if "species_" in line] == classes
+
+
 def test_predictions_table_keeps_long_class_names_whole_in_80_columns():
     from rich.console import Console
 

@@ -128,3 +128,48 @@ def test_report_on_the_training_folder_says_it_is_optimistic(run_copy, trained_r
     assert main(["report", str(run_copy), str(mislabelled)]) == 0
     assert "optimistic" not in capsys.readouterr().out
     assert "judged here on images it never saw" in (run_copy / "report.html").read_text()
+
+
+def test_confusion_plot_of_many_classes_shows_the_part_around_the_errors():
+    import base64
+    import io
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    from vistrain.evaluation.metrics import most_confused
+    from vistrain.evaluation.report import MATRIX_CLASSES, _confusion_plot
+
+    k = 150
+    cm = np.diag(np.full(k, 4))
+    cm[120, 120], cm[120, 7] = 1, 3  # species 120 mostly taken for 7
+    cm[33, 33], cm[33, 140] = 3, 1
+    involved = most_confused(cm, MATRIX_CLASSES)
+    assert len(involved) == MATRIX_CLASSES and {7, 33, 120, 140} <= set(involved) and involved == sorted(involved)
+    assert most_confused(cm, 2) == [7, 120]  # 3 errors each way beat 33 and 140's one
+
+    html = _confusion_plot(cm, [f"species_{i:03d}" for i in range(k)])
+    assert f"the {MATRIX_CLASSES} classes most involved in errors, of {k}" in html
+    png = base64.b64decode(re.search(r"base64,([^\"]+)", html).group(1))
+    w, h = Image.open(io.BytesIO(png)).size
+    # Drawn whole, 150 classes made 13950 x 6950 pixels (past Pillow's decompression-bomb limit).
+    assert w * h < 6e6
+    small = _confusion_plot(cm[:10, :10], [f"c{i}" for i in range(10)])
+    assert "most involved" not in small and "base64," in small
+
+
+def test_class_counts_of_many_classes_is_a_ranked_profile():
+    import io
+
+    from PIL import Image
+
+    from vistrain.evaluation import plots
+
+    k = 200
+    classes = [f"species_{i:03d}" for i in range(k)]
+    counts = {"train": {c: 5 + i % 30 for i, c in enumerate(classes)}, "valid": {c: 2 for c in classes}}
+    w, h = Image.open(io.BytesIO(plots.class_counts(counts, classes))).size
+    assert h < 600 and w < 1200  # one chart of ranked columns, not 0.35 inch of bars per class and split
+    w, h = Image.open(io.BytesIO(plots.class_counts(counts, classes[:5]))).size
+    assert h > 300  # few classes: labelled bars, one group per class

@@ -37,7 +37,7 @@ def run(args, console, reporter) -> int:
     for s in m["skipped"]:
         console.print(f"[yellow]skipped[/] {s['path']}: {s['reason']}")
     console.print(per_class_table(m, f"{args.data}: per class"))
-    console.print(confusion_table(m, width=console.width))
+    console.print(confusion_table(m, width=console.width, full_at="the same command with --json"))
     console.print(f"[bold]accuracy {m['accuracy']:.1%}[/] ({m['n'] - m['errors']} of {m['n']} right{ci_text(m)})")
     if "overlap_with_run" in m:
         said = describe_overlap(m["overlap_with_run"], m["n"], f"{args.run}/split.csv")

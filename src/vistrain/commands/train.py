@@ -57,6 +57,9 @@ def register(sub) -> None:
     track_explicit_flags(t)  # last: flags typed on the command line override --config
 
 
+SUMMARY_CLASSES = 20  # per-class rows in the summary; more classes show their weakest 20
+
+
 def run(args, console, reporter) -> int:
     from vistrain.api import train
     from vistrain.evaluation.confidence import describe
@@ -86,8 +89,9 @@ def run(args, console, reporter) -> int:
         return 0
     m, res = trained.metrics, trained.result
     console.print()
-    console.print(per_class_table(m["valid"], "Validation, per class"))
-    console.print(confusion_table(m["valid"], width=console.width))
+    full_at = f"{trained.path}/metrics.json"
+    console.print(per_class_table(m["valid"], "Validation, per class", limit=SUMMARY_CLASSES, full_at=full_at))
+    console.print(confusion_table(m["valid"], width=console.width, full_at=full_at))
     members = ensemble_members(res.model_config.backbone)
     kept = ("fine-tuned network" if res.stage == "finetune" else "linear probe on frozen features" if len(members) == 1
             else f"ensemble of linear probes ({', '.join(members)})")

@@ -47,3 +47,14 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
         },
         "confusion_matrix": cm.tolist(),
     }
+
+
+def most_confused(cm: np.ndarray, n: int) -> list[int]:
+    """Indices of the ``n`` classes most involved in errors (their row's plus their column's
+    off-diagonal counts), in class order: the part of a matrix too big to show that is worth showing.
+    Ties, and classes with no errors at all when fewer than ``n`` have any, go by class order."""
+    cm = np.asarray(cm)
+    off = cm - np.diag(np.diag(cm))
+    involvement = off.sum(axis=0) + off.sum(axis=1)
+    chosen = np.argsort(-involvement, kind="stable")[:n]
+    return sorted(int(i) for i in chosen)

@@ -29,9 +29,15 @@ def data_uri(png: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64," + base64.b64encode(png).decode("ascii")
 
 
+MANY_CLASSES = 40  # above this, one bar per class no longer fits a readable label: a size-ranked profile
+
+
 def class_counts(counts: dict[str, dict[str, int]], classes: list[str]) -> bytes:
-    """Horizontal grouped bars: images per class for each split."""
+    """Horizontal grouped bars: images per class for each split; for many classes, stacked
+    columns ranked by training images (the long tail at a glance, not a 14000-pixel-tall chart)."""
     splits = [s for s in ("train", "valid", "test") if s in counts]
+    if len(classes) > MANY_CLASSES:
+        return _ranked_counts(counts, classes, splits)
     fig = _figure(7, 0.35 * len(classes) * max(1, len(splits)) + 1.2)
     ax = fig.add_subplot()
     y = np.arange(len(classes))
@@ -44,6 +50,25 @@ def class_counts(counts: dict[str, dict[str, int]], classes: list[str]) -> bytes
     ax.invert_yaxis()
     ax.set_xlabel("images")
     ax.legend(loc="lower right")
+    return png_bytes(fig)
+
+
+def _ranked_counts(counts: dict[str, dict[str, int]], classes: list[str], splits: list[str]) -> bytes:
+    first = splits[0] if splits else "train"
+    order = sorted(classes, key=lambda c: -counts.get(first, {}).get(c, 0))
+    fig = _figure(9, 3.6)
+    ax = fig.add_subplot()
+    x = np.arange(len(order))
+    bottom = np.zeros(len(order))
+    for s in splits:
+        vals = np.array([counts[s].get(c, 0) for c in order], dtype=float)
+        ax.bar(x, vals, 1.0, bottom=bottom, label=s, color=SPLIT_COLOURS[s], linewidth=0)
+        bottom += vals
+    ax.set_xticks([])
+    ax.set_xlim(-0.5, len(order) - 0.5)
+    ax.set_xlabel(f"{len(order)} classes, most {first} images first (first: {order[0]}, last: {order[-1]})")
+    ax.set_ylabel("images")
+    ax.legend(loc="upper right")
     return png_bytes(fig)
 
 
@@ -75,11 +100,14 @@ def training_curves(history: list[dict]) -> bytes:
     return png_bytes(fig)
 
 
-def confusion(cm: np.ndarray, classes: list[str]) -> bytes:
-    """Counts and row-normalised shares side by side (rows: actual, columns: predicted)."""
+def confusion(cm: np.ndarray, classes: list[str], row_totals: np.ndarray | None = None) -> bytes:
+    """Counts and row-normalised shares side by side (rows: actual, columns: predicted).
+
+    ``row_totals``: each row's images when ``cm`` is a part of a larger matrix (shares stay shares
+    of the whole class)."""
     cm = np.asarray(cm)
     k = len(classes)
-    rows = cm.sum(axis=1, keepdims=True)
+    rows = (cm.sum(axis=1) if row_totals is None else np.asarray(row_totals)).reshape(-1, 1)
     norm = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
     side = max(3.5, 0.45 * k + 2)
     fig = _figure(2 * side + 0.5, side)

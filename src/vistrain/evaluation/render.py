@@ -9,28 +9,46 @@ from rich.table import Table
 from rich.text import Text
 
 
-def per_class_table(metrics: dict, title: str) -> Table:
-    t = Table(title=title, title_justify="left")
-    t.add_column("class")
+def per_class_table(metrics: dict, title: str, limit: int | None = None, full_at: str = "metrics.json") -> Table:
+    """One row per class; with more than ``limit`` classes, only the ``limit`` weakest (lowest F1
+    first), so that a summary of 200 bird species shows what needs work, not a page of 100%s."""
+    classes = metrics["classes"]
+    shown = classes
+    if limit is not None and len(classes) > limit:
+        shown = sorted(classes, key=lambda c: metrics["per_class"][c]["f1"])[:limit]
+        title = f"{title}: the {limit} weakest of {len(classes)} classes (all of them: {full_at})"
+    t = Table(title=escape(title), title_justify="left")
+    t.add_column("class", overflow="fold")
     for col in ("precision", "recall", "F1", "support"):
         t.add_column(col, justify="right")
-    for c in metrics["classes"]:
+    for c in shown:
         m = metrics["per_class"][c]
-        t.add_row(c, f"{m['precision']:.1%}", f"{m['recall']:.1%}", f"{m['f1']:.3f}", str(m["support"]))
+        t.add_row(escape(c), f"{m['precision']:.1%}", f"{m['recall']:.1%}", f"{m['f1']:.3f}", str(m["support"]))
+    rest = [metrics["per_class"][c]["f1"] for c in classes if c not in set(shown)]
+    if rest:
+        t.add_row(f"[dim]… {len(rest)} more", "", "", f"[dim]≥ {min(rest):.3f}", "", end_section=True)
     avg = metrics["macro_avg"]
     t.add_row("[bold]macro average", f"{avg['precision']:.1%}", f"{avg['recall']:.1%}", f"{avg['f1']:.3f}",
               str(metrics["n"]), end_section=True)
     return t
 
 
-def confusion_table(metrics: dict, width: int | None = None) -> Table:
+MIN_ROW_LABEL = 12  # the narrowest the "actual" column may fold to in a numbered matrix
+
+
+def confusion_table(metrics: dict, width: int | None = None, full_at: str = "metrics.json") -> Table:
     """Counts, actual classes down, predicted across; where the class names do not fit across
-    ``width`` (the console's), the columns are numbered and each row names its number."""
+    ``width`` (the console's), the columns are numbered and each row names its number. Where even
+    numbered columns do not fit (dozens of classes), the most frequent confusions instead."""
     classes, cm = metrics["classes"], metrics["confusion_matrix"]
     # Each column: its text, 2 of padding and 1 of border; plus the table's last border.
     digits = len(str(max((max(row) for row in cm), default=0)))
     full = sum(max(len(c), digits) + 3 for c in classes) + max(len("actual"), *map(len, classes)) + 3 + 1
     numbered = width is not None and full > width
+    if numbered and sum(max(len(str(i + 1)), digits) + 3 for i in range(len(classes))) + MIN_ROW_LABEL + 4 > width:
+        return confusions_table(metrics, title=f"Most frequent confusions ({len(classes)} classes are too many for a "
+                                               f"matrix {width} characters wide; the whole matrix: {full_at})",
+                                width=width)
     title = "Confusion matrix (rows: actual, columns: predicted)"
     # As wide as its title where the console allows, so the title does not wrap to a narrow table.
     t = Table(title=title, title_justify="left", min_width=min(len(title), width) if width else None)
@@ -40,6 +58,20 @@ def confusion_table(metrics: dict, width: int | None = None) -> Table:
     for i, c in enumerate(classes):
         t.add_row(f"{i + 1} {escape(c)}" if numbered else escape(c),
                   *[f"[bold]{v}" if i == j else (f"[red]{v}" if v else "·") for j, v in enumerate(cm[i])])
+    return t
+
+
+def confusions_table(metrics: dict, title: str, n: int = 10, width: int | None = None) -> Table:
+    """The ``n`` largest off-diagonal counts: actual, predicted as, images, share of the actual class."""
+    t = Table(title=escape(title), title_justify="left", min_width=min(len(title), width) if width else None)
+    for col, justify in (("actual", "left"), ("predicted as", "left"), ("images", "right"), ("share of actual", "right")):
+        t.add_column(col, justify=justify, overflow="fold")
+    support = {c: sum(row) for c, row in zip(metrics["classes"], metrics["confusion_matrix"])}
+    pairs = top_confusions(metrics, n)
+    for a, b, count in pairs:
+        t.add_row(escape(a), escape(b), str(count), f"{count / support[a]:.0%}")
+    if not pairs:
+        t.add_row("[green]none: every image was classified as its own class", "", "", "")
     return t
 
 

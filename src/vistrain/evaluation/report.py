@@ -19,12 +19,15 @@ from vistrain.evaluation import plots
 from vistrain.evaluation.analysis import Analysis, reliability_pair
 from vistrain.evaluation.calibration import set_aside
 from vistrain.evaluation.gradcam import grad_cam
+from vistrain.evaluation.metrics import most_confused
 from vistrain.evaluation.predictor import Predictor
 from vistrain.evaluation.report_audit import audit_section, data_section
 from vistrain.evaluation.seen import describe_overlap
 from vistrain.familiarity import describe_unfamiliar
 from vistrain.heatmap import overlay
 from vistrain.progress import Reporter, SilentReporter
+
+MATRIX_CLASSES = 30  # classes drawn in the confusion matrix; more: the part of it around the errors
 
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
@@ -182,7 +185,20 @@ def _metrics_section(a: Analysis) -> str:
             f'With {m["n"]} images ({small} in the smallest class) they are wide: differences inside them may be luck.</p>'
             "<table><thead><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>"
-            + _img(plots.confusion(np.array(m["confusion_matrix"]), a.classes), "confusion matrix"))
+            + _confusion_plot(np.array(m["confusion_matrix"]), a.classes))
+
+
+def _confusion_plot(cm: np.ndarray, classes: list[str]) -> str:
+    """The whole matrix, or for many classes the part of it around the errors: 150 classes drawn
+    whole made a 14000 x 7000 pixel image, unreadable and past Pillow's decompression-bomb limit."""
+    if len(classes) <= MATRIX_CLASSES:
+        return _img(plots.confusion(cm, classes), "confusion matrix")
+    idx = most_confused(cm, MATRIX_CLASSES)
+    part = cm[np.ix_(idx, idx)]
+    return (f'<p class="note">The confusion matrix of the {MATRIX_CLASSES} classes most involved in errors, of '
+            f"{len(classes)} (<code>vistrain evaluate --json</code> gives the whole matrix); shares are of each actual class's "
+            f"images, {int(cm[idx].sum() - part.sum())} of which were predicted as a class not shown.</p>"
+            + _img(plots.confusion(part, [classes[i] for i in idx], cm[idx].sum(axis=1)), "confusion matrix"))
 
 
 def _errors_section(a: Analysis, predictor: Predictor, top_n: int, errors_dir: Path, copied: int) -> str:
