@@ -203,3 +203,31 @@ def test_summary_line_counts_groups_in_words():
     assert summary_line(AuditResult(Path("photos"), found)) == (
         "audit: 1 conflict, 3 groups of near duplicates, 2 unreadable files")
     assert summary_line(AuditResult(Path("photos"), [])) == "audit: nothing found"
+
+
+def test_duplicate_findings_do_not_chain_look_alikes_into_one_photo():
+    """A chain a-b-c-d-e-f (each alike to the next only) stays one cluster for the split, but the
+    findings name groups whose photos are alike to one of them, not one six-photo "copy"."""
+    from vistrain.clean.audit import hash_findings
+    from vistrain.data.phash import duplicate_groups, tight_groups
+    from vistrain.data.scan import Record
+
+    n = 6
+    chain = [(i, i + 1, 0.97) for i in range(n - 1)]
+    sha1s = [f"{i:040x}" for i in range(n)]
+    assert [sorted(g) for g in duplicate_groups(sha1s, [None] * n, -1, chain)] == [list(range(n))]
+    groups = tight_groups(sha1s, chain)
+    assert all(len(g) <= 3 and all(abs(a - b) <= 2 for a in g for b in g) for g in groups)
+    assert sorted(i for g in groups for i in g) == list(range(n))  # everyone still in a group here
+    # One photo alike to all the others (its copies, an edit matching two versions): one group.
+    star = [(0, j, 0.99) for j in range(1, 5)]
+    assert tight_groups(sha1s[:5], star) == [[0, 1, 2, 3, 4]]
+    # Byte-identical copies count as one photo, whatever else links to them.
+    same = [sha1s[0], sha1s[0], sha1s[0], sha1s[3]]
+    assert tight_groups(same, [(0, 1), (0, 2), (2, 3, 0.99)]) == [[0, 1, 2, 3]]
+
+    records = [Record(path=f"/d/c{i % 2}/{i}.jpg", label=f"c{i % 2}", split="train", ok=True, sha1=sha1s[i])
+               for i in range(n)]
+    found = hash_findings(Path("/d"), records, [], near_bits=-1, extra_pairs=chain)
+    conflicts = [f for f in found if f.kind == "conflict"]
+    assert conflicts and all(len(f.files) <= 3 for f in conflicts)

@@ -17,7 +17,12 @@ import numpy as np
 
 from vistrain.data.dataset import DataConfig, scan_entries
 from vistrain.data.layout import discover
-from vistrain.data.phash import NEAR_BITS, duplicate_groups
+from vistrain.data.phash import (
+    NEAR_BITS,
+    duplicate_groups,
+    duplicate_links,
+    tight_groups,
+)
 from vistrain.data.scan import Record
 from vistrain.progress import Reporter, SilentReporter
 
@@ -98,10 +103,13 @@ def duplicate_clusters(records: list[Record], near_bits: int = NEAR_BITS,
 def hash_findings(root: Path, records: list[Record], skipped: list[Record], near_bits: int = NEAR_BITS,
                   extra_pairs: list[tuple[int, int, float]] = ()) -> list[Finding]:
     """Duplicates (bytes, perceptual hash, plus ``extra_pairs`` of record indices), conflicts,
-    leaks, unreadable files and shortcuts."""
-    groups = duplicate_clusters(records, near_bits, extra_pairs)
+    leaks, unreadable files and shortcuts. Each group's photos are all alike to one of them
+    (:func:`tight_groups`): a chain of look-alikes is not "the same photo"."""
+    sha1s = [r.sha1 for r in records]
+    links = duplicate_links(sha1s, [r.phash for r in records], near_bits, extra_pairs, [r.colour for r in records])
+    groups = tight_groups(sha1s, links)
     out: list[Finding] = []
-    for group in sorted((g for g in groups if len(g) > 1), key=lambda g: -len(g)):
+    for group in sorted(groups, key=lambda g: -len(g)):
         members = [records[i] for i in group]
         files = [_rel(root, r.path) for r in members]
         exact = len({r.sha1 for r in members}) == 1

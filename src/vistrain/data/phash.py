@@ -110,7 +110,18 @@ def duplicate_groups(sha1s: list[str | None], phashes: list[str | None], max_bit
                      extra_pairs=(), colours: list[str | None] | None = None) -> list[list[int]]:
     """Clusters of items that are byte-identical, or whose perceptual hashes are within ``max_bits``
     or that ``extra_pairs`` (i, j, ...) join, provided their ``colours`` (:func:`colour_signature`)
-    match too (:func:`same_colours`)."""
+    match too (:func:`same_colours`).
+
+    Connected components: a chain of look-alikes (a burst of shots) is one cluster even where its
+    ends differ, which is what keeps it on one side of a split. :func:`tight_groups` gives the
+    groups whose members are all alike, for telling a person "these are copies"."""
+    return clusters(len(sha1s), duplicate_links(sha1s, phashes, max_bits, extra_pairs, colours))
+
+
+def duplicate_links(sha1s: list[str | None], phashes: list[str | None], max_bits: int = NEAR_BITS,
+                    extra_pairs=(), colours: list[str | None] | None = None) -> list[tuple]:
+    """The pairs :func:`duplicate_groups` joins: (i, j, ...) for each near pair, (first, i) for
+    each later copy of the same bytes."""
     near: list[tuple] = list(extra_pairs)
     known = [i for i, h in enumerate(phashes) if h]
     if max_bits >= 0 and len(known) > 1:
@@ -123,4 +134,40 @@ def duplicate_groups(sha1s: list[str | None], phashes: list[str | None], max_bit
     for i, s in enumerate(sha1s):
         if s is not None:
             pairs.append((first.setdefault(s, i), i))
-    return clusters(len(sha1s), pairs)
+    return pairs
+
+
+def tight_groups(sha1s: list[str | None], links) -> list[list[int]]:
+    """Groups of two or more items, each alike to the group's centre (linked to it, or
+    byte-identical): the components of ``links`` split where they only chain.
+
+    Single linkage chains: on 1500 noisy synthetic textures in 150 classes, backbone features
+    joined 1290 of them into one "near-identical" group that claimed 130 labels for one photo.
+    Within each component, the item with the most links is a centre and takes every item linked to
+    it; the rest start again. A component with one item alike to all the others (a photo and its
+    copies; a black-and-white copy that matches a red and a blue version) stays whole.
+    Deterministic: ties go to the lower index."""
+    node = {}
+    first: dict[str, int] = {}
+    for i, s in enumerate(sha1s):
+        node[i] = first.setdefault(s, i) if s is not None else i  # identical bytes: one node
+    members: dict[int, list[int]] = {}
+    for i, n in node.items():
+        members.setdefault(n, []).append(i)
+    adj: dict[int, set[int]] = {n: set() for n in members}
+    for pair in links:
+        a, b = node[pair[0]], node[pair[1]]
+        if a != b:
+            adj[a].add(b)
+            adj[b].add(a)
+    groups: list[list[int]] = []
+    for comp in clusters(len(sha1s), [(node[p[0]], node[p[1]]) for p in links]):
+        left = {n for n in comp if n in members}
+        while left:
+            centre = min(left, key=lambda n: (-len(adj[n] & left), n))
+            chosen = {centre} | (adj[centre] & left)
+            left -= chosen
+            group = sorted(i for n in chosen for i in members[n])
+            if len(group) > 1:
+                groups.append(group)
+    return groups
