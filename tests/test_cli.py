@@ -44,6 +44,10 @@ def test_train_prints_a_summary(trained, tmp_path, capsys):
     assert lo <= m["accuracy"] <= hi and hi - lo > 0.1  # a handful of validation images: a wide interval
     assert f"95% CI {lo:.1%}–{hi:.1%}" in " ".join(out.split())
     assert str(tmp_path / "r") in out.replace("\n", "")
+    # Validation chose C here: the summary says its figure flatters, and where an unbiased one comes from.
+    said = " ".join(out.split())
+    assert "validation images chose the probe's regularisation strength" in said
+    assert "slightly optimistic estimate; a test/ folder (or `vistrain evaluate` on new photos) gives an unbiased" in said
 
 
 def test_evaluate_json_has_the_documented_keys(trained, tmp_path, capsys):

@@ -99,6 +99,10 @@ def run(args, console, reporter) -> int:
                   + (" (mixed precision)" if res.amp else "") + f". Kept: {kept}.")
     console.print(f"  validation accuracy {m['valid']['accuracy']:.1%} ({m['valid']['errors']} of {m['valid']['n']} wrong"
                   f"{ci_text(m['valid'])}); linear probe alone {res.probe_accuracy:.1%}")
+    if "slightly optimistic" in m["valid"].get("note", ""):
+        console.print(f"  [dim]{m['valid']['note']}"
+                      + ("; the test images were used for nothing[/]" if "test" in m else
+                         "; a test/ folder (or `vistrain evaluate` on new photos) gives an unbiased figure[/]"))
     if "test" in m:
         console.print(f"  test accuracy {m['test']['accuracy']:.1%} ({m['test']['n'] - m['test']['errors']} of "
                       f"{m['test']['n']} right{ci_text(m['test'])})")
