@@ -151,7 +151,8 @@ def describe_unfamiliar(u: dict, n: int) -> str:
 
 def nearest(bank: np.ndarray, rows: np.ndarray, chunk: int = 256) -> np.ndarray:
     bank32 = bank.astype(np.float32)
-    out = [(rows[i : i + chunk] @ bank32.T).max(axis=1) for i in range(0, len(rows), chunk)]
+    # At most 1: a training photo met again scored 1.0001 against its float16 copy in the bank.
+    out = [np.minimum((rows[i : i + chunk] @ bank32.T).max(axis=1), 1.0) for i in range(0, len(rows), chunk)]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
