@@ -229,3 +229,39 @@ def test_serve_command_refuses_a_variant_the_export_lacks(exported_run, tmp_path
     (fp32_only / "export.json").write_text(json.dumps(info))
     assert main(["serve", str(fp32_only), "--variant", "int8"]) == 2
     assert "no int8 model" in " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--port", "99999"], "--port 99999 must be between 1 and 65535"),
+    (["--threads", "-3"], "threads -3 must be at least 1"),
+    (["--host", "no-such-host.invalid"], "--host no-such-host.invalid:"),
+])
+def test_serve_command_refuses_bad_addresses_and_threads_before_serving(exported_run, capsys, argv, said):
+    from vistrain.cli import main
+
+    assert main(["serve", str(exported_run), *argv]) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert said in out and "Serving" not in out
+
+
+def test_serve_and_clean_say_when_their_port_is_taken(exported_run, tmp_path, capsys):
+    import socket
+
+    from conftest import write_class_folders
+
+    from vistrain.cli import main
+
+    photos = write_class_folders(tmp_path / "photos", per_class=3)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(exported_run), "--port", str(port)]) == 2
+        out = " ".join(capsys.readouterr().out.split())
+        assert f"cannot listen on 127.0.0.1:{port}" in out and "another program is listening" in out
+        assert "Serving" not in out
+        # clean says so before its audit (minutes on a big folder), not after it.
+        assert main(["clean", str(photos), "--port", str(port), "--no-cache"]) == 2
+        out = " ".join(capsys.readouterr().out.split())
+        assert f"cannot listen on 127.0.0.1:{port}" in out and "suspect" not in out
+        assert not (photos / ".vistrain-quarantine").exists()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from vistrain.commands import add_data_flags
 from vistrain.commands.audit import audit_config
+from vistrain.commands.serve import check_address
 
 NAME = "clean"
 ORDER = 16
@@ -40,8 +41,7 @@ def run(args, console, reporter) -> int:
                 break
             console.print(f"undone: {done['undoes_action']} of {done['dst']} (it was at {done['src']})", highlight=False)
         return 0
-    if not 0 <= args.port <= 65535:
-        raise ValueError(f"--port {args.port} is not a TCP port")
+    check_address(args.host, args.port)  # before the audit, which can take minutes
     import uvicorn
 
     from vistrain.clean.app import create_app, suspects

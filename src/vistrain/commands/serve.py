@@ -29,6 +29,7 @@ def run(args, console, reporter) -> int:
 
     if not 0 < args.max_upload_mb <= 1024:
         raise ValueError(f"--max-upload-mb {args.max_upload_mb} must be between 0 and 1024")
+    check_address(args.host, args.port)
     folder, info = read_export(find_export(args.model))  # fail here, before the server starts, on a bad folder
     cfg = ServeConfig(folder, args.variant, args.threads, int(args.max_upload_mb * 2**20), args.max_files,
                       max_batch=args.max_batch)
@@ -40,3 +41,24 @@ def run(args, console, reporter) -> int:
                   f"(API docs at /docs); Ctrl+C stops", highlight=False)
     uvicorn.run(create_app(cfg), host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse a port out of range, a host that does not resolve, or an address already in use,
+    before the banner says "Serving" (uvicorn would print a traceback or its own error after it)."""
+    import errno
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port {port} must be between 1 and 65535")
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ValueError(f"--host {host}: {exc.strerror}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(addr)
+        except OSError as exc:
+            hint = ": another program is listening there (try another --port)" if exc.errno == errno.EADDRINUSE else ""
+            raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None

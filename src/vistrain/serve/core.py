@@ -34,6 +34,8 @@ class ServeConfig:
         for name in ("max_request_bytes", "max_files", "max_pixels", "max_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads {self.threads} must be at least 1 (or left out: all cores)")
 
 
 class UploadError(Exception):
