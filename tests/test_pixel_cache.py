@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 
@@ -161,3 +162,78 @@ def test_finetuning_batches_do_not_depend_on_the_number_of_workers(split_folders
     monkeypatch.setattr(finetune, "batch_workers", lambda device: 3)
     three = vistrain.train(split_folders, out=tmp_path / "three", **opts).result.finetune.history
     assert [(h.train_loss, h.valid_loss) for h in one] == [(h.train_loss, h.valid_loss) for h in three]
+
+
+def test_a_cache_entry_removed_during_training_is_decoded_again(class_folders, tmp_path):
+    """``vistrain cache --clear pixels``, or another run trimming the cache, while a run trains."""
+    prep = get_backbone("efficientnet_lite0").preprocessing(64)
+    paths = _photos(class_folders)[:4]
+    keys = [file_sha1(p) for p in paths]
+    cache = PixelCache(tmp_path / "cache", prep)
+    _, canvases = decode_all(paths, prep, canvases=True, cache=cache, keys=keys)
+    before = canvases[2]
+    cache._file(keys[2]).unlink()
+    assert np.array_equal(canvases[2], before) and cache.has(keys[2])  # rebuilt from its photo, and stored
+    cache._file(keys[1]).unlink()
+    assert np.array_equal(canvases[0:2][1], decode_all(paths[1:2], prep, canvases=True)[1][0])
+    # Without the photos' paths there is nothing to rebuild from: the error names the entry.
+    with pytest.raises(FileNotFoundError, match=keys[3]):
+        cache._file(keys[3]).unlink()
+        DiskCanvases(cache, keys)[3]
+    with pytest.raises(ValueError, match="pixel cache holds"):
+        decode_all(paths, get_backbone("efficientnet_lite0").preprocessing(96), cache=cache, keys=keys)
+
+
+def test_trim_removes_the_entries_used_longest_ago_and_spares_the_running_job(tmp_path, monkeypatch):
+    from vistrain.cache import pixel_cache_limit, trim_pixels
+
+    now = time.time()
+    folder = tmp_path / "pixels"
+    ages = {"a/00/old.safetensors": 5000, "b/11/older.safetensors": 9000, "a/22/mine.safetensors": -1,
+            "b/33/recent.safetensors": 100}
+    for name, age in ages.items():
+        f = folder / name
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x" * 1000)
+        os.utime(f, (now - age, now - age))
+    done = trim_pixels(tmp_path, limit=2500, since=now - 10)
+    left = sorted(p.name for p in folder.rglob("*.safetensors"))
+    assert left == ["mine.safetensors", "recent.safetensors"]  # oldest first, down to the limit
+    assert (done.files, done.bytes, done.total) == (2, 2000, 2000)
+    # The running job's entries stay even over the limit; nothing else is left to remove.
+    done = trim_pixels(tmp_path, limit=10, since=now - 10)
+    assert sorted(p.name for p in folder.rglob("*.safetensors")) == ["mine.safetensors"] and done.total == 1000
+    assert trim_pixels(tmp_path / "nothing", 10, now).files == 0
+
+    monkeypatch.delenv("VISTRAIN_PIXEL_CACHE_GB", raising=False)
+    assert pixel_cache_limit() == 20e9
+    monkeypatch.setenv("VISTRAIN_PIXEL_CACHE_GB", "inf")
+    assert pixel_cache_limit() == float("inf")
+    for bad in ("0", "-3", "lots"):
+        monkeypatch.setenv("VISTRAIN_PIXEL_CACHE_GB", bad)
+        with pytest.raises(ValueError, match=f"VISTRAIN_PIXEL_CACHE_GB={bad!r} must be a positive"):
+            pixel_cache_limit()
+
+
+def test_training_keeps_the_pixel_cache_within_its_limit(split_folders, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    stale = cache / "pixels" / "v1-crop999-old" / "ab" / "stale.safetensors"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"x" * 10_000)
+    os.utime(stale, (time.time() - 86400, time.time() - 86400))
+    monkeypatch.setenv("VISTRAIN_PIXEL_CACHE_GB", "0.000001")  # 1 kB: less than this run alone needs
+    lines = []
+
+    from vistrain.progress import SilentReporter
+
+    class Log(SilentReporter):
+        def log(self, message: str) -> None:
+            lines.append(message)
+
+    run = vistrain.train(split_folders, out=tmp_path / "run", cache_dir=cache, mode="finetune", epochs=1,
+                         batch_size=8, reporter=Log(), **FAST)
+    assert not stale.exists()
+    mine = list((cache / "pixels").rglob("*.safetensors"))
+    assert len(mine) == 27  # every image of this run (18 train, 9 valid) stays, over the limit or not
+    assert any("removed the 1 entry used longest ago" in line for line in lines), lines
+    assert run.result.finetune.history  # and the run trained from them

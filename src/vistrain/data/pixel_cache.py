@@ -18,7 +18,13 @@ import PIL
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from vistrain.data.transforms import CANVAS_MARGIN, Preprocessing
+from vistrain.data.images import load_rgb
+from vistrain.data.transforms import (
+    CANVAS_MARGIN,
+    Preprocessing,
+    to_model_pixels,
+    to_train_canvas,
+)
 
 PIXEL_CACHE_VERSION = 1
 
@@ -38,6 +44,13 @@ class PixelCache:
     def has(self, sha1: str) -> bool:
         return self._file(sha1).exists()
 
+    def touch(self, sha1: str) -> None:
+        """Mark an entry used now: the cache's size limit removes the longest unused first."""
+        try:
+            os.utime(self._file(sha1))
+        except OSError:
+            pass  # gone meanwhile: it is rebuilt when read
+
     def load(self, sha1: str) -> dict[str, np.ndarray] | None:
         """``{"eval": ..., "canvas": ...}``, or None when unknown or unreadable (then it is rebuilt)."""
         try:
@@ -50,6 +63,13 @@ class PixelCache:
         if arrays is None:
             raise FileNotFoundError(f"pixel cache entry {self._file(sha1)} vanished during training")
         return arrays["canvas"]
+
+    def build(self, sha1: str, path: str, max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Decode ``path`` into its eval view and training canvas, store both, and return them."""
+        img = load_rgb(path, min_side=self.prep.size, **({"max_pixels": max_pixels} if max_pixels else {}))
+        view, canvas = to_model_pixels(img, self.prep), to_train_canvas(img, self.prep, self.margin)
+        self.save(sha1, view, canvas)
+        return view, canvas
 
     def save(self, sha1: str, eval_pixels: np.ndarray, canvas: np.ndarray) -> None:
         path = self._file(sha1)
@@ -65,15 +85,27 @@ class PixelCache:
 
 
 class DiskCanvases(Sequence):
-    """Training canvases read from the pixel cache on demand: a list-like that holds nothing in memory."""
+    """Training canvases read from the pixel cache on demand: a list-like that holds nothing in memory.
 
-    def __init__(self, cache: PixelCache, keys: list[str]):
+    With ``paths``, an entry removed meanwhile (``vistrain cache --clear``, or another run trimming
+    the cache to its size limit) is decoded again from its photo instead of failing the epoch."""
+
+    def __init__(self, cache: PixelCache, keys: list[str], paths: list[str] | None = None):
         self.cache, self.keys = cache, list(keys)
+        self.paths = list(paths) if paths is not None else None
 
     def __len__(self) -> int:
         return len(self.keys)
 
+    def _get(self, i: int) -> np.ndarray:
+        arrays = self.cache.load(self.keys[i])
+        if arrays is not None:
+            return arrays["canvas"]
+        if self.paths is None:
+            return self.cache.canvas(self.keys[i])  # raises, naming the entry
+        return self.cache.build(self.keys[i], self.paths[i])[1]
+
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return [self.cache.canvas(k) for k in self.keys[i]]
-        return self.cache.canvas(self.keys[i])
+            return [self._get(k) for k in range(len(self.keys))[i]]
+        return self._get(i)

@@ -38,6 +38,8 @@ def decode_all(
     """
     if cache is not None and (keys is None or len(keys) != len(paths)):
         raise ValueError("decode_all: a pixel cache needs one content hash per path")
+    if cache is not None and cache.prep != prep:
+        raise ValueError(f"decode_all: the pixel cache holds {cache.prep.key()}, not {prep.key()}")
     n = len(paths)
     out_pixels = np.empty((n, prep.size, prep.size, 3), dtype=np.uint8) if pixels else None
     in_memory = canvases and cache is None
@@ -47,19 +49,22 @@ def decode_all(
     def work(i: int) -> int:
         if cache is not None:
             if out_pixels is None and cache.has(keys[i]):
+                cache.touch(keys[i])
                 return i  # canvases are read later, on demand; nothing to do now
             hit = cache.load(keys[i])
             if hit is not None:
+                cache.touch(keys[i])
                 if out_pixels is not None:
                     out_pixels[i] = hit["eval"]
                 return i
+            view, _ = cache.build(keys[i], paths[i], max_pixels)
+            if out_pixels is not None:
+                out_pixels[i] = view
+            return i
         img = load_rgb(paths[i], min_side=prep.size, **kwargs)
-        view = to_model_pixels(img, prep)
         if out_pixels is not None:
-            out_pixels[i] = view
-        if cache is not None:
-            cache.save(keys[i], view, to_train_canvas(img, prep, cache.margin))
-        elif out_canvases is not None:
+            out_pixels[i] = to_model_pixels(img, prep)
+        if out_canvases is not None:
             out_canvases[i] = to_train_canvas(img, prep)
         return i
 
@@ -68,5 +73,5 @@ def decode_all(
             if progress:
                 progress(1)
     if canvases and cache is not None:
-        return out_pixels, DiskCanvases(cache, keys)
+        return out_pixels, DiskCanvases(cache, keys, paths)
     return out_pixels, out_canvases

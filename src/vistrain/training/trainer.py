@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vistrain.cache import PIXEL_LIMIT_ENV, pixel_cache_limit, trim_pixels
 from vistrain.data.augment import AugmentConfig
 from vistrain.data.dataset import DataConfig, DatasetIndex
 from vistrain.data.pixel_cache import PixelCache
@@ -231,6 +232,8 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
 
     train_pixels = canvases = valid_pixels = None
     pixel_cache = PixelCache(cfg.data.cache_dir, prep) if cfg.data.cache_dir else None
+    used_since = time.time()  # pixel-cache entries touched from now on are this run's: never trimmed
+    pixel_limit = pixel_cache_limit() if pixel_cache is not None else None  # a bad setting fails now
     if want_finetune:  # fine-tuning reads every image; the probe alone may need none (cached features)
         with ui.stage("decode", len(train) + len(valid)) as advance:
             # With the disk cache, canvases stay on disk and the training set's eval views are
@@ -387,6 +390,12 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
                          uses_amp(device) and bool(ft_state and ft_state.history), check, test_logits,
                          *budget_decisions(cfg, ft_state, growth))
     result.familiarity = familiarity
+    if pixel_limit is not None:  # last: every entry this run wrote or read is spared
+        trimmed = trim_pixels(cfg.data.cache_dir, pixel_limit, used_since)
+        if trimmed.files:
+            ui.log(f"  pixel cache over its {pixel_limit / 1e9:g} GB limit (${PIXEL_LIMIT_ENV}): removed the "
+                   f"{trimmed.files} {'entry' if trimmed.files == 1 else 'entries'} used longest ago "
+                   f"({trimmed.bytes / 1e6:.0f} MB; {trimmed.total / 1e9:.1f} GB left)")
     return result
 
 
