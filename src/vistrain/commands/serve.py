@@ -29,7 +29,6 @@ def run(args, console, reporter) -> int:
 
     if not 0 < args.max_upload_mb <= 1024:
         raise ValueError(f"--max-upload-mb {args.max_upload_mb} must be between 0 and 1024")
-    check_address(args.host, args.port)
     folder, info = read_export(find_export(args.model))  # fail here, before the server starts, on a bad folder
     cfg = ServeConfig(folder, args.variant, args.threads, int(args.max_upload_mb * 2**20), args.max_files,
                       max_batch=args.max_batch)
@@ -37,6 +36,7 @@ def run(args, console, reporter) -> int:
     if variant not in info.models:
         raise ValueError(f"{folder}: no {variant} model in this export (has: {', '.join(info.models)}); "
                          f"run `vistrain export RUN --int8` for one")
+    check_address(args.host, args.port)
     console.print(f"Serving {folder} ({variant}, {len(info.classes)} classes) on http://{args.host}:{args.port}/ "
                   f"(API docs at /docs); Ctrl+C stops", highlight=False)
     uvicorn.run(create_app(cfg), host=args.host, port=args.port, log_level="warning")
