@@ -270,6 +270,28 @@ def test_many_classes_summarise_instead_of_flooding_the_console():
     assert [line.split("│")[1].strip() for line in full.splitlines() if "species_" in line] == classes
 
 
+def test_predict_into_a_csv_shows_a_few_rows_and_the_counts(trained, tmp_path, capsys):
+    """Thousands of answers going to a CSV: the screen shows the first 20 and what they add up to."""
+    from conftest import write_class_folders
+
+    _, run = trained
+    many = write_class_folders(tmp_path / "many", per_class=12, start=300)  # 36 images
+    (many / "notes.txt").write_text("not an image")
+    assert main(["predict", str(run), str(many), "--csv", str(tmp_path / "p.csv")]) == 0
+    out = capsys.readouterr().out
+    with (tmp_path / "p.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 37 and sum(1 for line in out.splitlines() if ".png" in line or ".txt" in line) == 20
+    assert f"… 17 more row(s): all 37 are in {tmp_path / 'p.csv'}" in " ".join(out.split())
+    answers = next(line for line in out.splitlines() if line.startswith("answers: "))
+    labels = [r["label"] for r in rows if not r["error"] and r["unsure"] == "false" and r["familiar"] != "false"]
+    top = max(set(labels), key=lambda c: (labels.count(c), [-ord(ch) for ch in c]))
+    assert answers.startswith(f"answers: {top} {labels.count(top)}") and answers.endswith("failed 1")
+    # Without --csv or --into the screen is the only output: every row is shown.
+    assert main(["predict", str(run), str(many)]) == 0
+    assert sum(1 for line in capsys.readouterr().out.splitlines() if ".png" in line) == 36
+
+
 def test_predictions_table_keeps_long_class_names_whole_in_80_columns():
     from rich.console import Console
 

@@ -41,7 +41,15 @@ def run(args, console, reporter) -> int:
         print(json.dumps(rows, indent=2))
     else:
         top_k = min(args.top_k, max((len(r["top"]) for r in rows), default=1))
-        console.print(predictions_table(rows, top_k, width=console.width))
+        # With the answers going to a CSV or to folders, thousands of rows on screen are noise: the
+        # first few show what the answers look like, the per-class counts say the rest.
+        shown = rows[:TABLE_ROWS] if (args.csv or args.into) and len(rows) > TABLE_ROWS + 5 else rows
+        console.print(predictions_table(shown, top_k, width=console.width))
+        if len(shown) < len(rows):
+            console.print(f"… {len(rows) - len(shown)} more row(s): all {len(rows)} are in "
+                          + (f"{args.csv}" if args.csv else f"{args.into}/"), highlight=False)
+        if len(rows) > 1:
+            console.print(f"answers: {answer_counts(rows)}", highlight=False)
     failed = sum(1 for r in rows if r["error"])
     unsure = sum(1 for r in rows if r["unsure"])
     unfamiliar = sum(1 for r in rows if r.get("familiar") is False)
@@ -53,3 +61,25 @@ def run(args, console, reporter) -> int:
     return 0
 
 
+TABLE_ROWS = 20  # rows shown when the answers also go to --csv or --into
+
+
+def answer_counts(rows: list[dict], most: int = 10) -> str:
+    """``dress 120, hat 64, …, unfamiliar 2, unsure 7, failed 1``: classes by count (the ``most``
+    largest), then the flags, each image counted once where ``--into`` would copy it."""
+    counts: dict[str, int] = {}
+    flags = {"unfamiliar": 0, "unsure": 0, "failed": 0}
+    for r in rows:
+        if r["error"]:
+            flags["failed"] += 1
+        elif r.get("familiar") is False:
+            flags["unfamiliar"] += 1
+        elif r["unsure"]:
+            flags["unsure"] += 1
+        else:
+            counts[r["label"]] = counts.get(r["label"], 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    parts = [f"{c} {n}" for c, n in ranked[:most]]
+    if len(ranked) > most:
+        parts.append(f"{len(ranked) - most} more classes {sum(n for _, n in ranked[most:])}")
+    return ", ".join(parts + [f"{flag} {n}" for flag, n in flags.items() if n])
