@@ -24,7 +24,8 @@ def per_class_table(metrics: dict, title: str, limit: int | None = None, full_at
     for c in shown:
         m = metrics["per_class"][c]
         t.add_row(escape(c), f"{m['precision']:.1%}", f"{m['recall']:.1%}", f"{m['f1']:.3f}", str(m["support"]))
-    rest = [metrics["per_class"][c]["f1"] for c in classes if c not in set(shown)]
+    listed = set(shown)
+    rest = [metrics["per_class"][c]["f1"] for c in classes if c not in listed]
     if rest:
         t.add_row(f"[dim]… {len(rest)} more", "", "", f"[dim]≥ {min(rest):.3f}", "", end_section=True)
     avg = metrics["macro_avg"]

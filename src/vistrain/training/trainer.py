@@ -232,7 +232,9 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
 
     train_pixels = canvases = valid_pixels = None
     pixel_cache = PixelCache(cfg.data.cache_dir, prep) if cfg.data.cache_dir else None
-    used_since = time.time()  # pixel-cache entries touched from now on are this run's: never trimmed
+    # Pixel-cache entries touched from now on are this run's: never trimmed. (2 s early: some file
+    # systems keep modification times to the second or two.)
+    used_since = time.time() - 2
     pixel_limit = pixel_cache_limit() if pixel_cache is not None else None  # a bad setting fails now
     if want_finetune:  # fine-tuning reads every image; the probe alone may need none (cached features)
         with ui.stage("decode", len(train) + len(valid)) as advance:
