@@ -120,3 +120,35 @@ def test_thumbnails_show_photos_upright_and_read_heic(review):
     assert heic.status_code == 200
     left, right = np.asarray(Image.open(io.BytesIO(heic.content)))[20, [4, 60]]
     assert left[0] > 150 > left[2] and right[2] > 150 > right[0]
+
+
+def test_class_names_are_text_and_p_accepts_the_prediction(browser, tmp_path):
+    """Folder names may hold markup characters; the page shows them as written. A likely label
+    error is fixed with one key: p relabels to the class the model predicted."""
+    from vistrain.clean.audit import Finding
+
+    odd = 'say "hi" <b>loud</b>'.replace("/", "")  # a legal folder name; '/' is the one character that is not
+    root = write_class_folders(tmp_path / "photos", per_class=4, classes=("circles", "squares"))
+    (root / "squares").rename(root / odd)
+    result = audit(AuditConfig(DataConfig(root, cache_dir=tmp_path / "cache"), features=False))
+    wrong = f"{odd}/squares_1.png"
+    result.findings.append(Finding("label_error", "labelled odd, but the model says circles", [wrong],
+                                   [odd, "circles"], 0.9))
+    result.predictions[wrong] = {"label": odd, "predicted": "circles", "probability": 0.93, "self_confidence": 0.05}
+    original = (root / wrong).read_bytes()
+    with live_server(create_app(root, result), start_timeout=20) as url:
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector(".card")
+        paths = page.eval_on_selector_all(".card", "cs => cs.map(c => c.dataset.path)")
+        card = page.locator(".card").nth(paths.index(wrong))  # a CSS selector cannot quote this name
+        options = card.locator("select option").all_inner_texts()
+        assert sorted(options) == sorted(["1. circles", f"2. {odd}"]) and card.locator("b.given").inner_text() == odd
+        assert card.locator("select").input_value() == odd  # the current label is selected, markup and all
+        assert card.locator("button.accept").inner_text() == "Relabel to circles"
+        card.locator(".msg").click()
+        page.keyboard.press("p")
+        page.wait_for_selector('.card[data-status="relabel"]')
+        assert (root / "circles/squares_1.png").read_bytes() == original and not (root / wrong).exists()
+        assert card.locator("button.accept").is_hidden()  # nothing left to accept
+        page.close()

@@ -154,7 +154,7 @@ PAGE = """<!doctype html>
 <body>
 <header><b>vistrain clean</b><span id="status">loading...</span>
 <button id="undo" title="u">Undo</button>
-<span class="keys">&larr;/&rarr; move &middot; k keep &middot; q quarantine &middot; 1-9 relabel to class n &middot; u undo</span></header>
+<span class="keys">&larr;/&rarr; move &middot; k keep &middot; q quarantine &middot; p relabel to the predicted class &middot; 1-9 relabel to class n &middot; u undo</span></header>
 <main id="grid"></main>
 <script>
 let S = null, focus = 0;
@@ -178,13 +178,20 @@ function render() {
     const c = document.createElement("div");
     c.className = "card " + s.status + (i === focus ? " focus" : "");
     c.dataset.path = s.path; c.dataset.status = s.status;
-    const opts = S.classes.map((k, n) => `<option value="${k}" ${k === s.current_label ? "selected" : ""}>${n + 1}. ${k}</option>`).join("");
     c.innerHTML = `<img loading="lazy" alt="">
       <div><span class="kind"></span> <span class="score"></span></div>
       <div>given <b class="given"></b>; predicted <b class="pred"></b></div>
       <div class="msg"></div><div class="path"></div><div class="state"></div>
       <button class="keep">Keep</button> <button class="quar">Quarantine</button>
-      <select>${opts}</select> <button class="relabel">Relabel</button>`;
+      <button class="accept" hidden></button>
+      <select></select> <button class="relabel">Relabel</button>`;
+    // Class names are folder names: text, never markup (a folder may be called "a<b" or 'say "hi"').
+    S.classes.forEach((k, n) => $("select", c).add(new Option(`${n + 1}. ${k}`, k, false, k === s.current_label)));
+    if (canAccept(s)) {
+      const b = $(".accept", c);
+      b.hidden = false; b.textContent = "Relabel to " + s.predicted; b.title = "p";
+      b.onclick = () => act("relabel", i, s.predicted);
+    }
     $("img", c).src = "/api/thumb?path=" + encodeURIComponent(s.current);
     $(".kind", c).textContent = s.kind.replace("_", " ");
     $(".score", c).textContent = s.score == null ? "" : "score " + s.score.toFixed(2);
@@ -205,6 +212,7 @@ function render() {
     (S.undo ? ` - undo: ${S.undo}` : "") + (S.recovered.length ? ` - recovered: ${S.recovered.join("; ")}` : "");
   $("#undo").disabled = !S.undo;
 }
+function canAccept(s) { return !!s.predicted && s.predicted !== s.current_label && S.classes.includes(s.predicted); }
 function highlight() {
   document.querySelectorAll(".card").forEach((c, i) => c.classList.toggle("focus", i === focus));
   const f = document.querySelectorAll(".card")[focus]; if (f) f.scrollIntoView({block: "nearest"});
@@ -222,6 +230,7 @@ document.addEventListener("keydown", e => {
   else if (e.key === "ArrowLeft" || e.key === "h") { focus = Math.max(focus - 1, 0); highlight(); }
   else if (e.key === "k") act("keep", focus);
   else if (e.key === "q") act("quarantine", focus);
+  else if (e.key === "p" && S.suspects[focus] && canAccept(S.suspects[focus])) act("relabel", focus, S.suspects[focus].predicted);
   else if (e.key === "u" || (e.key === "z" && (e.ctrlKey || e.metaKey))) undo();
   else if (/^[1-9]$/.test(e.key) && S.classes[+e.key - 1]) act("relabel", focus, S.classes[+e.key - 1]);
 });
