@@ -205,3 +205,17 @@ def test_records_know_size_format_and_hash(class_folders):
     r = idx.records[0]
     assert (r.width, r.height) == (56, 48)
     assert r.format == "PNG" and r.mode == "RGB" and len(r.sha1) == 40
+
+
+def test_an_unmarked_unsure_folder_is_a_class_with_a_warning(tmp_path):
+    """``predict --into`` folders from before their marker file look like classes: say so."""
+    from vistrain.data.layout import discover
+
+    root = write_class_folders(tmp_path / "photos", per_class=3)
+    (root / "unsure").mkdir()
+    make_image("circles", seed=9).save(root / "unsure" / "x.png")
+    layout = discover(root)
+    assert "unsure" in {e.label for e in layout.entries}  # a person decides, vistrain does not drop photos
+    note = next(n for n in layout.notes if n.startswith("unsure/ is taken as a class"))
+    assert "'unsure' folder of `vistrain predict --into`" in note and "move it out" in note
+    assert not any("circles/" in n and "predict --into" in n for n in layout.notes)

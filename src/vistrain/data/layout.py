@@ -62,6 +62,8 @@ def _wanted_dir(d: Path) -> bool:
 
 # Left by ``predict --into DIR`` in DIR: copies sorted by a model, not labelled by a person.
 SORTED_MARKER = ".vistrain-sorted"
+# The folders ``predict --into`` puts flagged answers in (api.flag_folder), by either name.
+FLAG_FOLDERS = ("unsure", "unfamiliar", "unsure (vistrain)", "unfamiliar (vistrain)")
 
 
 def vistrain_output(d: Path) -> str | None:
@@ -171,6 +173,10 @@ def _class_entries(folder: Path, split: str | None, notes: list[str], root: Path
                 nested[sub] = nested.get(sub, 0) + 1
         if (len(entries), len(skipped)) == before:
             notes.append(f"{d.relative_to(root)}/ has no files: not a class")
+        elif d.name in FLAG_FOLDERS:
+            # Versions before the marker left no trace in these: a person should decide.
+            notes.append(f"{d.relative_to(root)}/ is taken as a class, but it may be the {d.name.split()[0]!r} folder "
+                         f"of `vistrain predict --into` (copies a model answered, not labels): if so, move it out")
     if nested:
         shown = ", ".join(f"{sub}/" for sub in list(nested)[:3]) + (f" and {len(nested) - 3} more" if len(nested) > 3 else "")
         notes.append(f"{sum(nested.values())} file(s) in sub-folders of class folders ({shown}), "
