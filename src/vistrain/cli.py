@@ -4,6 +4,7 @@ calls one library function and prints a report."""
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import pkgutil
 import sys
@@ -44,6 +45,25 @@ def main(argv: list[str] | None = None) -> int:
         # Our errors (DataError, TrainError, BackboneError, ModelError...) say what is wrong and where.
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
+    except Exception as exc:
+        said = disk_error(exc)
+        if said is None:
+            raise  # a bug: the traceback is what a report of it needs
+        console.print(f"[bold red]error:[/] {said}", highlight=False)
+        return 2
+
+
+def disk_error(exc: Exception) -> str | None:
+    """What to tell a person when a write failed for want of space or permission (no traceback for
+    that); None for anything else. safetensors reports a full disk in its own error's text."""
+    full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in str(exc)
+    if full:
+        what = (f" (writing {exc.filename})" if exc.filename else "") if isinstance(exc, OSError) else f" ({exc})"
+        return (f"no space left on the disk{what}. `vistrain cache` shows what vistrain's cache holds; "
+                "`vistrain cache --clear pixels` frees the most, and costs only decoding time")
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename or exc}"
+    return None
 
 
 if __name__ == "__main__":
