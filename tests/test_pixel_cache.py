@@ -129,6 +129,7 @@ def test_cache_command_reports_sizes_and_clears_parts(class_folders, tmp_path, c
     assert main(["cache", "--cache-dir", str(cache)]) == 0
     shown = capsys.readouterr().out
     assert "features" in shown and "scan" in shown and "MB" in shown
+    assert "pixels are kept to 20 GB ($VISTRAIN_PIXEL_CACHE_GB)" in " ".join(shown.split())
     assert (cache / "features").exists()
     assert main(["cache", "--cache-dir", str(cache), "--clear", "features"]) == 0
     assert not (cache / "features").exists() and (cache / "scan.json").exists()

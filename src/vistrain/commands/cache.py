@@ -19,7 +19,13 @@ def register(sub) -> None:
 def run(args, console, reporter) -> int:
     from rich.table import Table
 
-    from vistrain.cache import PARTS, cache_usage, clear_cache
+    from vistrain.cache import (
+        PARTS,
+        PIXEL_LIMIT_ENV,
+        cache_usage,
+        clear_cache,
+        pixel_cache_limit,
+    )
     from vistrain.data.dataset import default_cache_dir
 
     root = args.cache_dir or default_cache_dir()
@@ -35,6 +41,10 @@ def run(args, console, reporter) -> int:
     for u in usage:
         table.add_row(u.part, str(u.files), f"{u.bytes / 1e6:.1f} MB", str(u.path))
     console.print(table)
+    limit = pixel_cache_limit()
     console.print(f"total {sum(u.bytes for u in usage) / 1e6:.1f} MB; "
-                  "clear with: vistrain cache --clear pixels|features|scan|onnx|all")
+                  "clear with: vistrain cache --clear pixels|features|scan|onnx|all", highlight=False)
+    console.print(f"pixels are kept to {limit / 1e9:g} GB (${PIXEL_LIMIT_ENV}): each training run ends by removing "
+                  "the entries used longest ago" if limit != float("inf") else
+                  f"pixels: no size limit (${PIXEL_LIMIT_ENV}=inf)", highlight=False)
     return 0
