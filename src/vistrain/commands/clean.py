@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vistrain.commands import add_data_flags
+from vistrain.commands import add_data_flags, check_address
 from vistrain.commands.audit import audit_config
-from vistrain.commands.serve import check_address
 
 NAME = "clean"
 ORDER = 16

@@ -24,6 +24,7 @@ def register(sub) -> None:
 def run(args, console, reporter) -> int:
     import uvicorn
 
+    from vistrain.commands import check_address
     from vistrain.runtime import find_export, read_export
     from vistrain.serve import ServeConfig, create_app
 
@@ -42,23 +43,3 @@ def run(args, console, reporter) -> int:
     uvicorn.run(create_app(cfg), host=args.host, port=args.port, log_level="warning")
     return 0
 
-
-def check_address(host: str, port: int) -> None:
-    """Refuse a port out of range, a host that does not resolve, or an address already in use,
-    before the banner says "Serving" (uvicorn would print a traceback or its own error after it)."""
-    import errno
-    import socket
-
-    if not 1 <= port <= 65535:
-        raise ValueError(f"--port {port} must be between 1 and 65535")
-    try:
-        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except socket.gaierror as exc:
-        raise ValueError(f"--host {host}: {exc.strerror}") from None
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            probe.bind(addr)
-        except OSError as exc:
-            hint = ": another program is listening there (try another --port)" if exc.errno == errno.EADDRINUSE else ""
-            raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None

@@ -98,12 +98,10 @@ class DiskCanvases(Sequence):
         return len(self.keys)
 
     def _get(self, i: int) -> np.ndarray:
-        arrays = self.cache.load(self.keys[i])
-        if arrays is not None:
-            return arrays["canvas"]
         if self.paths is None:
-            return self.cache.canvas(self.keys[i])  # raises, naming the entry
-        return self.cache.build(self.keys[i], self.paths[i])[1]
+            return self.cache.canvas(self.keys[i])  # a missing entry raises, naming it
+        arrays = self.cache.load(self.keys[i])
+        return arrays["canvas"] if arrays is not None else self.cache.build(self.keys[i], self.paths[i])[1]
 
     def __getitem__(self, i):
         if isinstance(i, slice):
