@@ -100,6 +100,8 @@ def test_probe_c_auto_means_chosen_and_bad_values_are_named(tmp_path):
     for bad in ("strong", 0.0, -1.0):
         with pytest.raises(TrainError, match=f"positive number, or auto \\(got {bad!r}\\)"):
             TrainConfig(DataConfig(tmp_path), tmp_path / "run", probe_c=bad)
+    with pytest.raises(TrainError, match=r"familiarity must be true or false \(got 'no'\)"):
+        TrainConfig(DataConfig(tmp_path), tmp_path / "run", familiarity="no")  # YAML 1.1 would have read a bare no
 
 
 def test_budget_decisions_pin_only_what_the_clock_decided(tmp_path):

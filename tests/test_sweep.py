@@ -20,6 +20,7 @@ from conftest import write_class_folders
 
 from vistrain.cli import main
 from vistrain.config_file import ConfigError, load_config
+from vistrain.familiarity import FAMILIAR_FILE
 from vistrain.sweep.space import grid, load_space
 
 SPACE = {"mode": "probe", "image_size": 64, "time_budget": None,
@@ -69,15 +70,19 @@ def test_sqlite_sweep_writes_table_plots_and_a_reproducible_best_yaml(sweep_data
     assert len({round(t.params["probe_c"], 9) for t in trials}) == 4  # the sampler explored
     for t in trials:  # each trial is an ordinary run whose validation accuracy is the trial's value
         assert t.value == pytest.approx(_valid_accuracy(Path(t.user_attrs["run_dir"])))
+        # ... without the familiarity check: a trial ships nothing, so it skips that pass
+        assert not (Path(t.user_attrs["run_dir"]) / FAMILIAR_FILE).exists()
     with (out / "trials.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [int(r["trial"]) for r in rows] == [0, 1, 2, 3] and {"probe_c", "resize", "value"} <= set(rows[0])
 
     best = load_config(out / "best.yaml")  # a valid --config file
     assert best["probe_c"] == pytest.approx(study.best_params["probe_c"]) and best["mode"] == "probe"
+    assert "familiarity" not in best
     assert main(["train", "--config", str(out / "best.yaml"), "--out", str(tmp_path / "again"),
                  "--cache-dir", str(cache_dir)]) == 0
     assert _valid_accuracy(tmp_path / "again") == pytest.approx(study.best_value)
+    assert (tmp_path / "again" / FAMILIAR_FILE).is_file()  # the model to ship has the check
 
     page = browser.new_page()
     page.goto((out / "sweep.html").as_uri())

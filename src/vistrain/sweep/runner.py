@@ -136,6 +136,9 @@ def run_sweep(cfg: SweepConfig, reporter: Reporter | None = None):
         values = suggest(trial, cfg.space)
         options = to_options(values, base, f"trial {trial.number}")
         options.pop("valid_fraction", None)
+        # A trial is scored, not shipped (best.yaml retrains the winner, with the check): on climbing the
+        # fine-tuned network's familiarity pass took ~29 s of each trial.
+        options.setdefault("familiarity", False)
         run_dir = cfg.out / "trials" / f"{trial.number:04d}"
         trial.set_user_attr("worker", me)
         trial.set_user_attr("run_dir", str(run_dir.resolve()))

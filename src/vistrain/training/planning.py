@@ -60,7 +60,8 @@ def plan_finetuning(ui, model, canvases, y_train, valid_pixels, prep, ft_cfg: Fi
         margin = (3 if ft_cfg.augment.flip == "auto" else 2) * eval_s
         # And for the fine-tuned network's familiarity features (training.familiar): one more pass
         # over the validation photos and (a sample of) the training photos.
-        margin += eval_s * (min(len(canvases), MAX_BANK) + len(valid_pixels)) / max(len(valid_pixels), 1)
+        if cfg.familiarity:
+            margin += eval_s * (min(len(canvases), MAX_BANK) + len(valid_pixels)) / max(len(valid_pixels), 1)
         ft_cfg.time_budget = cfg.time_budget - (time.perf_counter() - t_start) - margin
     planned, epoch_s = plan_epochs(ft_cfg, len(canvases), step_s, eval_s)
     planned = int(agree_min(planned))  # every process must run the same epochs

@@ -116,6 +116,8 @@ class TrainConfig:
     max_memory: float | None = None  # GB for the whole process while fine-tuning on the CPU; None: half the free memory
     # auto: when fewer than MIN_FINETUNE_EPOCHS fit the budget, spend it on probes of partner backbones (training.grow)
     ensemble: str = "auto"
+    # False: no familiarity check (one pass fewer over the photos: sweep trials, which ship nothing)
+    familiarity: bool = True
 
     def __post_init__(self) -> None:
         get_backbone(self.backbone)  # raises with the list of choices
@@ -126,6 +128,8 @@ class TrainConfig:
                              f"(--mode probe or auto), not --mode finetune")
         if self.ensemble not in ENSEMBLES:
             raise TrainError(f"ensemble {self.ensemble!r} is not one of {', '.join(ENSEMBLES)}")
+        if not isinstance(self.familiarity, bool):
+            raise TrainError(f"familiarity must be true or false (got {self.familiarity!r})")
         if self.epochs < 1:
             raise TrainError(f"epochs must be at least 1 (got {self.epochs})")
         if self.time_budget is not None and self.time_budget <= 0:
@@ -382,7 +386,10 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
         test_logits = probe_logits(f_test, model.head.weight.detach().cpu(), model.head.bias.detach().cpu())
     known = (f_train, f_valid) if stage == "probe" and resumed is None and model_cfg.backbone == cfg.backbone else None
     familiarity = None
-    if stage == "finetune" and ft_state.interrupted:  # Ctrl-C asked to stop now, not after one more pass
+    if not cfg.familiarity:
+        notes.append("no familiarity check (familiarity: false): predict cannot say which photos are unlike "
+                     "the training ones")
+    elif stage == "finetune" and ft_state.interrupted:  # Ctrl-C asked to stop now, not after one more pass
         notes.append("no familiarity check (training was interrupted): --resume finishes the run with it")
     else:
         familiarity = fit_familiarity(ui, stage, model, model_cfg.backbone, train, y_train, valid, prep, caches,
