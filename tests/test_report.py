@@ -54,6 +54,10 @@ def test_report_page_in_a_browser(run_copy, mislabelled, browser, capsys):
         errors = page.inner_text("#errors")
         assert "circles / squares" in errors and "odd_circle.png" in errors  # predicted / actual, fastai's order
         assert page.eval_on_selector_all("#errors figure img", "els => els.length") == 1
+        # Two correct examples per class (every other image was right), photo and heat map side by side.
+        tiles = page.eval_on_selector_all("#heatmaps figure img", "els => els.map(e => [e.naturalWidth, e.naturalHeight])")
+        n_classes = len([d for d in mislabelled.iterdir() if d.is_dir()])
+        assert tiles == [[480, 240]] * (2 * n_classes)
         assert "duplicate" in page.inner_text("#audit")
         assert "[" in page.inner_text("#metrics")  # confidence intervals shown
     finally:
@@ -173,3 +177,12 @@ def test_class_counts_of_many_classes_is_a_ranked_profile():
     assert h < 600 and w < 1200  # one chart of ranked columns, not 0.35 inch of bars per class and split
     w, h = Image.open(io.BytesIO(plots.class_counts(counts, classes[:5]))).size
     assert h > 300  # few classes: labelled bars, one group per class
+
+
+def test_many_classes_get_one_smaller_correct_example_each_unless_asked():
+    from vistrain.evaluation.plots import MANY_CLASSES
+    from vistrain.evaluation.report import SMALL_TILE, TILE, correct_examples
+
+    assert correct_examples(MANY_CLASSES, None) == (2, TILE)
+    assert correct_examples(MANY_CLASSES + 1, None) == (1, SMALL_TILE)  # 150 classes: 13.8 MB of tiles before
+    assert correct_examples(150, 3) == (3, SMALL_TILE) and correct_examples(5, 0) == (0, TILE)

@@ -19,8 +19,8 @@ def register(sub) -> None:
     r.add_argument("--target-precision", type=float, default=None, metavar="P",
                    help="precision the 'unsure' threshold must reach (default: the run's, else 0.95)")
     r.add_argument("--top-losses", type=int, default=16, metavar="N", help="worst errors to show (default 16)")
-    r.add_argument("--per-class", type=int, default=2, metavar="N",
-                   help="correct predictions per class shown with heat maps (default 2)")
+    r.add_argument("--per-class", type=int, default=None, metavar="N",
+                   help="correct predictions per class shown with heat maps (default 2; 1, smaller, above 40 classes)")
     r.add_argument("--tta", action="store_true", help="average each image with its mirror image; reports the gain")
     add_device_flag(r, "the model runs")
     add_data_flags(r)

@@ -71,7 +71,10 @@ def _section(sid: str, title: str, body: str) -> str:
     return f'<section id="{sid}"><h2>{escape(title)}</h2>{body}</section>'
 
 
-def heat_tiles(predictor: Predictor, paths: list[str], targets: np.ndarray, size: int = 240) -> list[str | None]:
+TILE, SMALL_TILE = 240, 160  # heat-map tile heights; SMALL_TILE above plots.MANY_CLASSES classes
+
+
+def heat_tiles(predictor: Predictor, paths: list[str], targets: np.ndarray, size: int = TILE) -> list[str | None]:
     """Side-by-side (photo | Grad-CAM overlay for the target class) as JPEG data URIs; None when unreadable."""
     prep = predictor.config.preprocessing
     pixels, good = [], []
@@ -230,21 +233,35 @@ def _errors_section(a: Analysis, predictor: Predictor, top_n: int, errors_dir: P
     return "".join(body)
 
 
-def _correct_section(a: Analysis, predictor: Predictor, per_class: int) -> str:
+def correct_examples(n_classes: int, per_class: int | None) -> tuple[int, int]:
+    """(examples per class, tile height in pixels) for the correct-predictions section.
+
+    Every class keeps an example: a class that learned the background can score well, so no ranking
+    picks the classes worth checking. With many classes, fewer and smaller tiles keep the page
+    openable (150 classes: 13.8 MB at 2 per class and 240 px)."""
+    many = n_classes > plots.MANY_CLASSES
+    return (per_class if per_class is not None else 1 if many else 2), (SMALL_TILE if many else TILE)
+
+
+def _correct_section(a: Analysis, predictor: Predictor, per_class: int | None) -> str:
     probs = a.probabilities
     right = a.y_pred == a.y_true
+    per_class, size = correct_examples(len(a.classes), per_class)
     chosen = []
     for c in range(len(a.classes)):
         idx = np.flatnonzero(right & (a.y_true == c))
         chosen += list(idx[np.argsort(-probs[idx, c], kind="stable")][:per_class])
     if not chosen:
         return "<p>No correct predictions to show.</p>"
-    tiles = heat_tiles(predictor, [a.paths[i] for i in chosen], a.y_true[chosen])
+    tiles = heat_tiles(predictor, [a.paths[i] for i in chosen], a.y_true[chosen], size)
     figs = [f'<figure><img alt="{escape(a.paths[i])}" src="{uri}"><figcaption><b class=good>{escape(a.classes[a.y_true[i]])}</b>'
             f" {probs[i, a.y_true[i]]:.2f}<br>{escape(Path(a.paths[i]).name)}</figcaption></figure>"
             for i, uri in zip(chosen, tiles) if uri]
-    return ("<p>The most confident correct predictions of each class, with Grad-CAM for that class: check that the "
-            f'model looks at the subject, not at the background.</p><div class="grid">{"".join(figs)}</div>')
+    smaller = (f" With {len(a.classes)} classes the tiles are smaller (<code>--per-class N</code> shows more)."
+               if size == SMALL_TILE else "")
+    return (f"<p>The {'most confident correct prediction' if per_class == 1 else 'most confident correct predictions'}"
+            " of each class, with Grad-CAM for that class: check that the model looks at the subject, not at the "
+            f'background.{smaller}</p><div class="grid">{"".join(figs)}</div>')
 
 
 def _calibration_section(a: Analysis) -> str:
@@ -291,7 +308,7 @@ def _abstention_section(a: Analysis) -> str:
     return text + _img(plots.coverage(a.curve.coverage, a.curve.accuracy, t, chosen), "accuracy versus coverage")
 
 
-def render_report(run_dir: Path, a: Analysis, predictor: Predictor, top_n: int = 16, per_class: int = 2,
+def render_report(run_dir: Path, a: Analysis, predictor: Predictor, top_n: int = 16, per_class: int | None = None,
                   reporter: Reporter | None = None) -> str:
     ui = reporter or SilentReporter()
     errors_dir = run_dir / "errors"
@@ -332,10 +349,12 @@ def render_report(run_dir: Path, a: Analysis, predictor: Predictor, top_n: int =
 
 
 def write_report(run_dir: Path | str, data: Path | str | None = None, label_from_name: str | None = None,
-                 target_precision: float | None = None, tta: bool = False, top_n: int = 16, per_class: int = 2,
+                 target_precision: float | None = None, tta: bool = False, top_n: int = 16, per_class: int | None = None,
                  reporter: Reporter | None = None, cache_dir: Path | None = None,
                  device: str = "auto") -> tuple[Path, Analysis]:
     """Analyse the run on ``data`` (default: its validation split) and write ``RUN/report.html``.
+
+    ``per_class``: correct predictions shown per class (None: 2, or 1 above ``plots.MANY_CLASSES`` classes).
 
     ``device``: where the model runs (auto|cpu|cuda, see :mod:`vistrain.training.device`)."""
     from vistrain.evaluation.analysis import analyse
@@ -343,8 +362,10 @@ def write_report(run_dir: Path | str, data: Path | str | None = None, label_from
     run_dir = Path(run_dir)
     if target_precision is not None and not 0 < target_precision < 1:
         raise ValueError(f"target precision {target_precision} must be between 0 and 1 (e.g. 0.95)")
-    if top_n < 1 or per_class < 0:
-        raise ValueError(f"top losses {top_n} must be at least 1 and samples per class {per_class} at least 0")
+    if top_n < 1:
+        raise ValueError(f"top losses {top_n} must be at least 1")
+    if per_class is not None and per_class < 0:
+        raise ValueError(f"correct predictions per class {per_class} must be at least 0")
     predictor = Predictor.from_folder(run_dir, device=device)
     a = analyse(run_dir, predictor, data, label_from_name, target_precision, tta, reporter, cache_dir)
     out = run_dir / "report.html"
