@@ -9,6 +9,7 @@ import yaml
 
 from vistrain.cli import build_parser, main
 from vistrain.config_file import ConfigError, load_config, resolve_train_args
+from vistrain.familiarity import FAMILIAR_FILE
 
 
 def _resolve(argv):
@@ -64,13 +65,14 @@ def test_resume_reads_the_runs_own_settings_and_typed_flags_win(tmp_path):
 def test_resolved_config_in_the_run_reproduces_it(class_folders, tmp_path, cache_dir):
     cfg = tmp_path / "base.yaml"
     cfg.write_text(yaml.safe_dump({"mode": "probe", "image_size": 64, "time_budget": None, "seed": 4,
-                                   "probe_c": 0.05, "resize": "squish"}))
+                                   "probe_c": 0.05, "resize": "squish", "familiarity": False}))
     first, second = tmp_path / "first", tmp_path / "second"
     assert main(["train", str(class_folders), "--config", str(cfg), "--seed", "2", "--out", str(first),
                  "--cache-dir", str(cache_dir)]) == 0
     resolved = yaml.safe_load((first / "train_config.yaml").read_text())
     assert resolved["seed"] == 2 and resolved["probe_c"] == 0.05 and resolved["resize"] == "squish"
     assert resolved["data"] == str(class_folders) and resolved["time_budget"] is None
+    assert resolved["familiarity"] is False and not (first / FAMILIAR_FILE).exists()  # a config-file-only setting
     assert json.loads((first / "config.json").read_text())["preprocessing"]["resize"] == "squish"
     # The resolved file alone (no DATA argument) trains the same model on the same split.
     assert main(["train", "--config", str(first / "train_config.yaml"), "--out", str(second),
@@ -80,6 +82,7 @@ def test_resolved_config_in_the_run_reproduces_it(class_folders, tmp_path, cache
     assert m1["valid"] == m2["valid"]
     assert m1["valid"]["note"] == "validation images were not used for fitting"  # C given, not chosen on them
     assert yaml.safe_load((second / "train_config.yaml").read_text()) == resolved
+    assert not (second / FAMILIAR_FILE).exists()
 
 
 def test_cli_reports_a_bad_config_file_and_exits_2(tmp_path, capsys):
