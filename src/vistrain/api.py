@@ -204,6 +204,9 @@ def _resolve_cache(cache_dir: Path | str | bool | None) -> Path | None:
     return Path(cache_dir)
 
 
+OPTIMISTIC = "a slightly optimistic estimate"  # ends metrics["valid"]["note"] when validation chose something
+
+
 def _final_metrics(index: DatasetIndex, result: TrainResult, predictor: Predictor, ui: Reporter,
                    probe_c: float | None) -> dict:
     classes = result.model_config.classes
@@ -216,7 +219,7 @@ def _final_metrics(index: DatasetIndex, result: TrainResult, predictor: Predicto
         use = "chose the probe's regularisation strength (and between ensemble and single probe, if both were fitted)"
     else:
         use = None
-    metrics["valid"]["note"] = (f"validation images {use}: a slightly optimistic estimate" if use
+    metrics["valid"]["note"] = (f"validation images {use}: {OPTIMISTIC}" if use
                                 else "validation images were not used for fitting")
     test = index.split("test")
     if test:
@@ -385,6 +388,16 @@ def write_predictions_csv(rows: list[dict], path: Path, top_k: int) -> None:
             w.writerow(line + [r["error"] or ""])
 
 
+def answer_kind(row: dict) -> str:
+    """What an answer is, by the precedence ``--into`` sorts by: ``failed``, ``unfamiliar``,
+    ``unsure`` or ``class`` (confident: its label)."""
+    if row["label"] is None:
+        return "failed"
+    if row.get("familiar") is False:
+        return "unfamiliar"
+    return "unsure" if row["unsure"] else "class"
+
+
 def flag_folder(name: str, classes: list[str]) -> str:
     """``unsure`` or ``unfamiliar``, unless a class has that name: then the flag's folder must differ."""
     return f"{name} (vistrain)" if name in classes else name
@@ -405,10 +418,10 @@ def sort_into(rows: list[dict], folder: Path, classes: list[str] = ()) -> list[P
         "note": "copies sorted by a model's predictions; vistrain does not train on them when this folder "
                 "lies inside a training folder (train on this folder itself to use them)"}, indent=2) + "\n")
     for r in rows:
-        if r["label"] is None:
+        kind = answer_kind(r)
+        if kind == "failed":
             continue
-        dest_dir = folder / (flag_folder("unfamiliar", classes) if r.get("familiar") is False
-                             else flag_folder("unsure", classes) if r["unsure"] else r["label"])
+        dest_dir = folder / (r["label"] if kind == "class" else flag_folder(kind, classes))
         dest_dir.mkdir(parents=True, exist_ok=True)
         src = Path(r["path"])
         dest = dest_dir / src.name

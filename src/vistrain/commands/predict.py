@@ -67,17 +67,16 @@ TABLE_ROWS = 20  # rows shown when the answers also go to --csv or --into
 def answer_counts(rows: list[dict], most: int = 10) -> str:
     """``dress 120, hat 64, …, unfamiliar 2, unsure 7, failed 1``: classes by count (the ``most``
     largest), then the flags, each image counted once where ``--into`` would copy it."""
+    from vistrain.api import answer_kind
+
     counts: dict[str, int] = {}
     flags = {"unfamiliar": 0, "unsure": 0, "failed": 0}
     for r in rows:
-        if r["error"]:
-            flags["failed"] += 1
-        elif r.get("familiar") is False:
-            flags["unfamiliar"] += 1
-        elif r["unsure"]:
-            flags["unsure"] += 1
-        else:
+        kind = answer_kind(r)
+        if kind == "class":
             counts[r["label"]] = counts.get(r["label"], 0) + 1
+        else:
+            flags[kind] += 1
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     parts = [f"{c} {n}" for c, n in ranked[:most]]
     if len(ranked) > most:

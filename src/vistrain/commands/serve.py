@@ -42,4 +42,3 @@ def run(args, console, reporter) -> int:
                   f"(API docs at /docs); Ctrl+C stops", highlight=False)
     uvicorn.run(create_app(cfg), host=args.host, port=args.port, log_level="warning")
     return 0
-

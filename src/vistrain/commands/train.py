@@ -61,7 +61,7 @@ SUMMARY_CLASSES = 20  # per-class rows in the summary; more classes show their w
 
 
 def run(args, console, reporter) -> int:
-    from vistrain.api import train
+    from vistrain.api import OPTIMISTIC, train
     from vistrain.evaluation.confidence import describe
     from vistrain.evaluation.render import (
         ci_text,
@@ -99,7 +99,7 @@ def run(args, console, reporter) -> int:
                   + (" (mixed precision)" if res.amp else "") + f". Kept: {kept}.")
     console.print(f"  validation accuracy {m['valid']['accuracy']:.1%} ({m['valid']['errors']} of {m['valid']['n']} wrong"
                   f"{ci_text(m['valid'])}); linear probe alone {res.probe_accuracy:.1%}")
-    if "slightly optimistic" in m["valid"].get("note", ""):
+    if m["valid"].get("note", "").endswith(OPTIMISTIC):
         console.print(f"  [dim]{m['valid']['note']}"
                       + ("; the test images were used for nothing[/]" if "test" in m else
                          "; a test/ folder (or `vistrain evaluate` on new photos) gives an unbiased figure[/]"))
