@@ -3,13 +3,16 @@ oversized upload, OpenAPI fuzzing with schemathesis, and the web page in headles
 
 from __future__ import annotations
 
+import base64
+import csv
 import io
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 import schemathesis
-from conftest import live_server, make_image
+from conftest import CHROMIUM, CHROMIUM_ARGS, live_server, make_image
 from hypothesis import HealthCheck, given, settings
 from PIL import Image
 
@@ -116,6 +119,131 @@ def test_web_page_shows_the_prediction(live_url, browser, tmp_path, trained_run)
         assert "notes.png: not an image" in page.inner_text("#error")
     finally:
         page.close()
+
+
+def test_web_page_classifies_several_photos_into_a_table_and_a_csv(live_url, browser, tmp_path, trained_run):
+    """Seven photos, more than the server's --max-files of 4: the page sends them one per request and
+    lists every answer; a broken file gets its reason in its own row; the CSV has predict's columns."""
+    data = trained_run[1]
+    picked = {}
+    for kind in ("circles", "squares", "stripes"):
+        for k, src in enumerate(sorted((data / kind).iterdir())[:2]):
+            dst = tmp_path / f"{kind}, no. {k}.png"  # a comma: the CSV must quote it
+            dst.write_bytes(src.read_bytes())
+            picked[dst.name] = kind
+    Image.open(tmp_path / "circles, no. 0.png").save(tmp_path / "circles.tif")  # a format Chromium cannot show
+    picked["circles.tif"] = "circles"
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"not an image at all")
+    files = [str(tmp_path / name) for name in picked] + [str(bad)]
+    page = browser.new_page()
+    try:
+        page.goto(live_url + "/")
+        page.set_input_files("#file", files)
+        page.wait_for_selector("#csv:not([hidden])", timeout=60_000)
+        assert page.locator("#rows tr").count() == 8
+        answers = dict(zip(page.locator("#rows td:nth-child(2)").all_inner_texts(),
+                           page.locator("#rows td.answer").all_inner_texts()))
+        assert answers["notes.png"].startswith("notes.png: not an image")
+        assert {name: answers[name].split(" (")[0] for name in picked} == picked
+        # Tiny validation sets make rough thresholds: count the flags the rows show, as the summary must.
+        flags = [f"{n} {flag}" for flag in ("unsure", "unfamiliar")
+                 if (n := sum(f"({flag})" in a for a in answers.values()))]
+        said = f" ({', '.join(flags)})" if flags else ""
+        assert page.inner_text("#summary") == f"8 photos: 7 classified{said}, 1 failed"
+        # The TIFF's thumbnail is the model's view of it (its heat map); the others show the photo.
+        thumbs = dict(zip(page.locator("#rows td:nth-child(2)").all_inner_texts(),
+                          page.locator("#rows td:first-child img").evaluate_all("(els) => els.map((e) => e.src)")))
+        assert thumbs["circles.tif"].startswith("data:image/png;base64,")
+        assert thumbs["circles, no. 0.png"].startswith("blob:")
+        text = page.evaluate("fetch(document.getElementById('csv').href).then((r) => r.text())")
+        rows = list(csv.DictReader(io.StringIO(text)))
+        assert list(rows[0]) == ["path", "label", "probability", "unsure", "familiar", "similarity", "top1",
+                                 "top1_probability", "top2", "top2_probability", "top3", "top3_probability", "error"]
+        by_path = {r["path"]: r for r in rows}
+        assert {name: by_path[name]["label"] for name in picked} == picked
+        assert all(by_path[name]["top1"] == kind and float(by_path[name]["probability"]) > 1 / 3
+                   for name, kind in picked.items())
+        assert by_path["notes.png"]["label"] == "" and "not an image" in by_path["notes.png"]["error"]
+        # A row's bars and heat map on click.
+        page.locator("#rows tr", has_text="squares, no. 1.png").click()
+        assert page.inner_text("#prediction") == "squares"
+        assert page.get_attribute("#heatimg", "src").startswith("data:image/png;base64,")
+        page.locator("#rows tr", has_text="notes.png").click()
+        assert "not an image" in page.inner_text("#error") and page.locator("#prediction").count() == 0
+    finally:
+        page.close()
+
+
+def test_web_page_classifies_a_pasted_image(live_url, browser, trained_run):
+    """Ctrl+V of a screenshot-like image (a File on the clipboard) is classified like a picked one."""
+    payload = base64.b64encode(min((trained_run[1] / "circles").iterdir()).read_bytes()).decode()
+    page = browser.new_page()
+    try:
+        page.goto(live_url + "/")
+        page.evaluate("""(b64) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const clip = new DataTransfer();
+            clip.items.add(new File([bytes], "image.png", { type: "image/png" }));
+            document.dispatchEvent(new ClipboardEvent("paste", { clipboardData: clip, bubbles: true }));
+        }""", payload)
+        page.wait_for_selector("#prediction", timeout=30_000)
+        assert page.inner_text("#prediction") == "circles"
+        page.wait_for_selector("#heat:not([hidden])")
+    finally:
+        page.close()
+
+
+def write_y4m(img: Image.Image, path) -> None:
+    """A one-frame YUV4MPEG2 video (what Chromium's fake camera plays, looping) of ``img``."""
+    w, h = (img.width // 2) * 2, (img.height // 2) * 2
+    ycc = np.asarray(img.convert("RGB").crop((0, 0, w, h)).convert("YCbCr"))
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F10:1 Ip A1:1 C420jpeg\n".encode())
+        f.write(b"FRAME\n" + ycc[..., 0].tobytes() + ycc[::2, ::2, 1].tobytes() + ycc[::2, ::2, 2].tobytes())
+
+
+def test_web_page_classifies_the_camera_live_and_stops_it(live_url, browser, tmp_path, trained_run):
+    """Chromium's fake camera plays a training photo: the page classifies frame after frame, then stops."""
+    photo = Image.open(min((trained_run[1] / "stripes").iterdir()))
+    write_y4m(photo.resize((photo.width * 6, photo.height * 6), Image.Resampling.BICUBIC), tmp_path / "camera.y4m")
+    camera = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+              f"--use-file-for-fake-video-capture={tmp_path / 'camera.y4m'}"]
+    # A second Chromium with a camera, from the same Playwright (one sync Playwright per thread).
+    b = browser.browser_type.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS + camera)
+    try:
+        page = b.new_page()
+        page.goto(live_url + "/")
+        page.click("#camera")
+        page.wait_for_function("Number(document.getElementById('rate').dataset.frames || 0) >= 3", timeout=60_000)
+        assert page.inner_text("#prediction") == "stripes"
+        # As sure as for the photo itself (99.9% here): the frame reached the model whole, not a test pattern.
+        assert float(page.inner_text(".row.top span:last-child").rstrip("%")) > 90
+        assert page.inner_text("#camera") == "Stop the camera"
+        assert page.is_visible("#live") and not page.is_visible("#heat")
+        page.click("#camera")
+        assert page.evaluate("document.getElementById('video').srcObject") is None
+        assert not page.is_visible("#live") and page.inner_text("#camera") == "Use the camera"
+        frames = page.get_attribute("#rate", "data-frames")
+        page.wait_for_timeout(1000)
+        assert page.get_attribute("#rate", "data-frames") == frames  # no frame after the stop
+    finally:
+        b.close()
+
+
+def test_web_page_says_why_there_is_no_camera_on_an_insecure_page(live_url, browser):
+    """Served on a LAN address over http, a browser hides navigator.mediaDevices: the page says so."""
+    context = browser.new_context()
+    context.add_init_script("Object.defineProperty(Navigator.prototype, 'mediaDevices', { get: () => undefined })")
+    try:
+        page = context.new_page()
+        page.goto(live_url + "/")
+        page.click("#camera")
+        note = page.inner_text("#camnote")
+        assert "secure pages" in note and "localhost:" + live_url.rsplit(":", 1)[1] in note
+        assert "Picking a file works everywhere" in note and not page.is_visible("#live")
+    finally:
+        context.close()
 
 
 def test_docs_page_renders_swagger_ui_with_no_internet(live_url, browser):
