@@ -221,6 +221,12 @@ def test_web_page_classifies_the_camera_live_and_stops_it(live_url, browser, tmp
         assert float(page.inner_text(".row.top span:last-child").rstrip("%")) > 90
         assert page.inner_text("#camera") == "Stop the camera"
         assert page.is_visible("#live") and not page.is_visible("#heat")
+        # The run crops: the guide frames the centre square of the 336 x 288 video, as shown.
+        video, guide = page.locator("#video").bounding_box(), page.locator("#guide").bounding_box()
+        assert video["width"] > video["height"] and guide["width"] == pytest.approx(video["height"], abs=1)
+        assert guide["height"] == pytest.approx(video["height"], abs=1)
+        assert guide["x"] - video["x"] == pytest.approx((video["width"] - video["height"]) / 2, abs=1)
+        assert "the model sees the square" in page.inner_text("#rate")
         page.click("#camera")
         assert page.evaluate("document.getElementById('video').srcObject") is None
         assert not page.is_visible("#live") and page.inner_text("#camera") == "Use the camera"

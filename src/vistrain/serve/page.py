@@ -6,7 +6,8 @@
   and the answers as a CSV with ``vistrain predict --csv``'s columns. Clicking a row shows its bars
   and heat map.
 - The camera: frames are classified one after another, each as soon as the previous answer is in,
-  so the rate follows the server's speed. Browsers offer the camera only to secure pages
+  so the rate follows the server's speed. When the model crops (``resize="crop"``), a frame on the
+  video marks the centre square it sees. Browsers offer the camera only to secure pages
   (``localhost`` or https); elsewhere the page says so and points to the file picker, which on a
   phone can take a photo.
 
@@ -28,6 +29,7 @@ PAGE = """<!doctype html>
   #tools { margin: .8rem 0; display: flex; gap: 1rem; align-items: center; flex-wrap: wrap; }
   #result { margin-top: 1.5rem; display: flex; gap: 1.5rem; flex-wrap: wrap; }
   #result img, #result video { max-width: 300px; border-radius: 6px; }
+  #result figure { max-width: 300px; margin: 0; }
   .row { display: grid; grid-template-columns: 11rem 1fr 4rem; gap: .5rem; align-items: center; margin: .3rem 0; }
   .bar { background: #e5e7eb; border-radius: 4px; height: 1rem; }
   .bar > div { background: #2b6cb0; height: 100%; border-radius: 4px; }
@@ -39,6 +41,8 @@ PAGE = """<!doctype html>
   td, th { text-align: left; padding: .25rem .5rem; border-bottom: 1px solid #e5e7eb; vertical-align: middle; }
   tbody tr { cursor: pointer; }
   tbody tr:hover, tbody tr.sel { background: #eef5ff; }
+  #frame { position: relative; display: inline-block; line-height: 0; overflow: hidden; border-radius: 6px; }
+  #guide { position: absolute; border: 2px dashed #fff; box-shadow: 0 0 0 9999px rgba(0, 0, 0, .35); pointer-events: none; box-sizing: border-box; }
   td img { width: 48px; height: 48px; object-fit: cover; border-radius: 4px; }
 </style>
 </head>
@@ -53,7 +57,8 @@ PAGE = """<!doctype html>
 <div id="result">
   <div id="scores" style="flex: 1; min-width: 280px"></div>
   <figure id="heat" hidden><img id="heatimg" alt="heat map: where the model looked"><figcaption>where the model looked</figcaption></figure>
-  <figure id="live" hidden><video id="video" autoplay muted playsinline></video><figcaption id="rate"></figcaption></figure>
+  <figure id="live" hidden><div id="frame"><video id="video" autoplay muted playsinline></video><div id="guide" hidden></div></div>
+    <figcaption id="rate"></figcaption></figure>
 </div>
 <section id="batch" hidden>
   <h2>Photos</h2>
@@ -67,8 +72,10 @@ const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&l
 const pct = (p) => (100 * p).toFixed(1) + "%";
 let camera = null;  // the running camera session, or null
 let batch = [];     // this batch's photos: {file, url, answer | error}
+let resize = "crop"; // how the model fits a photo to its square input (the export's preprocessing)
 
 fetch("model").then((r) => r.json()).then((m) => {
+  resize = m.preprocessing.resize;
   $("meta").textContent = m.classes.length + " classes: " + m.classes.join(", ") + " (" + m.variant + ")";
 });
 
@@ -216,11 +223,20 @@ async function startCamera() {
     try { p = await classify(blob, "camera.jpg", false); } catch (e) { if (camera === session) { stopCamera(); fail(e.message); } return; }
     if (camera !== session) return;
     show(p);
+    placeGuide(v);
     session.frames++;
     const seconds = (performance.now() - session.t0) / 1000;
     $("rate").dataset.frames = session.frames;
-    $("rate").textContent = "live: " + session.frames + " frames classified, " + (session.frames / seconds).toFixed(1) + " per second";
+    $("rate").textContent = "live: " + session.frames + " frames classified, " + (session.frames / seconds).toFixed(1) + " per second" +
+      (resize === "crop" ? "; the model sees the square" : "");
   }
+}
+
+function placeGuide(v) {
+  // With "crop" the model sees the centre square of each frame: frame it, so the subject goes there.
+  const g = $("guide"), w = v.clientWidth, h = v.clientHeight, s = Math.min(w, h);
+  g.hidden = resize !== "crop" || !s;
+  Object.assign(g.style, { left: (w - s) / 2 + "px", top: (h - s) / 2 + "px", width: s + "px", height: s + "px" });
 }
 
 function stopCamera() {
