@@ -73,6 +73,7 @@ const pct = (p) => (100 * p).toFixed(1) + "%";
 let camera = null;  // the running camera session, or null
 let batch = [];     // this batch's photos: {file, url, answer | error}
 let resize = "crop"; // how the model fits a photo to its square input (the export's preprocessing)
+let view = 0;       // bumped by each new photo, batch or camera: late answers for an older one are dropped
 
 fetch("model").then((r) => r.json()).then((m) => {
   resize = m.preprocessing.resize;
@@ -106,8 +107,11 @@ function show(p) {
 function fail(message) { $("scores").innerHTML = ""; $("heat").hidden = true; $("error").textContent = message; }
 
 async function one(file) {
+  const me = ++view;
   $("error").textContent = ""; $("scores").textContent = "Classifying " + file.name + "..."; $("heat").hidden = true;
-  try { show(await classify(file, file.name, true)); } catch (e) { fail(e.message); }
+  let p;
+  try { p = await classify(file, file.name, true); } catch (e) { if (me === view) fail(e.message); return; }
+  if (me === view) show(p);
 }
 
 function answerText(p) {
@@ -155,6 +159,7 @@ function csv() {
 }
 
 async function several(files) {
+  const me = ++view;
   batch.forEach((b) => URL.revokeObjectURL(b.url));
   if ($("csv").href) URL.revokeObjectURL($("csv").href);
   batch = files.map((file) => ({ file, url: URL.createObjectURL(file) }));
@@ -165,18 +170,21 @@ async function several(files) {
   summarise();
   let next = 0, shown = false;
   const worker = async () => {
-    while (next < batch.length) {
+    while (me === view && next < batch.length) {
       const i = next++, item = batch[i], tr = $("rows").children[i];
-      try {
-        item.answer = await classify(item.file, item.file.name, true);
+      let answer, error;
+      try { answer = await classify(item.file, item.file.name, true); } catch (e) { error = e.message; }
+      if (me !== view) return;  // another photo, batch or the camera took over the page
+      if (answer) {
+        item.answer = answer;
         tr.querySelector(".answer").textContent = answerText(item.answer);
         tr.querySelector(".probability").textContent = pct(item.answer.probability);
         // A format this browser cannot show (TIFF, HEIC in Chrome): the model's view of it instead.
         const thumb = tr.querySelector("img");
         if (thumb.hidden && item.answer.heatmap) { thumb.onerror = null; thumb.src = item.answer.heatmap; thumb.hidden = false; }
-      } catch (e) {
-        item.error = e.message;
-        tr.querySelector(".answer").innerHTML = `<span class="failed">${esc(e.message)}</span>`;
+      } else {
+        item.error = error;
+        tr.querySelector(".answer").innerHTML = `<span class="failed">${esc(error)}</span>`;
       }
       if (!shown) { shown = true; select(i); }
       summarise();
@@ -207,6 +215,7 @@ async function startCamera() {
     stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" }, audio: false });
   } catch (e) { $("camnote").textContent = "no camera: " + e.message; return; }
   finally { $("camera").disabled = false; }
+  ++view;
   const session = { stream, frames: 0, t0: performance.now() };
   camera = session;
   $("batch").hidden = true; $("error").textContent = ""; $("camnote").textContent = ""; $("heat").hidden = true;
