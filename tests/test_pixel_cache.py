@@ -204,6 +204,14 @@ def test_trim_removes_the_entries_used_longest_ago_and_spares_the_running_job(tm
     # The running job's entries stay even over the limit; nothing else is left to remove.
     done = trim_pixels(tmp_path, limit=10, since=now - 10)
     assert sorted(p.name for p in folder.rglob("*.safetensors")) == ["mine.safetensors"] and done.total == 1000
+    # Entries of the images a job is about to read stay however old, and count against the limit.
+    for name in ("a/44/kept.safetensors", "b/55/stale.safetensors"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"x" * 1000)
+        os.utime(folder / name, (now - 9999, now - 9999))
+    done = trim_pixels(tmp_path, limit=2500, since=now - 10, keep={"kept"})
+    assert sorted(p.name for p in folder.rglob("*.safetensors")) == ["kept.safetensors", "mine.safetensors"]
+    assert (done.files, done.total) == (1, 2000)
     assert trim_pixels(tmp_path / "nothing", 10, now).files == 0
 
     monkeypatch.delenv("VISTRAIN_PIXEL_CACHE_GB", raising=False)
@@ -236,5 +244,21 @@ def test_training_keeps_the_pixel_cache_within_its_limit(split_folders, tmp_path
     assert not stale.exists()
     mine = list((cache / "pixels").rglob("*.safetensors"))
     assert len(mine) == 27  # every image of this run (18 train, 9 valid) stays, over the limit or not
-    assert any("removed the 1 entry used longest ago" in line for line in lines), lines
+    # Removed before decoding, making room for this run's own entries (not only at its end).
+    trims = [i for i, line in enumerate(lines) if "removed the 1 entry used longest ago" in line]
+    assert trims and "with room for this run's 27 new images" in lines[trims[0]], lines
+    assert trims[0] < next(i for i, line in enumerate(lines) if line.startswith("  pixel cache: "))
     assert run.result.finetune.history  # and the run trained from them
+
+    # A second run over the same photos, their entries now old and over the limit: they are this
+    # run's images, so they stay (not decoded again); another dataset's entry goes.
+    inodes = {f: f.stat().st_ino for f in mine}
+    for f in mine:
+        os.utime(f, (time.time() - 7200, time.time() - 7200))
+    stale.write_bytes(b"x" * 10_000)
+    os.utime(stale, (time.time() - 86400, time.time() - 86400))
+    lines.clear()
+    vistrain.train(split_folders, out=tmp_path / "run2", cache_dir=cache, mode="finetune", epochs=1,
+                   batch_size=8, reporter=Log(), **FAST)
+    assert not stale.exists() and {f: f.stat().st_ino for f in mine} == inodes
+    assert any("removed the 1 entry used longest ago" in line and "room" not in line for line in lines), lines

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,19 +80,22 @@ class Trimmed:
     total: int  # the pixel cache's bytes afterwards
 
 
-def trim_pixels(root: Path, limit: float, since: float) -> Trimmed:
+def trim_pixels(root: Path, limit: float, since: float, keep: Collection[str] = ()) -> Trimmed:
     """Delete the decoded pixels used longest ago until the pixel cache holds at most ``limit`` bytes,
     sparing every entry used at or after ``since`` (the running job's own images: a run larger than
-    the limit keeps all of its own). Entries are marked used when read (``PixelCache.touch``)."""
+    the limit keeps all of its own) and every entry of an image in ``keep`` (content hashes: the
+    images a job is about to read). Entries are marked used when read (``PixelCache.touch``)."""
     folder = Path(root) / PARTS["pixels"]
-    entries = []
+    keep = set(keep)
+    entries, total = [], 0
     for f in folder.rglob("*.safetensors") if folder.is_dir() else []:
         try:
             st = f.stat()
         except OSError:
             continue  # removed meanwhile by another run
-        entries.append((st.st_mtime, st.st_size, f))
-    total = sum(size for _, size, _ in entries)
+        total += st.st_size  # kept entries count against the limit too
+        if f.stem not in keep:
+            entries.append((st.st_mtime, st.st_size, f))
     files = freed = 0
     for mtime, size, f in sorted(entries, key=lambda e: (e[0], str(e[2]))):
         if total - freed <= limit or mtime >= since:

@@ -78,6 +78,11 @@ class PixelCache:
         save_file({"eval": np.ascontiguousarray(eval_pixels), "canvas": np.ascontiguousarray(canvas)}, str(tmp))
         os.replace(tmp, path)  # readers never see half a file, even with two runs at once
 
+    def entry_bytes(self) -> int:
+        """About what one new entry takes on disk: its eval view plus the canvas of a 4:3 photo
+        (1.03 MB at 352 px; climbing's measured 1.07 MB)."""
+        return int(3 * self.prep.size ** 2 * (1 + self.margin ** 2 * 4 / 3))
+
     def disk_bytes(self) -> int:
         if not self.folder.exists():
             return 0

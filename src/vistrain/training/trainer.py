@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vistrain.cache import PIXEL_LIMIT_ENV, pixel_cache_limit, trim_pixels
+from vistrain.cache import PIXEL_LIMIT_ENV, Trimmed, pixel_cache_limit, trim_pixels
 from vistrain.data.augment import AugmentConfig
 from vistrain.data.dataset import DataConfig, DatasetIndex
 from vistrain.data.pixel_cache import PixelCache
@@ -240,6 +240,10 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     # systems keep modification times to the second or two.)
     used_since = time.time() - 2
     pixel_limit = pixel_cache_limit() if pixel_cache is not None else None  # a bad setting fails now
+    if pixel_limit is not None and pixel_limit != float("inf"):
+        # Make room before decoding, not only at the end: a crashed run or sweep trial leaves its
+        # entries behind until some run ends, and this run's new ones would stack on top of them.
+        _trim_pixel_cache(ui, cfg.data.cache_dir, pixel_cache, pixel_limit, used_since, index, want_finetune)
     if want_finetune:  # fine-tuning reads every image; the probe alone may need none (cached features)
         with ui.stage("decode", len(train) + len(valid)) as advance:
             # With the disk cache, canvases stay on disk and the training set's eval views are
@@ -400,12 +404,26 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
                          *budget_decisions(cfg, ft_state, growth))
     result.familiarity = familiarity
     if pixel_limit is not None:  # last: every entry this run wrote or read is spared
-        trimmed = trim_pixels(cfg.data.cache_dir, pixel_limit, used_since)
-        if trimmed.files:
-            ui.log(f"  pixel cache over its {pixel_limit / 1e9:g} GB limit (${PIXEL_LIMIT_ENV}): removed the "
-                   f"{trimmed.files} {'entry' if trimmed.files == 1 else 'entries'} used longest ago "
-                   f"({trimmed.bytes / 1e6:.0f} MB; {trimmed.total / 1e9:.1f} GB left)")
+        _say_trimmed(ui, trim_pixels(cfg.data.cache_dir, pixel_limit, used_since), pixel_limit)
     return result
+
+
+def _trim_pixel_cache(ui: Reporter, cache_dir: Path, pixel_cache: PixelCache, limit: float, since: float,
+                      index: DatasetIndex, decodes_all: bool) -> None:
+    """Trim the pixel cache to its limit less the room this run's new entries will take (fine-tuning
+    decodes every image it has not decoded before), sparing every entry of this run's images."""
+    mine = {r.sha1 for r in index.records if r.sha1}
+    decoded = {r.sha1 for r in index.split("train") + index.split("valid") if r.sha1} if decodes_all else set()
+    new = sum(not pixel_cache.has(k) for k in decoded)
+    _say_trimmed(ui, trim_pixels(cache_dir, max(limit - new * pixel_cache.entry_bytes(), 0.0), since, keep=mine),
+                 limit, f" with room for this run's {new} new images" if new else "")
+
+
+def _say_trimmed(ui: Reporter, trimmed: Trimmed, limit: float, room: str = "") -> None:
+    if trimmed.files:
+        ui.log(f"  pixel cache over its {limit / 1e9:g} GB limit (${PIXEL_LIMIT_ENV}){room}: removed the "
+               f"{trimmed.files} {'entry' if trimmed.files == 1 else 'entries'} used longest ago "
+               f"({trimmed.bytes / 1e6:.0f} MB; {trimmed.total / 1e9:.1f} GB left)")
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
