@@ -44,7 +44,7 @@ def run(args, console, reporter) -> int:
     limit = pixel_cache_limit()
     console.print(f"total {sum(u.bytes for u in usage) / 1e6:.1f} MB; "
                   "clear with: vistrain cache --clear pixels|features|scan|onnx|all", highlight=False)
-    console.print(f"pixels are kept to {limit / 1e9:g} GB (${PIXEL_LIMIT_ENV}): each training run ends by removing "
-                  "the entries used longest ago" if limit != float("inf") else
+    console.print(f"pixels are kept to {limit / 1e9:g} GB (${PIXEL_LIMIT_ENV}): each training run removes "
+                  "the entries used longest ago, at its start and at its end" if limit != float("inf") else
                   f"pixels: no size limit (${PIXEL_LIMIT_ENV}=inf)", highlight=False)
     return 0

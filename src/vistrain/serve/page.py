@@ -202,7 +202,6 @@ function take(list) {
 
 // The camera: classify a frame, show it, take the next one.
 async function startCamera() {
-  if (camera || $("camera").disabled) return;
   if (!(navigator.mediaDevices && navigator.mediaDevices.getUserMedia)) {
     $("camnote").textContent = "Browsers offer the camera only to secure pages: open this page as http://localhost:" +
       (location.port || "80") + " on the computer running the server, or serve it over https. " +

@@ -243,7 +243,7 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     if pixel_limit is not None and pixel_limit != float("inf"):
         # Make room before decoding, not only at the end: a crashed run or sweep trial leaves its
         # entries behind until some run ends, and this run's new ones would stack on top of them.
-        _trim_pixel_cache(ui, cfg.data.cache_dir, pixel_cache, pixel_limit, used_since, index, want_finetune)
+        _trim_pixel_cache(ui, pixel_cache, pixel_limit, used_since, index, train + valid if want_finetune else [])
     if want_finetune:  # fine-tuning reads every image; the probe alone may need none (cached features)
         with ui.stage("decode", len(train) + len(valid)) as advance:
             # With the disk cache, canvases stay on disk and the training set's eval views are
@@ -408,15 +408,15 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     return result
 
 
-def _trim_pixel_cache(ui: Reporter, cache_dir: Path, pixel_cache: PixelCache, limit: float, since: float,
-                      index: DatasetIndex, decodes_all: bool) -> None:
-    """Trim the pixel cache to its limit less the room this run's new entries will take (fine-tuning
-    decodes every image it has not decoded before), sparing every entry of this run's images."""
+def _trim_pixel_cache(ui: Reporter, pixel_cache: PixelCache, limit: float, since: float, index: DatasetIndex,
+                      to_decode: list) -> None:
+    """Trim the pixel cache to its limit less the room that the entries of ``to_decode`` not yet in
+    it will take (fine-tuning decodes every image), sparing every entry of this run's images."""
     mine = {r.sha1 for r in index.records if r.sha1}
-    decoded = {r.sha1 for r in index.split("train") + index.split("valid") if r.sha1} if decodes_all else set()
-    new = sum(not pixel_cache.has(k) for k in decoded)
-    _say_trimmed(ui, trim_pixels(cache_dir, max(limit - new * pixel_cache.entry_bytes(), 0.0), since, keep=mine),
-                 limit, f" with room for this run's {new} new images" if new else "")
+    new = sum(not pixel_cache.has(r.sha1) for r in to_decode if r.sha1)
+    room = max(limit - new * pixel_cache.entry_bytes(), 0.0)
+    _say_trimmed(ui, trim_pixels(pixel_cache.root, room, since, keep=mine), limit,
+                 f" with room for this run's {new} new images" if new else "")
 
 
 def _say_trimmed(ui: Reporter, trimmed: Trimmed, limit: float, room: str = "") -> None:
