@@ -25,6 +25,7 @@ from vistrain.data.transforms import (
     normalize_array,
     to_model_pixels,
 )
+from vistrain.export.card import SCRIPT_FILE, write_card
 from vistrain.export.graph import export_graph
 from vistrain.export.quantize import METHODS, prepare, quantize, single_image_latency_ms
 from vistrain.familiarity import FAMILIAR_FILE, Familiarity, pooled
@@ -68,6 +69,7 @@ class ExportResult:
     folder: Path
     info: ExportInfo
     notes: list[str] = field(default_factory=list)
+    card: Path | None = None  # the model card (README.md), beside predict_onnx.py
 
 
 def export_run(run_dir: Path | str, cfg: ExportConfig | None = None, reporter: Reporter | None = None) -> ExportResult:
@@ -144,9 +146,11 @@ def export_run(run_dir: Path | str, cfg: ExportConfig | None = None, reporter: R
         },
     )
     info.write(out)
+    card, _, card_notes = write_card(run_dir, out, info)
+    notes.extend(card_notes)
     if rejected:
         raise ExportError(rejected)
-    return ExportResult(out, info, notes)
+    return ExportResult(out, info, notes, card)
 
 
 def split_images(run_dir: Path, classes: list[str], extra: dict, notes: list[str]):
@@ -316,4 +320,7 @@ def describe(result: ExportResult) -> list[str]:
         m = info.models["int8"]
         lines.append(f"int8 is {info.models['fp32']['bytes'] / m['bytes']:.1f}x smaller; accuracy change "
                      f"{(m['valid_accuracy'] - v['pytorch_accuracy']) * 100:+.1f} points; served by default")
+    if result.card is not None:
+        lines.append(f"Model card: {result.card.name}; {SCRIPT_FILE} runs the model with Pillow, numpy and "
+                     f"ONNX Runtime alone")
     return lines

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Classify photos with the model in this folder, with Pillow, numpy and ONNX Runtime alone.
+
+    pip install onnxruntime numpy pillow
+    python predict_onnx.py photo.jpg [more.jpg ...] [--fp32]
+
+Prints a tab-separated line per photo: the file, the answer, its probability, then every class's
+probability. The answer is "unsure" below the model's unsure threshold (export.json). The photo is
+prepared step for step as vistrain prepares it (upright, transparent areas white, resized and cut as
+in training), so the probabilities are those `vistrain predict` gives. vistrain also flags photos
+unlike every training photo (familiar.safetensors); this script does not.
+
+Written by `vistrain export`; it reads export.json, so it stays right for this folder's model.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image, ImageOps
+
+RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def load(path, size):
+    """The photo upright, as 8-bit RGB; ``size``: the model's input size (see ``draft``)."""
+    with Image.open(path) as img:
+        if img.format == "JPEG":
+            img.draft("RGB", (size, size))  # a big JPEG decodes at 1/2, 1/4 or 1/8 scale
+        img.load()
+        img = ImageOps.exif_transpose(img)
+    if img.mode == "I" or img.mode.startswith("I;16"):  # 16-bit grey: the full range onto 8 bits
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+        canvas = Image.new("RGBA", img.size, (255, 255, 255, 255))  # transparent areas white, as a viewer shows them
+        canvas.alpha_composite(img.convert("RGBA"))
+        img = canvas
+    return img.convert("RGB")
+
+
+def pixels(img, prep):
+    """The square the model sees, as a 1 x 3 x size x size float32 array (``prep``: export.json's
+    "preprocessing")."""
+    s, (w, h), resample = prep["size"], img.size, RESAMPLE[prep["interpolation"]]
+    if prep["resize"] == "squish":
+        img = img.resize((s, s), resample)
+    elif prep["resize"] == "crop":  # shorter side to the input size, then the centre square
+        k = s / min(w, h)
+        nw, nh = max(s, round(w * k)), max(s, round(h * k))
+        left, top = (nw - s) // 2, (nh - s) // 2
+        img = img.resize((nw, nh), resample).crop((left, top, left + s, top + s))
+    else:  # pad: longer side to the input size, centred on the mean colour
+        k = s / max(w, h)
+        nw, nh = max(1, round(w * k)), max(1, round(h * k))
+        canvas = Image.new("RGB", (s, s), tuple(round(m * 255) for m in prep["mean"]))
+        canvas.paste(img.resize((nw, nh), resample), ((s - nw) // 2, (s - nh) // 2))
+        img = canvas
+    x = np.asarray(img, dtype=np.uint8).astype(np.float32) / np.float32(255.0)
+    x = (x - np.asarray(prep["mean"], np.float32)) / np.asarray(prep["std"], np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+def main(args, folder=None):
+    folder = Path(folder or Path(__file__).resolve().parent)
+    info = json.loads((folder / "export.json").read_text())
+    prep = info["preprocessing"]
+    variant = "fp32" if "--fp32" in args else info["default"]
+    paths = [a for a in args if a != "--fp32"]
+    if not paths:
+        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        return 2
+    session = ort.InferenceSession(str(folder / info["models"][variant]["file"]), providers=["CPUExecutionProvider"])
+    classes, threshold, failed = info["classes"], info["unsure_threshold"], 0
+    for path in paths:
+        try:
+            x = pixels(load(path, prep["size"]), prep)
+        except (OSError, ValueError, SyntaxError) as exc:  # what Pillow raises for unreadable files
+            print(f"{path}\terror\t{exc}")
+            failed += 1
+            continue
+        logits = session.run(["logits"], {"pixels": x})[0][0] / info["temperature"]
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        best = int(p.argmax())
+        answer = "unsure" if threshold is not None and p[best] < threshold else classes[best]
+        print("\t".join([str(path), answer, f"{p[best]:.4f}", *(f"{c}={q:.4f}" for c, q in zip(classes, p))]))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

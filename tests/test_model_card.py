@@ -1,0 +1,130 @@
+"""The export's model card (README.md) states the run's own figures, and its predict_onnx.py runs the
+model without vistrain, giving vistrain's answers from vistrain's input, bit for bit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vistrain.data.images import load_rgb
+from vistrain.data.transforms import Preprocessing, normalize_array, to_model_pixels
+from vistrain.export.card import CARD_FILE, MARKER, SCRIPT_FILE, write_card
+from vistrain.export.standalone import load, pixels
+from vistrain.runtime import OnnxPredictor
+from vistrain.runtime.bundle import read_export
+
+# Runs the folder's script as a user would, with vistrain impossible to import.
+_NO_VISTRAIN = ("import runpy, sys; sys.modules['vistrain'] = None; sys.argv = sys.argv[1:]; "
+                "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def _run_script(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _NO_VISTRAIN, str(folder / SCRIPT_FILE), *args],
+                          check=False, capture_output=True, text=True, timeout=120)
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1%}"
+
+
+def test_card_states_the_runs_figures(exported_run, trained_run):
+    run, _ = trained_run
+    text = (exported_run / CARD_FILE).read_text()
+    metrics = json.loads((run / "metrics.json").read_text())
+    info = json.loads((exported_run / "export.json").read_text())
+    valid = metrics["valid"]
+    assert text.startswith(MARKER)
+    assert f"# {run.name}: an image classifier for {len(info['classes'])} classes" in text
+    lo, hi = valid["accuracy_ci"]
+    assert f"| validation, {valid['n']} | **{_pct(valid['accuracy'])}** | {_pct(lo)} – {_pct(hi)} |" in text
+    assert "There was no test split" in text  # this run has none: the card says where an unbiased figure comes from
+    for name, pc in valid["per_class"].items():
+        assert f"| `{name}` | {_pct(pc['precision'])} | {_pct(pc['recall'])} | {pc['f1']:.2f} | {pc['support']} |" in text
+    for variant, m in info["models"].items():
+        assert f"| `{m['file']}` ({variant}" in text and f"| {_pct(m['valid_accuracy'])} |" in text
+    assert f"below {_pct(info['unsure_threshold'])}" in text
+    assert f"{info['models']['int8']['familiar_threshold']:.3f} (int8)" in text  # the default file's own threshold
+    # Every file is listed with its real digest, the script included.
+    rows = dict(re.findall(r"\| `([^`]+)` \| [\d,]+ \| `([0-9a-f]{64})` \|", text))
+    assert {"model.onnx", "model.int8.onnx", "export.json", SCRIPT_FILE} <= set(rows)
+    for name, digest in rows.items():
+        assert hashlib.sha256((exported_run / name).read_bytes()).hexdigest() == digest, name
+
+
+@pytest.mark.parametrize("variant", ["int8", "fp32"])
+def test_standalone_script_gives_vistrains_answers_without_vistrain(exported_run, trained_run, tmp_path, variant):
+    _, data = trained_run
+    photos = sorted(data.rglob("*.png"))[::4]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    done = _run_script(exported_run, *map(str, photos), str(broken), *(["--fp32"] if variant == "fp32" else []))
+    assert done.returncode == 1, done.stderr  # one file failed
+    lines = [line.split("\t") for line in done.stdout.strip().splitlines()]
+    assert len(lines) == len(photos) + 1
+    assert lines[-1][:2] == [str(broken), "error"]
+    predictor = OnnxPredictor.from_folder(exported_run, variant)
+    expected = predictor.predict_paths(photos)
+    threshold = predictor.unsure_threshold
+    for fields, want in zip(lines, expected):
+        probs = dict(f.split("=") for f in fields[3:])
+        assert fields[0] == str(want.path)
+        assert list(probs) == predictor.classes
+        np.testing.assert_allclose([float(v) for v in probs.values()], want.probabilities, atol=6e-5)
+        best = int(want.probabilities.argmax())
+        unsure = threshold is not None and want.probabilities[best] < threshold
+        assert fields[1] == ("unsure" if unsure else predictor.classes[best])
+
+
+def _odd_images(folder: Path) -> list[Path]:
+    """Every branch of the decoding: EXIF rotation, JPEG draft scale, alpha, palette transparency, 16-bit, grey."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (150, 260, 3), dtype=np.uint8)
+    out = {}
+    img = Image.fromarray(rgb)
+    exif = img.getexif()
+    exif[0x0112] = 6  # stored sideways: shown rotated
+    img.save(out.setdefault("rotated.jpg", folder / "rotated.jpg"), exif=exif)
+    Image.fromarray(rng.integers(0, 255, (1300, 900, 3), dtype=np.uint8)).save(out.setdefault("big.jpg", folder / "big.jpg"))
+    alpha = rng.integers(0, 255, (150, 260, 1), dtype=np.uint8)
+    Image.fromarray(np.dstack([rgb, alpha])).save(out.setdefault("alpha.png", folder / "alpha.png"))
+    pal = Image.fromarray(rgb).convert("P")
+    pal.save(out.setdefault("pal.png", folder / "pal.png"), transparency=3)
+    Image.fromarray(rng.integers(0, 65535, (90, 70)).astype(np.uint16)).save(out.setdefault("deep.png", folder / "deep.png"))
+    Image.fromarray(rgb[:, :, 0]).save(out.setdefault("grey.webp", folder / "grey.webp"))
+    return list(out.values())
+
+
+@pytest.mark.parametrize("resize", ["crop", "pad", "squish"])
+def test_standalone_preprocessing_is_vistrains_bit_for_bit(tmp_path, resize):
+    for size, interpolation in ((64, "bicubic"), (96, "bilinear")):
+        prep = Preprocessing(size, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), interpolation, resize)
+        as_json = json.loads(json.dumps(prep.to_dict()))  # what the script reads from export.json
+        for path in _odd_images(tmp_path):
+            want = normalize_array(to_model_pixels(load_rgb(path, min_side=size), prep), prep)
+            got = pixels(load(path, size), as_json)
+            assert got.dtype == np.float32 and np.array_equal(got, want), (path.name, resize, size)
+
+
+def test_card_never_overwrites_a_users_readme(exported_run, trained_run, tmp_path):
+    run, _ = trained_run
+    out = shutil.copytree(exported_run, tmp_path / "export")
+    _, info = read_export(out)
+    (out / CARD_FILE).write_text("# my notes\n")
+    card, script, notes = write_card(run, out, info)
+    assert (out / CARD_FILE).read_text() == "# my notes\n"
+    assert card == out / "README.vistrain.md" and card.read_text().startswith(MARKER)
+    assert any("is not vistrain's" in n for n in notes)
+    # vistrain's own card is simply rewritten.
+    (out / CARD_FILE).write_text(MARKER + "\nstale\n")
+    card, _, notes = write_card(run, out, info)
+    assert card == out / CARD_FILE and "stale" not in card.read_text() and not notes
+    assert script.read_text() == (Path(load.__code__.co_filename)).read_text()
