@@ -17,7 +17,7 @@ from PIL import Image
 
 from vistrain.data.images import load_rgb
 from vistrain.data.transforms import Preprocessing, normalize_array, to_model_pixels
-from vistrain.export.card import CARD_FILE, MARKER, SCRIPT_FILE, write_card
+from vistrain.export.card import CARD_FILE, MARKER, SCRIPT_FILE, _code, write_card
 from vistrain.export.standalone import load, pixels
 from vistrain.runtime import OnnxPredictor
 from vistrain.runtime.bundle import read_export
@@ -112,6 +112,11 @@ def test_standalone_preprocessing_is_vistrains_bit_for_bit(tmp_path, resize):
             want = normalize_array(to_model_pixels(load_rgb(path, min_side=size), prep), prep)
             got = pixels(load(path, size), as_json)
             assert got.dtype == np.float32 and np.array_equal(got, want), (path.name, resize, size)
+
+
+def test_class_names_stay_whole_in_the_cards_tables():
+    assert _code("a|b") == "`a\\|b`"  # a bare | would split the table's row
+    assert _code("it`s") == "`` it`s ``"
 
 
 def test_card_never_overwrites_a_users_readme(exported_run, trained_run, tmp_path):

@@ -52,6 +52,12 @@ def _pct(x: float) -> str:
     return f"{x:.1%}"
 
 
+def _code(name: str) -> str:
+    """``name`` as inline code that survives a Markdown table (a class name may hold ``|`` or a backtick)."""
+    name = name.replace("|", "\\|")
+    return f"`` {name} ``" if "`" in name else f"`{name}`"
+
+
 def card_text(run_dir: Path, out: Path, info: ExportInfo) -> str:
     metrics = _read(run_dir / "metrics.json")
     config = _read(run_dir / "config.json")
@@ -60,7 +66,7 @@ def card_text(run_dir: Path, out: Path, info: ExportInfo) -> str:
     classes = info.classes
     name = run_dir.resolve().name
     lines = [MARKER, "", f"# {name}: an image classifier for {len(classes)} classes", ""]
-    lines += [f"It answers one of {', '.join(f'`{c}`' for c in classes)}"
+    lines += [f"It answers one of {', '.join(_code(c) for c in classes)}"
               + (f', or "unsure" when its top probability is below {_pct(info.unsure_threshold)}.'
                  if info.unsure_threshold is not None else "."),
               "Every photo gets one of these answers, even a photo of something else (see *Limits*).", ""]
@@ -96,7 +102,7 @@ def _overview(info: ExportInfo, config: dict, data: dict) -> list[str]:
             ("Input", _RESIZE[prep.resize].format(s=prep.size, i=prep.interpolation)
              + f"; RGB / 255, minus {_seq(prep.mean)}, divided by {_seq(prep.std)}"),
             ("Trained", (f"{config.get('created', '?')[:10]} by vistrain {config.get('vistrain_version', '?')}, on "
-                        f"{n_train} photos from `{data.get('root', '?')}` (seed {training.get('seed', '?')})")),
+                        f"{n_train} photos from {_code(str(data.get('root', '?')))} (seed {training.get('seed', '?')})")),
             ("Default file", f"`{default['file']}` ({info.default}, {default['bytes'] / 1e6:.1f} MB)")]
     out = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     return out + [""]
@@ -124,7 +130,7 @@ def _quality(info: ExportInfo, metrics: dict, config: dict) -> list[str]:
         out += ["", "Per class, on the validation images:", "",
                 "| class | precision | recall | F1 | images |", "|---|---|---|---|---|"]
         for c, pc in valid.get("per_class", {}).items():
-            out.append(f"| `{c}` | {_pct(pc['precision'])} | {_pct(pc['recall'])} | {pc['f1']:.2f} | {pc['support']} |")
+            out.append(f"| {_code(c)} | {_pct(pc['precision'])} | {_pct(pc['recall'])} | {pc['f1']:.2f} | {pc['support']} |")
         out.append("")
         confused = _confusions(valid)
         if confused:
@@ -149,7 +155,7 @@ def _confusions(m: dict, top: int = 3) -> list[str]:
     classes, matrix = m.get("classes", []), m.get("confusion_matrix", [])
     pairs = [(matrix[i][j], classes[i], classes[j]) for i in range(len(matrix)) for j in range(len(matrix))
              if i != j and matrix[i][j]]
-    return [f"{n} `{a}` taken for `{b}`" for n, a, b in sorted(pairs, key=lambda p: -p[0])[:top]]
+    return [f"{n} {_code(a)} taken for {_code(b)}" for n, a, b in sorted(pairs, key=lambda p: -p[0])[:top]]
 
 
 def _honesty(info: ExportInfo, config: dict) -> list[str]:
@@ -205,10 +211,10 @@ def _data(data: dict, audit: dict, classes: list[str]) -> list[str]:
     splits = [s for s in ("train", "valid", "test") if counts.get(s)]
     if not splits:
         return []
-    out = ["## The photos it learned from", "", f"From `{data.get('root', '?')}` ({data.get('layout', '?')}).", "",
+    out = ["## The photos it learned from", "", f"From {_code(str(data.get('root', '?')))} ({data.get('layout', '?')}).", "",
            "| class | " + " | ".join(splits) + " |", "|---" * (len(splits) + 1) + "|"]
     for c in classes:
-        out.append(f"| `{c}` | " + " | ".join(str(counts[s].get(c, 0)) for s in splits) + " |")
+        out.append(f"| {_code(c)} | " + " | ".join(str(counts[s].get(c, 0)) for s in splits) + " |")
     out.append("")
     if data.get("n_skipped"):
         out += [(f"{data['n_skipped']} files could not be read and were left out (`data_report.json` of the run "
@@ -235,8 +241,10 @@ def _made(config: dict, metrics: dict, run_dir: Path) -> list[str]:
         out.append(f"- Settings: batch {t.get('batch_size')}, learning rate {t.get('lr')}, {t.get('schedule')} schedule, "
                    f"weight decay {t.get('weight_decay')}, label smoothing {t.get('label_smoothing')}, "
                    f"class balance {t.get('balance')}, seed {t.get('seed')}; `train_config.yaml` of the run repeats it.")
-    if metrics.get("seconds"):
-        out.append(f"- {metrics['seconds']:.0f} s on {metrics.get('device', '?')}.")
+    if metrics.get("seconds") is not None:
+        s = metrics["seconds"]
+        device = "the CPU" if metrics.get("device") == "cpu" else metrics.get("device", "?")
+        out.append(f"- The run took {s:.0f} s on {device}." if s >= 10 else f"- The run took {s:.1f} s on {device}.")
     out += [f"- {n}" for n in metrics.get("notes", [])]
     return out + [""]
 
@@ -254,7 +262,7 @@ def _limits(info: ExportInfo, metrics: dict, data: dict, config: dict) -> list[s
            (f"- It knows only its {len(info.classes)} classes. A photo of anything else still gets one of them, often "
            "with a high probability. The unfamiliar check catches photos unlike every training photo, not a new "
            "kind of thing that looks like a trained one."),
-           (f"- Its figures come from photos of the same collection as its training photos (`{data.get('root', '?')}`). "
+           (f"- Its figures come from photos of the same collection as its training photos ({_code(str(data.get('root', '?')))}). "
            "Photos from another camera, place, season or source may fare worse: check it on labelled photos from "
            "where it will be used (`vistrain evaluate RUN FOLDER`).")]
     per_class = metrics.get("valid", {}).get("per_class", {})
@@ -262,7 +270,7 @@ def _limits(info: ExportInfo, metrics: dict, data: dict, config: dict) -> list[s
         weakest = min(per_class, key=lambda c: per_class[c]["f1"])
         pc = per_class[weakest]
         n_train = data.get("counts", {}).get("train", {}).get(weakest)
-        out.append(f"- Its weakest class on validation is `{weakest}` (F1 {pc['f1']:.2f}, on {pc['support']} "
+        out.append(f"- Its weakest class on validation is {_code(weakest)} (F1 {pc['f1']:.2f}, on {pc['support']} "
                    f"images{f'; {n_train} training photos' if n_train else ''}).")
     if len(ensemble_members(info.backbone)) > 1:
         out.append(f"- It runs {len(ensemble_members(info.backbone))} networks per photo (an ensemble).")
