@@ -26,17 +26,22 @@ from vistrain.data.dataset import (
     DatasetIndex,
     build_eval_index,
     build_index,
-    default_cache_dir,
+    resolve_cache_dir,
 )
-from vistrain.data.layout import SORTED_MARKER, DataError
 from vistrain.data.split import write_split
 from vistrain.evaluation.confidence import apply_confidence, fit_confidence
 from vistrain.evaluation.metrics import classification_metrics
-from vistrain.evaluation.predictor import Prediction, Predictor, collect_images
+from vistrain.evaluation.predictor import Predictor
 from vistrain.evaluation.seen import Look, overlap_with_run
 from vistrain.familiarity import FAMILIAR_FILE, unfamiliar_summary
 from vistrain.models.classifier import save_model
 from vistrain.models.registry import ensemble_members
+from vistrain.prediction import (  # rows, CSV and --into sorting: shared with the torch-free export path
+    answer_kind,  # noqa: F401 -- part of this module's interface
+    classify_files,
+    sort_into,
+    write_predictions_csv,
+)
 from vistrain.progress import Reporter, SilentReporter
 from vistrain.training.checkpoint import (
     CHECKPOINT_DIR,
@@ -107,7 +112,7 @@ def train(
     if options.get("resume"):
         options, label_from_name = _resume_settings(Path(data), out, options, label_from_name)
     data_cfg = DataConfig(Path(data), label_from_name, valid_fraction, options.get("seed", 0),
-                          cache_dir=_resolve_cache(cache_dir))
+                          cache_dir=resolve_cache_dir(cache_dir))
     auto_lr = options.get("lr") == "auto"
     if auto_lr:
         options = {**options, "lr": TrainConfig.lr}  # replaced by the range test's suggestion below
@@ -178,7 +183,7 @@ def find_lr(data: str | Path, reporter: Reporter | None = None, label_from_name:
 
     ui = reporter or SilentReporter()
     data_cfg = DataConfig(Path(data), label_from_name, valid_fraction, options.get("seed", 0),
-                          cache_dir=_resolve_cache(cache_dir))
+                          cache_dir=resolve_cache_dir(cache_dir))
     cfg = TrainConfig(data=data_cfg, out=Path("."), **options)
     return lr_range_test(build_index(data_cfg, reporter=ui), cfg, ui, steps, start, end)
 
@@ -194,14 +199,6 @@ def _resume_settings(data: Path, out: Path, options: dict, label_from_name: str 
     known = {f.name for f in fields(TrainConfig)} - {"data", "out", "resume"}
     merged = {**{k: v for k, v in saved.items() if k in known}, **options}
     return merged, label_from_name if label_from_name is not None else saved.get("label_from_name")
-
-
-def _resolve_cache(cache_dir: Path | str | bool | None) -> Path | None:
-    if cache_dir is False:
-        return None
-    if cache_dir is None or cache_dir is True:
-        return default_cache_dir()
-    return Path(cache_dir)
 
 
 OPTIMISTIC = "a slightly optimistic estimate"  # ends metrics["valid"]["note"] when validation chose something
@@ -296,7 +293,7 @@ def evaluate(run: str | Path | Run, data: str | Path, label_from_name: str | Non
     ``device``: where a run given as a folder is loaded (a :class:`Run` stays where it is)."""
     ui = reporter or SilentReporter()
     run = run if isinstance(run, Run) else load(run, device)
-    index = build_eval_index(DataConfig(Path(data), label_from_name, cache_dir=_resolve_cache(cache_dir)),
+    index = build_eval_index(DataConfig(Path(data), label_from_name, cache_dir=resolve_cache_dir(cache_dir)),
                              reporter=ui, classes=run.classes)
     unknown = sorted({r.label for r in index.records} - set(run.classes))
     if unknown:
@@ -322,24 +319,6 @@ def evaluate(run: str | Path | Run, data: str | Path, label_from_name: str | Non
     return metrics
 
 
-def prediction_row(p: Prediction, classes: list[str], top_k: int, unsure: float | None) -> dict:
-    if p.probabilities is None:
-        return {"path": p.path, "label": None, "probability": None, "unsure": None, "familiar": None,
-                "similarity": None, "top": [], "error": p.error}
-    order = np.argsort(-p.probabilities)[:top_k]
-    best = float(p.probabilities[order[0]])
-    return {
-        "path": p.path,
-        "label": classes[order[0]],
-        "probability": best,
-        "unsure": bool(unsure is not None and best < unsure),
-        "familiar": p.familiar,  # None: the run has no familiarity check
-        "similarity": p.similarity,
-        "top": [(classes[i], float(p.probabilities[i])) for i in order],
-        "error": None,
-    }
-
-
 def predict(run: str | Path | Run, inputs: list[str | Path], top_k: int = 3, unsure: float | None = None,
             csv_path: Path | None = None, into: Path | None = None, reporter: Reporter | None = None,
             tta: bool = False, heatmap: Path | None = None, device: str = "auto") -> list[dict]:
@@ -348,16 +327,9 @@ def predict(run: str | Path | Run, inputs: list[str | Path], top_k: int = 3, uns
     ``device``: where a run given as a folder is loaded (a :class:`Run` stays where it is)."""
     ui = reporter or SilentReporter()
     run = run if isinstance(run, Run) else load(run, device)
-    skipped: list[tuple[Path, str]] = []
-    paths = collect_images(inputs, skipped)
-    for folder, what in skipped:
-        ui.log(f"{folder}/ ({what}) ignored")
-    if not paths:
-        raise DataError(f"{', '.join(str(i) for i in inputs)}: no files to classify (hidden files are passed over)")
     threshold = unsure if unsure is not None else run.predictor.config.unsure_threshold
-    with ui.stage("predict", len(paths)) as advance:
-        preds = run.predictor.predict_paths(paths, progress=advance, tta=tta)
-    rows = [prediction_row(p, run.classes, top_k, threshold) for p in preds]
+    rows = classify_files(lambda paths, advance: run.predictor.predict_paths(paths, progress=advance, tta=tta),
+                          run.classes, inputs, top_k, threshold, ui)
     if heatmap is not None:
         from vistrain.evaluation.gradcam import write_heatmaps
 
@@ -368,67 +340,3 @@ def predict(run: str | Path | Run, inputs: list[str | Path], top_k: int = 3, uns
     if into is not None:
         sort_into(rows, Path(into), run.classes)
     return rows
-
-
-def write_predictions_csv(rows: list[dict], path: Path, top_k: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        header = ["path", "label", "probability", "unsure", "familiar", "similarity"]
-        for i in range(1, top_k + 1):
-            header += [f"top{i}", f"top{i}_probability"]
-        w.writerow(header + ["error"])
-        for r in rows:
-            line = [r["path"], r["label"] or "", "" if r["probability"] is None else f"{r['probability']:.6f}",
-                    "" if r["unsure"] is None else str(r["unsure"]).lower(),
-                    "" if r.get("familiar") is None else str(r["familiar"]).lower(),
-                    "" if r.get("similarity") is None else f"{r['similarity']:.4f}"]
-            for i in range(top_k):
-                line += [r["top"][i][0], f"{r['top'][i][1]:.6f}"] if i < len(r["top"]) else ["", ""]
-            w.writerow(line + [r["error"] or ""])
-
-
-def answer_kind(row: dict) -> str:
-    """What an answer is, by the precedence ``--into`` sorts by: ``failed``, ``unfamiliar``,
-    ``unsure`` or ``class`` (confident: its label)."""
-    if row["label"] is None:
-        return "failed"
-    if row.get("familiar") is False:
-        return "unfamiliar"
-    return "unsure" if row["unsure"] else "class"
-
-
-def flag_folder(name: str, classes: list[str]) -> str:
-    """``unsure`` or ``unfamiliar``, unless a class has that name: then the flag's folder must differ."""
-    return f"{name} (vistrain)" if name in classes else name
-
-
-def sort_into(rows: list[dict], folder: Path, classes: list[str] = ()) -> list[Path]:
-    """Copy (never move) each image into ``folder/<label>/``, or ``unfamiliar/`` when it is unlike the
-    training photos, or ``unsure/`` when the model is not confident (``unsure (vistrain)/`` and so on
-    when a class has that name); names never collide.
-
-    ``folder`` gets a hidden marker (data.layout.SORTED_MARKER): if it lies inside a training folder,
-    its copies, sorted by prediction, are not read as photos labelled by hand.
-    """
-    written = []
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / SORTED_MARKER).write_text(json.dumps({
-        "written_by": "vistrain predict --into",
-        "note": "copies sorted by a model's predictions; vistrain does not train on them when this folder "
-                "lies inside a training folder (train on this folder itself to use them)"}, indent=2) + "\n")
-    for r in rows:
-        kind = answer_kind(r)
-        if kind == "failed":
-            continue
-        dest_dir = folder / (r["label"] if kind == "class" else flag_folder(kind, classes))
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        src = Path(r["path"])
-        dest = dest_dir / src.name
-        n = 1
-        while dest.exists():
-            dest = dest_dir / f"{src.stem}_{n}{src.suffix}"
-            n += 1
-        shutil.copy2(src, dest)
-        written.append(dest)
-    return written

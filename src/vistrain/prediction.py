@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -11,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vistrain.data.images import ImageError
+from vistrain.data.layout import SORTED_MARKER, DataError, tree_files
 
 
 @dataclass
@@ -60,3 +64,121 @@ def decoded_batches(
             yield chunk, good, pixels, [err for _, err in decoded]
             if progress:
                 progress(len(chunk))
+
+
+def collect_images(inputs: list[str | Path], skipped: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """Files given directly, plus every non-hidden file under the folders given (sorted, recursive).
+
+    Read as training reads class folders (data.layout.tree_files): hidden folders and ``__MACOSX``
+    are passed over, and so are vistrain's own outputs inside a folder given (a run's copies of
+    misclassified images, an earlier ``predict --into``), each added to ``skipped`` with what it is:
+    predicting ``photos/`` again after ``--into photos/sorted`` must not answer for the copies too.
+    """
+    skipped = [] if skipped is None else skipped
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            files.extend(tree_files(p, skipped, given=True))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    return files
+
+
+def classify_files(predict_paths: Callable, classes: list[str], inputs: list[str | Path], top_k: int,
+                   threshold: float | None, ui) -> list[dict]:
+    """Rows (:func:`prediction_row`) for the files and folders ``inputs``, read as
+    :func:`collect_images` reads them; ``predict_paths(paths, advance)`` is any predictor's."""
+    skipped: list[tuple[Path, str]] = []
+    paths = collect_images(inputs, skipped)
+    for folder, what in skipped:
+        ui.log(f"{folder}/ ({what}) ignored")
+    if not paths:
+        raise DataError(f"{', '.join(str(i) for i in inputs)}: no files to classify (hidden files are passed over)")
+    with ui.stage("predict", len(paths)) as advance:
+        preds = predict_paths(paths, advance)
+    return [prediction_row(p, classes, top_k, threshold) for p in preds]
+
+
+def prediction_row(p: Prediction, classes: list[str], top_k: int, unsure: float | None) -> dict:
+    if p.probabilities is None:
+        return {"path": p.path, "label": None, "probability": None, "unsure": None, "familiar": None,
+                "similarity": None, "top": [], "error": p.error}
+    order = np.argsort(-p.probabilities)[:top_k]
+    best = float(p.probabilities[order[0]])
+    return {
+        "path": p.path,
+        "label": classes[order[0]],
+        "probability": best,
+        "unsure": bool(unsure is not None and best < unsure),
+        "familiar": p.familiar,  # None: the run has no familiarity check
+        "similarity": p.similarity,
+        "top": [(classes[i], float(p.probabilities[i])) for i in order],
+        "error": None,
+    }
+
+
+def write_predictions_csv(rows: list[dict], path: Path, top_k: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        header = ["path", "label", "probability", "unsure", "familiar", "similarity"]
+        for i in range(1, top_k + 1):
+            header += [f"top{i}", f"top{i}_probability"]
+        w.writerow(header + ["error"])
+        for r in rows:
+            line = [r["path"], r["label"] or "", "" if r["probability"] is None else f"{r['probability']:.6f}",
+                    "" if r["unsure"] is None else str(r["unsure"]).lower(),
+                    "" if r.get("familiar") is None else str(r["familiar"]).lower(),
+                    "" if r.get("similarity") is None else f"{r['similarity']:.4f}"]
+            for i in range(top_k):
+                line += [r["top"][i][0], f"{r['top'][i][1]:.6f}"] if i < len(r["top"]) else ["", ""]
+            w.writerow(line + [r["error"] or ""])
+
+
+def answer_kind(row: dict) -> str:
+    """What an answer is, by the precedence ``--into`` sorts by: ``failed``, ``unfamiliar``,
+    ``unsure`` or ``class`` (confident: its label)."""
+    if row["label"] is None:
+        return "failed"
+    if row.get("familiar") is False:
+        return "unfamiliar"
+    return "unsure" if row["unsure"] else "class"
+
+
+def flag_folder(name: str, classes: list[str]) -> str:
+    """``unsure`` or ``unfamiliar``, unless a class has that name: then the flag's folder must differ."""
+    return f"{name} (vistrain)" if name in classes else name
+
+
+def sort_into(rows: list[dict], folder: Path, classes: list[str] = ()) -> list[Path]:
+    """Copy (never move) each image into ``folder/<label>/``, or ``unfamiliar/`` when it is unlike the
+    training photos, or ``unsure/`` when the model is not confident (``unsure (vistrain)/`` and so on
+    when a class has that name); names never collide.
+
+    ``folder`` gets a hidden marker (data.layout.SORTED_MARKER): if it lies inside a training folder,
+    its copies, sorted by prediction, are not read as photos labelled by hand.
+    """
+    written = []
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SORTED_MARKER).write_text(json.dumps({
+        "written_by": "vistrain predict --into",
+        "note": "copies sorted by a model's predictions; vistrain does not train on them when this folder "
+                "lies inside a training folder (train on this folder itself to use them)"}, indent=2) + "\n")
+    for r in rows:
+        kind = answer_kind(r)
+        if kind == "failed":
+            continue
+        dest_dir = folder / (r["label"] if kind == "class" else flag_folder(kind, classes))
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        src = Path(r["path"])
+        dest = dest_dir / src.name
+        n = 1
+        while dest.exists():
+            dest = dest_dir / f"{src.stem}_{n}{src.suffix}"
+            n += 1
+        shutil.copy2(src, dest)
+        written.append(dest)
+    return written

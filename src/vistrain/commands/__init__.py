@@ -25,6 +25,32 @@ def add_device_flag(p: argparse.ArgumentParser, what: str) -> None:
                    help=f"where {what}: auto (a GPU when PyTorch sees one, else the CPU), cpu or cuda (default auto)")
 
 
+def add_variant_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variant", choices=["auto", "fp32", "int8"], default="auto",
+                   help="for an export folder: which ONNX file runs (default auto: int8 when the export kept one)")
+
+
+def export_folder(args, console, torch_only: dict[str, object]) -> Path | None:
+    """The export folder to run with ONNX Runtime instead of the run's PyTorch model (see
+    :func:`vistrain.runtime.files.export_to_use`), after refusing the flags only PyTorch serves."""
+    from vistrain.runtime.files import export_to_use
+
+    export = export_to_use(args.run)
+    if export is None:
+        if args.variant != "auto":
+            raise ValueError(f"--variant {args.variant} is for export folders; {args.run} is a run folder")
+        return None
+    used = [flag for flag, value in torch_only.items() if value]
+    if used:
+        raise ValueError(f"{args.run}: {' and '.join(used)} need{'s' if len(used) == 1 else ''} the run folder "
+                         f"(PyTorch); an export folder runs ONNX Runtime")
+    if args.device == "cuda":
+        raise ValueError(f"{args.run}: an export folder runs on the CPU (ONNX Runtime); --device cuda needs the run folder")
+    if export != args.run:
+        console.print(f"PyTorch is not installed: running {export} (ONNX Runtime)", highlight=False)
+    return export
+
+
 def cache_dir(args) -> Path | bool | None:
     return False if args.no_cache else args.cache_dir
 

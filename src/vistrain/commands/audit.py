@@ -25,13 +25,12 @@ def register(sub) -> None:
 
 
 def audit_config(args):
-    from vistrain.api import _resolve_cache
     from vistrain.clean.audit import AuditConfig
-    from vistrain.data.dataset import DataConfig
+    from vistrain.data.dataset import DataConfig, resolve_cache_dir
 
     if args.image_size is not None and not 32 <= args.image_size <= 1024:
         raise ValueError(f"--image-size {args.image_size} is outside 32..1024 pixels")
-    data = DataConfig(args.data, args.label_from_name, cache_dir=_resolve_cache(cache_dir(args)))
+    data = DataConfig(args.data, args.label_from_name, cache_dir=resolve_cache_dir(cache_dir(args)))
     return AuditConfig(data, features=not args.no_features, backbone=args.backbone, image_size=args.image_size)
 
 

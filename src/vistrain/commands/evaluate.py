@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vistrain.commands import add_data_flags, add_device_flag, cache_dir
+from vistrain.commands import (
+    add_data_flags,
+    add_device_flag,
+    add_variant_flag,
+    cache_dir,
+    export_folder,
+)
 
 NAME = "evaluate"
 ORDER = 20
@@ -13,22 +19,31 @@ ORDER = 20
 
 def register(sub) -> None:
     e = sub.add_parser(NAME, help="metrics of a trained model on a labelled folder")
-    e.add_argument("run", type=Path, help="run folder")
+    e.add_argument("run", type=Path, help="run folder, or an export folder (ONNX Runtime, no PyTorch needed)")
     e.add_argument("data", type=Path, help="labelled images: class folders, flat folder with --label-from-name, or CSV")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.add_argument("--tta", action="store_true", help="average each image with its mirror image; reports the gain")
     add_device_flag(e, "the model runs")
+    add_variant_flag(e)
     add_data_flags(e)
 
 
 def run(args, console, reporter) -> int:
-    from vistrain.api import evaluate
     from vistrain.evaluation.render import ci_text, confusion_table, per_class_table
     from vistrain.evaluation.seen import describe_overlap
     from vistrain.familiarity import describe_unfamiliar
 
-    m = evaluate(args.run, args.data, args.label_from_name, reporter=reporter, cache_dir=cache_dir(args),
-                 tta=args.tta, device=args.device)
+    export = export_folder(args, console, torch_only={"--tta": args.tta})
+    if export is not None:
+        from vistrain.runtime.files import evaluate_export
+
+        m = evaluate_export(export, args.data, args.label_from_name, reporter=reporter, cache_dir=cache_dir(args),
+                            variant=args.variant)
+    else:
+        from vistrain.api import evaluate
+
+        m = evaluate(args.run, args.data, args.label_from_name, reporter=reporter, cache_dir=cache_dir(args),
+                     tta=args.tta, device=args.device)
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
@@ -40,7 +55,8 @@ def run(args, console, reporter) -> int:
     console.print(confusion_table(m, width=console.width, full_at="the same command with --json"))
     console.print(f"[bold]accuracy {m['accuracy']:.1%}[/] ({m['n'] - m['errors']} of {m['n']} right{ci_text(m)})")
     if "overlap_with_run" in m:
-        said = describe_overlap(m["overlap_with_run"], m["n"], f"{args.run}/split.csv")
+        run = m["model"]["source_run"] if "model" in m else args.run  # an export's: the run it came from
+        said = describe_overlap(m["overlap_with_run"], m["n"], f"{run}/split.csv")
         console.print(f"[yellow]{said}[/]")
     odd = describe_unfamiliar(m.get("unfamiliar"), m["n"])
     if odd:

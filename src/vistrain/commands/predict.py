@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vistrain.commands import add_device_flag
+from vistrain.commands import add_device_flag, add_variant_flag, export_folder
 
 NAME = "predict"
 ORDER = 30
@@ -13,7 +13,7 @@ ORDER = 30
 
 def register(sub) -> None:
     pr = sub.add_parser(NAME, help="classify image files and folders")
-    pr.add_argument("run", type=Path, help="run folder")
+    pr.add_argument("run", type=Path, help="run folder, or an export folder (ONNX Runtime, no PyTorch needed)")
     pr.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders (searched recursively)")
     pr.add_argument("--top-k", type=int, default=3)
     pr.add_argument("--csv", type=Path, help="write predictions to this CSV file")
@@ -25,18 +25,27 @@ def register(sub) -> None:
     pr.add_argument("--heatmap", type=Path, metavar="DIR", help="write a Grad-CAM heat map of each answer into DIR")
     pr.add_argument("--json", action="store_true", help="print predictions as JSON")
     add_device_flag(pr, "the model runs")
+    add_variant_flag(pr)
 
 
 def run(args, console, reporter) -> int:
-    from vistrain.api import predict
     from vistrain.evaluation.render import predictions_table
 
     if args.unsure is not None and not 0 <= args.unsure < 1:
         raise ValueError(f"--unsure {args.unsure} must be a probability from 0 (never unsure) up to 1")
     if args.top_k < 1:
         raise ValueError(f"--top-k {args.top_k} must be at least 1")
-    rows = predict(args.run, args.inputs, top_k=args.top_k, unsure=args.unsure, csv_path=args.csv,
-                   into=args.into, reporter=reporter, tta=args.tta, heatmap=args.heatmap, device=args.device)
+    export = export_folder(args, console, torch_only={"--tta": args.tta, "--heatmap": args.heatmap})
+    if export is not None:
+        from vistrain.runtime.files import predict_export
+
+        rows = predict_export(export, args.inputs, top_k=args.top_k, unsure=args.unsure, csv_path=args.csv,
+                              into=args.into, reporter=reporter, variant=args.variant)
+    else:
+        from vistrain.api import predict
+
+        rows = predict(args.run, args.inputs, top_k=args.top_k, unsure=args.unsure, csv_path=args.csv,
+                       into=args.into, reporter=reporter, tta=args.tta, heatmap=args.heatmap, device=args.device)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -67,7 +76,7 @@ TABLE_ROWS = 20  # rows shown when the answers also go to --csv or --into
 def answer_counts(rows: list[dict], most: int = 10) -> str:
     """``dress 120, hat 64, …, unfamiliar 2, unsure 7, failed 1``: classes by count (the ``most``
     largest), then the flags, each image counted once where ``--into`` would copy it."""
-    from vistrain.api import answer_kind
+    from vistrain.prediction import answer_kind
 
     counts: dict[str, int] = {}
     flags = {"unfamiliar": 0, "unsure": 0, "failed": 0}

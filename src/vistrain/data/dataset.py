@@ -23,6 +23,15 @@ def default_cache_dir() -> Path:
     return Path(base) / "vistrain"
 
 
+def resolve_cache_dir(cache_dir: Path | str | bool | None) -> Path | None:
+    """What ``--cache-dir`` / ``--no-cache`` ask for: False (no cache) -> None; None or True -> the default."""
+    if cache_dir is False:
+        return None
+    if cache_dir is None or cache_dir is True:
+        return default_cache_dir()
+    return Path(cache_dir)
+
+
 @dataclass
 class DataConfig:
     """How to read a dataset; validated when an index is built."""

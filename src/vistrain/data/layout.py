@@ -62,7 +62,7 @@ def _wanted_dir(d: Path) -> bool:
 
 # Left by ``predict --into DIR`` in DIR: copies sorted by a model, not labelled by a person.
 SORTED_MARKER = ".vistrain-sorted"
-# The folders ``predict --into`` puts flagged answers in (api.flag_folder), by either name.
+# The folders ``predict --into`` puts flagged answers in (prediction.flag_folder), by either name.
 FLAG_FOLDERS = ("unsure", "unfamiliar", "unsure (vistrain)", "unfamiliar (vistrain)")
 
 

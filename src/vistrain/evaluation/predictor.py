@@ -9,7 +9,6 @@ import numpy as np
 import torch
 
 from vistrain.data.images import load_rgb
-from vistrain.data.layout import tree_files
 from vistrain.data.transforms import normalize, to_model_pixels
 from vistrain.familiarity import Familiarity
 from vistrain.memory import inference_batch_size
@@ -122,24 +121,3 @@ class Predictor:
             errors.extend(errs)
             start += len(chunk)
         return logits, similarity, errors
-
-
-def collect_images(inputs: list[str | Path], skipped: list[tuple[Path, str]] | None = None) -> list[Path]:
-    """Files given directly, plus every non-hidden file under the folders given (sorted, recursive).
-
-    Read as training reads class folders (data.layout.tree_files): hidden folders and ``__MACOSX``
-    are passed over, and so are vistrain's own outputs inside a folder given (a run's copies of
-    misclassified images, an earlier ``predict --into``), each added to ``skipped`` with what it is:
-    predicting ``photos/`` again after ``--into photos/sorted`` must not answer for the copies too.
-    """
-    skipped = [] if skipped is None else skipped
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item).expanduser()
-        if p.is_dir():
-            files.extend(tree_files(p, skipped, given=True))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
-    return files

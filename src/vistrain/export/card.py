@@ -190,8 +190,10 @@ def _use(info: ExportInfo) -> list[str]:
     return [
         "## Use it", "",
         "```bash",
-        f"python {SCRIPT_FILE} photo.jpg more/*.jpg     # needs only: pip install onnxruntime numpy pillow",
-        "vistrain serve .                                # web page and HTTP API at http://127.0.0.1:8000/",
+        f"python {SCRIPT_FILE} photo.jpg more/*.jpg            # needs only: pip install onnxruntime numpy pillow",
+        "vistrain predict . photos/ --csv answers.csv [--into sorted/]   # no PyTorch needed",
+        "vistrain evaluate . labelled_photos/                  # accuracy, per class, confusion matrix",
+        "vistrain serve .                                       # web page and HTTP API at http://127.0.0.1:8000/",
         "```", "",
         "```python",
         "from vistrain.runtime import OnnxPredictor      # no PyTorch needed",
@@ -264,7 +266,7 @@ def _limits(info: ExportInfo, metrics: dict, data: dict, config: dict) -> list[s
            "kind of thing that looks like a trained one."),
            (f"- Its figures come from photos of the same collection as its training photos ({_code(str(data.get('root', '?')))}). "
            "Photos from another camera, place, season or source may fare worse: check it on labelled photos from "
-           "where it will be used (`vistrain evaluate RUN FOLDER`).")]
+           "where it will be used (`vistrain evaluate . FOLDER`).")]
     per_class = metrics.get("valid", {}).get("per_class", {})
     if per_class:
         weakest = min(per_class, key=lambda c: per_class[c]["f1"])

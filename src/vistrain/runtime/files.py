@@ -1,0 +1,96 @@
+"""``vistrain predict`` and ``vistrain evaluate`` on an export folder: the shipped ONNX model, run by
+ONNX Runtime without PyTorch, with the same rows, CSV, ``--into`` folders and metrics as a run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from vistrain.data.dataset import DataConfig, build_eval_index, resolve_cache_dir
+from vistrain.evaluation.metrics import classification_metrics
+from vistrain.evaluation.seen import Look, overlap_with_run
+from vistrain.familiarity import unfamiliar_summary
+from vistrain.prediction import classify_files, sort_into, write_predictions_csv
+from vistrain.progress import Reporter, SilentReporter
+from vistrain.runtime.predictor import OnnxPredictor
+
+
+def is_export_folder(folder: Path | str) -> bool:
+    """An export (``export.json``) rather than a run (``config.json``, read by PyTorch)."""
+    folder = Path(folder)
+    return (folder / "export.json").is_file() and not (folder / "config.json").is_file()
+
+
+def export_to_use(folder: Path | str) -> Path | None:
+    """The export folder to run instead of a run's PyTorch model: ``folder`` itself when it is an
+    export; the run's ``export/`` when PyTorch is not installed (a serving install); else None."""
+    folder = Path(folder)
+    if is_export_folder(folder):
+        return folder
+    try:
+        import torch  # noqa: F401 -- only whether it can be imported
+    except ImportError:
+        return folder / "export" if is_export_folder(folder / "export") else None
+    return None
+
+
+def predict_export(folder: Path | str, inputs: list[str | Path], top_k: int = 3, unsure: float | None = None,
+                   csv_path: Path | None = None, into: Path | None = None, reporter: Reporter | None = None,
+                   variant: str = "auto") -> list[dict]:
+    """:func:`vistrain.api.predict` for an export folder. ``unsure`` defaults to the export's threshold (0: never)."""
+    ui = reporter or SilentReporter()
+    predictor = OnnxPredictor.from_folder(folder, variant)
+    threshold = unsure if unsure is not None else predictor.unsure_threshold
+    rows = classify_files(lambda paths, advance: predictor.predict_paths(paths, progress=advance),
+                          predictor.classes, inputs, top_k, threshold, ui)
+    if csv_path is not None:
+        write_predictions_csv(rows, Path(csv_path), top_k)
+    if into is not None:
+        sort_into(rows, Path(into), predictor.classes)
+    return rows
+
+
+def evaluate_export(folder: Path | str, data: str | Path, label_from_name: str | None = None,
+                    reporter: Reporter | None = None, cache_dir: Path | str | bool | None = None,
+                    variant: str = "auto") -> dict:
+    """:func:`vistrain.api.evaluate` for an export folder (no mirror TTA). Images that trained or
+    validated the model are recognised while the run it came from (``source_run``) is still there."""
+    ui = reporter or SilentReporter()
+    predictor = OnnxPredictor.from_folder(folder, variant)
+    classes = predictor.classes
+    index = build_eval_index(DataConfig(Path(data), label_from_name, cache_dir=resolve_cache_dir(cache_dir)), reporter=ui, classes=classes)
+    unknown = sorted({r.label for r in index.records} - set(classes))
+    if unknown:
+        raise ValueError(f"{data}: label(s) the model does not know: {', '.join(unknown)} "
+                         f"(model classes: {', '.join(classes)})")
+    with ui.stage("predict", len(index.records)) as advance:
+        preds = predictor.predict_paths([r.path for r in index.records], progress=advance)
+    failed = [(r, p.error) for r, p in zip(index.records, preds) if p.probabilities is None]
+    if failed:  # the scan decoded every one of them: only a file changed since could fail here
+        r, why = failed[0]
+        raise ValueError(f"{r.path}: {why}")
+    y_true = np.array([classes.index(r.label) for r in index.records])
+    y_pred = np.array([int(p.probabilities.argmax()) for p in preds], dtype=int)
+    metrics = classification_metrics(y_true, y_pred, classes)
+    similarity = np.array([np.nan if p.similarity is None else p.similarity for p in preds])
+    if predictor.familiarity is not None:
+        metrics["unfamiliar"] = unfamiliar_summary(predictor.familiarity, similarity, y_true, y_pred)
+    metrics["skipped"] = [{"path": r.path, "reason": r.reason} for r in index.skipped]
+    metrics["notes"] = list(index.layout.notes)
+    source = predictor.info.extra.get("source_run")
+    metrics["model"] = {"export": str(predictor.model_path), "variant": predictor.variant, "source_run": source}
+    if source and (Path(source) / "split.csv").is_file():
+        try:
+            extra = json.loads((Path(source) / "config.json").read_text())
+        except (OSError, ValueError):
+            extra = {}
+        overlap = overlap_with_run(Path(source), extra, [r.path for r in index.records], y_true, y_pred,
+                                   [Look(r.sha1, r.phash, r.colour) for r in index.records])
+        if overlap:
+            metrics["overlap_with_run"] = overlap
+    elif source:
+        metrics["notes"].append(f"the run this model came from ({source}) is not here: images it trained on "
+                                "cannot be recognised, so the accuracy may include some")
+    return metrics

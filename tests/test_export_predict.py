@@ -1,0 +1,95 @@
+"""`vistrain predict` and `vistrain evaluate` on an export folder: ONNX Runtime, no PyTorch needed,
+the same rows, CSV, --into folders and metrics as a run folder gives."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from vistrain.cli import main
+from vistrain.runtime import OnnxPredictor
+
+# The CLI as a serving install (the `serve` extra, see Dockerfile) runs it: nothing it lacks can be imported.
+_NO_TORCH = ("import sys\n"
+             "for name in ('torch', 'torchvision', 'timm', 'sklearn', 'scipy', 'matplotlib', 'onnx'):\n"
+             "    sys.modules[name] = None\n"
+             "from vistrain.cli import main\n"
+             "sys.exit(main(sys.argv[1:]))")
+
+
+def _cli_without_torch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _NO_TORCH, *args], check=False, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_predict_an_export_folder_without_pytorch(exported_run, trained_run, tmp_path):
+    _, data = trained_run
+    out_csv, into = tmp_path / "preds.csv", tmp_path / "sorted"
+    done = _cli_without_torch("predict", str(exported_run), str(data), "--csv", str(out_csv), "--into", str(into))
+    assert done.returncode == 0, done.stderr + done.stdout
+    rows = list(csv.DictReader(out_csv.open()))
+    photos = sorted(data.rglob("*.png"))
+    assert sorted(Path(r["path"]) for r in rows) == photos
+    predictor = OnnxPredictor.from_folder(exported_run)  # the export's default file: int8
+    want = {Path(p.path): p for p in predictor.predict_paths(photos)}
+    for r in rows:
+        p = want[Path(r["path"])]
+        best = int(p.probabilities.argmax())
+        assert r["label"] == predictor.classes[best]
+        assert abs(float(r["probability"]) - p.probabilities[best]) < 1e-5
+        assert r["unsure"] == str(bool(p.probabilities[best] < predictor.unsure_threshold)).lower()
+        assert r["familiar"] == str(p.familiar).lower()
+        flag = "unfamiliar" if not p.familiar else "unsure" if r["unsure"] == "true" else r["label"]
+        assert (into / flag / Path(r["path"]).name).is_file()  # copied where the answer says
+    assert all(p.is_file() for p in photos)  # copies, never moves
+
+
+def test_evaluate_an_export_folder_without_pytorch_knows_its_training_photos(exported_run, trained_run):
+    run, data = trained_run
+    done = _cli_without_torch("evaluate", str(exported_run), str(data), "--json", "--variant", "fp32")
+    assert done.returncode == 0, done.stderr
+    m = json.loads(done.stdout)
+    predictor = OnnxPredictor.from_folder(exported_run, "fp32")
+    photos = sorted(data.rglob("*.png"))
+    y_pred = [predictor.classes[int(p.probabilities.argmax())] for p in predictor.predict_paths(photos)]
+    y_true = [p.parent.name for p in photos]
+    assert m["n"] == len(photos)
+    assert abs(m["accuracy"] - np.mean([a == b for a, b in zip(y_true, y_pred)])) < 1e-9
+    assert m["model"]["variant"] == "fp32" and m["model"]["source_run"] == str(run.resolve())
+    # These are the run's own photos: the export finds its run's split.csv and says so.
+    overlap = m["overlap_with_run"]
+    assert overlap["train"] + overlap["valid"] == len(photos) and overlap["new"] == 0
+
+
+def test_a_serving_install_runs_a_runs_export(exported_run, trained_run, tmp_path):
+    run, data = trained_run
+    copy = shutil.copytree(run, tmp_path / "run")
+    shutil.copytree(exported_run, copy / "export")
+    photo = next(data.rglob("*.png"))
+    done = _cli_without_torch("predict", str(copy), str(photo), "--json")
+    assert done.returncode == 0, done.stderr
+    assert "PyTorch is not installed: running" in done.stderr + done.stdout
+    (row,) = json.loads(done.stdout)
+    assert row["label"] in json.loads((exported_run / "export.json").read_text())["classes"]
+
+
+def _said(capsys) -> str:
+    return " ".join(capsys.readouterr().out.split())  # rich folds long lines
+
+
+def test_flags_only_pytorch_serves_are_refused_by_name(exported_run, trained_run, capsys):
+    run, data = trained_run
+    assert main(["predict", str(exported_run), str(data), "--tta"]) == 2
+    assert "--tta needs the run folder (PyTorch)" in _said(capsys)
+    assert main(["predict", str(exported_run), str(data), "--heatmap", "heat", "--device", "cpu"]) == 2
+    assert "--heatmap needs the run folder" in _said(capsys)
+    assert main(["evaluate", str(exported_run), str(data), "--device", "cuda"]) == 2
+    assert "runs on the CPU" in _said(capsys)
+    assert main(["predict", str(run), str(data), "--variant", "int8"]) == 2
+    assert "is for export folders" in _said(capsys)
