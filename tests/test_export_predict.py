@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from vistrain.cli import main
 from vistrain.runtime import OnnxPredictor
@@ -87,9 +88,23 @@ def test_flags_only_pytorch_serves_are_refused_by_name(exported_run, trained_run
     run, data = trained_run
     assert main(["predict", str(exported_run), str(data), "--tta"]) == 2
     assert "--tta needs the run folder (PyTorch)" in _said(capsys)
-    assert main(["predict", str(exported_run), str(data), "--heatmap", "heat", "--device", "cpu"]) == 2
-    assert "--heatmap needs the run folder" in _said(capsys)
     assert main(["evaluate", str(exported_run), str(data), "--device", "cuda"]) == 2
     assert "runs on the CPU" in _said(capsys)
     assert main(["predict", str(run), str(data), "--variant", "int8"]) == 2
     assert "is for export folders" in _said(capsys)
+
+
+def test_heat_maps_from_an_export_are_the_runs_grad_cam(exported_run, trained_run, tmp_path):
+    run, data = trained_run
+    photos = sorted(data.rglob("*.png"))[::5]
+    done = _cli_without_torch("predict", str(exported_run), *map(str, photos), "--variant", "fp32",
+                              "--heatmap", str(tmp_path / "onnx"), "--json")
+    assert done.returncode == 0, done.stderr
+    assert main(["predict", str(run), *map(str, photos), "--heatmap", str(tmp_path / "torch"), "--json"]) == 0
+    onnx_maps = sorted(p.name for p in (tmp_path / "onnx").iterdir())
+    assert onnx_maps == sorted(p.name for p in (tmp_path / "torch").iterdir())
+    assert len(onnx_maps) == len(photos)  # one per answer, named <photo>.<answer>.png
+    for name in onnx_maps:
+        a = np.asarray(Image.open(tmp_path / "onnx" / name), dtype=float)
+        b = np.asarray(Image.open(tmp_path / "torch" / name), dtype=float)
+        assert np.abs(a - b).mean() < 1.0, name  # of 255: the same map, up to float rounding

@@ -10,8 +10,14 @@ feature map and the head weights.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
+
+from vistrain.data.images import ImageError, load_rgb
+from vistrain.data.transforms import Preprocessing, to_model_pixels
 
 
 def cam_from_features(feature_map: np.ndarray, class_weights: np.ndarray) -> np.ndarray:
@@ -48,3 +54,35 @@ def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray
     # Weight the blend by the map itself so cold regions keep the photo readable.
     a = (alpha * (0.35 + 0.65 * big))[..., None]
     return (rgb.astype(np.float32) * (1 - a) + heat * a).round().clip(0, 255).astype(np.uint8)
+
+
+def write_heatmap_files(rows: list[dict], folder: Path, prep: Preprocessing, classes: list[str],
+                        cams: Callable[[np.ndarray, np.ndarray], list[np.ndarray]], progress=None,
+                        batch_size: int = 16) -> list[Path]:
+    """For each classified row, ``folder/<file stem>.<predicted class>.png``: the model's view of the
+    photo with the heat map of its answer over it; ``cams(pixels, class_indices)`` is any model's
+    (Grad-CAM in PyTorch, the class activation map from an export's features). Existing files are
+    never overwritten."""
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [r for r in rows if r["label"] is not None]
+    written: list[Path] = []
+    for start in range(0, len(todo), batch_size):
+        chunk, pixels = [], []
+        for r in todo[start : start + batch_size]:
+            try:
+                pixels.append(to_model_pixels(load_rgb(r["path"], min_side=prep.size), prep))
+                chunk.append(r)
+            except ImageError:
+                continue  # changed since it was classified; its row already says what happened
+        if chunk:
+            targets = np.array([classes.index(r["label"]) for r in chunk])
+            for r, px, cam in zip(chunk, pixels, cams(np.stack(pixels), targets)):
+                stem = f"{Path(r['path']).stem}.{r['label']}"
+                dest, n = folder / f"{stem}.png", 1
+                while dest.exists():
+                    dest, n = folder / f"{stem}_{n}.png", n + 1
+                Image.fromarray(overlay(px, cam)).save(dest)
+                written.append(dest)
+        if progress:
+            progress(len(todo[start : start + batch_size]))
+    return written

@@ -12,11 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from vistrain.data.images import ImageError, load_rgb
-from vistrain.data.transforms import normalize, to_model_pixels
-from vistrain.heatmap import normalise_cam, overlay
+from vistrain.data.transforms import normalize
+from vistrain.heatmap import normalise_cam, write_heatmap_files
 from vistrain.models.classifier import ImageClassifier
 from vistrain.models.registry import get_backbone
 from vistrain.training.device import model_device, to_device
@@ -70,28 +68,8 @@ def grad_cam(model: ImageClassifier, backbone: str, pixels: np.ndarray, prep, cl
 def write_heatmaps(predictor, rows: list[dict], folder: Path, progress=None, batch_size: int = 16) -> list[Path]:
     """For each classified row, ``folder/<file stem>.<predicted class>.png``: the model's view of
     the photo with the Grad-CAM of its answer over it. Existing files are never overwritten."""
-    prep = predictor.config.preprocessing
-    folder.mkdir(parents=True, exist_ok=True)
-    todo = [r for r in rows if r["label"] is not None]
-    written: list[Path] = []
-    for start in range(0, len(todo), batch_size):
-        chunk, pixels = [], []
-        for r in todo[start : start + batch_size]:
-            try:
-                pixels.append(to_model_pixels(load_rgb(r["path"], min_side=prep.size), prep))
-                chunk.append(r)
-            except ImageError:
-                continue  # changed since it was classified; its row already says what happened
-        if chunk:
-            targets = np.array([predictor.classes.index(r["label"]) for r in chunk])
-            cams = grad_cam(predictor.model, predictor.config.backbone, np.stack(pixels), prep, targets, batch_size)
-            for r, px, cam in zip(chunk, pixels, cams):
-                stem = f"{Path(r['path']).stem}.{r['label']}"
-                dest, n = folder / f"{stem}.png", 1
-                while dest.exists():
-                    dest, n = folder / f"{stem}_{n}.png", n + 1
-                Image.fromarray(overlay(px, cam)).save(dest)
-                written.append(dest)
-        if progress:
-            progress(len(todo[start : start + batch_size]))
-    return written
+    cfg = predictor.config
+    return write_heatmap_files(
+        rows, folder, cfg.preprocessing, predictor.classes,
+        lambda pixels, targets: grad_cam(predictor.model, cfg.backbone, pixels, cfg.preprocessing, targets, batch_size),
+        progress, batch_size)

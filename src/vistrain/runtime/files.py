@@ -12,6 +12,7 @@ from vistrain.data.dataset import DataConfig, build_eval_index, resolve_cache_di
 from vistrain.evaluation.metrics import classification_metrics
 from vistrain.evaluation.seen import Look, overlap_with_run
 from vistrain.familiarity import unfamiliar_summary
+from vistrain.heatmap import write_heatmap_files
 from vistrain.prediction import classify_files, sort_into, write_predictions_csv
 from vistrain.progress import Reporter, SilentReporter
 from vistrain.runtime.predictor import OnnxPredictor
@@ -38,13 +39,25 @@ def export_to_use(folder: Path | str) -> Path | None:
 
 def predict_export(folder: Path | str, inputs: list[str | Path], top_k: int = 3, unsure: float | None = None,
                    csv_path: Path | None = None, into: Path | None = None, reporter: Reporter | None = None,
-                   variant: str = "auto") -> list[dict]:
-    """:func:`vistrain.api.predict` for an export folder. ``unsure`` defaults to the export's threshold (0: never)."""
+                   variant: str = "auto", heatmap: Path | None = None) -> list[dict]:
+    """:func:`vistrain.api.predict` for an export folder. ``unsure`` defaults to the export's threshold
+    (0: never). ``heatmap``: a folder for each answer's class activation map, from the exported
+    features and head (the same map as the run's Grad-CAM, see :mod:`vistrain.heatmap`)."""
     ui = reporter or SilentReporter()
     predictor = OnnxPredictor.from_folder(folder, variant)
     threshold = unsure if unsure is not None else predictor.unsure_threshold
     rows = classify_files(lambda paths, advance: predictor.predict_paths(paths, progress=advance),
                           predictor.classes, inputs, top_k, threshold, ui)
+    if heatmap is not None:
+        if predictor.head_weight is None:
+            raise ValueError(f"{folder}: no head.safetensors, which heat maps need (export the run again)")
+
+        def cams(pixels: np.ndarray, targets: np.ndarray) -> list[np.ndarray]:
+            _, feature_maps = predictor.outputs_from_pixels(pixels)
+            return [predictor.heatmap(f, int(t)) for f, t in zip(feature_maps, targets)]
+
+        with ui.stage("heat maps", sum(1 for r in rows if r["label"])) as advance:
+            write_heatmap_files(rows, Path(heatmap), predictor.preprocessing, predictor.classes, cams, advance)
     if csv_path is not None:
         write_predictions_csv(rows, Path(csv_path), top_k)
     if into is not None:
