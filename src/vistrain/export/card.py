@@ -31,19 +31,19 @@ def write_card(run_dir: Path, out: Path, info: ExportInfo) -> tuple[Path, Path, 
     """Write the stand-alone script and the model card into ``out``; returns their paths and notes."""
     notes: list[str] = []
     script = out / SCRIPT_FILE
-    script.write_text((Path(__file__).parent / "standalone.py").read_text())
+    script.write_text((Path(__file__).parent / "standalone.py").read_text(encoding="utf-8"), encoding="utf-8")
     script.chmod(0o755)  # ./predict_onnx.py works too
     card = out / CARD_FILE
-    if card.exists() and not card.read_text(errors="replace").startswith(MARKER):
+    if card.exists() and not card.read_text(encoding="utf-8", errors="replace").startswith(MARKER):
         card = out / "README.vistrain.md"
         notes.append(f"{out / CARD_FILE} is not vistrain's: the model card went to {card.name} instead")
-    card.write_text(card_text(run_dir, out, info))
+    card.write_text(card_text(run_dir, out, info), encoding="utf-8")  # class names: any script
     return card, script, notes
 
 
 def _read(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 

@@ -66,7 +66,7 @@ def pixels(img, prep):
 
 def main(args, folder=None):
     folder = Path(folder or Path(__file__).resolve().parent)
-    info = json.loads((folder / "export.json").read_text())
+    info = json.loads((folder / "export.json").read_text(encoding="utf-8"))
     prep = info["preprocessing"]
     variant = "fp32" if "--fp32" in args else info["default"]
     paths = [a for a in args if a != "--fp32"]
