@@ -24,16 +24,15 @@ from vistrain.config_file import CONFIG_NAME, load_config, save_config
 from vistrain.data.dataset import (
     DataConfig,
     DatasetIndex,
-    build_eval_index,
     build_index,
     resolve_cache_dir,
 )
 from vistrain.data.split import write_split
 from vistrain.evaluation.confidence import apply_confidence, fit_confidence
+from vistrain.evaluation.labelled import labelled_index, labelled_metrics
 from vistrain.evaluation.metrics import classification_metrics
 from vistrain.evaluation.predictor import Predictor
-from vistrain.evaluation.seen import Look, overlap_with_run
-from vistrain.familiarity import FAMILIAR_FILE, unfamiliar_summary
+from vistrain.familiarity import FAMILIAR_FILE
 from vistrain.models.classifier import save_model
 from vistrain.models.registry import ensemble_members
 from vistrain.prediction import (  # rows, CSV and --into sorting: shared with the torch-free export path
@@ -293,29 +292,16 @@ def evaluate(run: str | Path | Run, data: str | Path, label_from_name: str | Non
     ``device``: where a run given as a folder is loaded (a :class:`Run` stays where it is)."""
     ui = reporter or SilentReporter()
     run = run if isinstance(run, Run) else load(run, device)
-    index = build_eval_index(DataConfig(Path(data), label_from_name, cache_dir=resolve_cache_dir(cache_dir)),
-                             reporter=ui, classes=run.classes)
-    unknown = sorted({r.label for r in index.records} - set(run.classes))
-    if unknown:
-        raise ValueError(f"{data}: label(s) the model does not know: {', '.join(unknown)} "
-                         f"(model classes: {', '.join(run.classes)})")
+    index, y_true = labelled_index(data, label_from_name, cache_dir, run.classes, ui)
     with ui.stage("predict", len(index.records)) as advance:
         views, similarity, _ = run.predictor.outputs_from_paths([r.path for r in index.records], advance,
                                                                views=2 if tta else 1)
-    y_true = np.array([run.classes.index(r.label) for r in index.records])
     y_pred = views.mean(axis=1).argmax(axis=1)
-    metrics = classification_metrics(y_true, y_pred, run.classes)
-    if similarity is not None:
-        metrics["unfamiliar"] = unfamiliar_summary(run.predictor.familiarity, similarity, y_true, y_pred)
+    metrics = labelled_metrics(index, run.classes, y_true, y_pred, run.predictor.familiarity, similarity,
+                               run.path, run.predictor.config.extra)
     if tta:
         plain = float((views[:, 0].argmax(axis=1) == y_true).mean())
         metrics["tta"] = {"accuracy_plain": plain, "accuracy_tta": metrics["accuracy"], "gain": metrics["accuracy"] - plain}
-    metrics["skipped"] = [{"path": r.path, "reason": r.reason} for r in index.skipped]
-    metrics["notes"] = index.layout.notes
-    overlap = overlap_with_run(run.path, run.predictor.config.extra, [r.path for r in index.records], y_true, y_pred,
-                               [Look(r.sha1, r.phash, r.colour) for r in index.records])
-    if overlap:
-        metrics["overlap_with_run"] = overlap
     return metrics
 
 

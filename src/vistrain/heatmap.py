@@ -77,12 +77,19 @@ def write_heatmap_files(rows: list[dict], folder: Path, prep: Preprocessing, cla
         if chunk:
             targets = np.array([classes.index(r["label"]) for r in chunk])
             for r, px, cam in zip(chunk, pixels, cams(np.stack(pixels), targets)):
-                stem = f"{Path(r['path']).stem}.{r['label']}"
-                dest, n = folder / f"{stem}.png", 1
-                while dest.exists():
-                    dest, n = folder / f"{stem}_{n}.png", n + 1
-                Image.fromarray(overlay(px, cam)).save(dest)
-                written.append(dest)
+                written.append(save_heatmap(folder, r["path"], r["label"], px, cam))
         if progress:
             progress(len(todo[start : start + batch_size]))
     return written
+
+
+def save_heatmap(folder: Path, path: str | Path, label: str, pixels: np.ndarray, cam: np.ndarray) -> Path:
+    """``folder/<file stem>.<label>.png``: ``cam`` over the model's view of the photo; an existing
+    file is never overwritten (``_1``, ``_2``... instead)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{Path(path).stem}.{label}"
+    dest, n = folder / f"{stem}.png", 1
+    while dest.exists():
+        dest, n = folder / f"{stem}_{n}.png", n + 1
+    Image.fromarray(overlay(pixels, cam)).save(dest)
+    return dest

@@ -9,12 +9,11 @@ own JSON files, so the card cannot drift from the model it describes.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from pathlib import Path
 
 from vistrain.models.registry import BackboneError, ensemble_members, get_backbone
-from vistrain.runtime.bundle import ExportInfo
+from vistrain.runtime.bundle import ExportInfo, weights_digest
 
 CARD_FILE = "README.md"
 SCRIPT_FILE = "predict_onnx.py"
@@ -286,16 +285,8 @@ def _files(out_dir: Path, info: ExportInfo) -> list[str]:
     for name in names:
         path = out_dir / name
         if path.is_file():
-            rows.append(f"| `{name}` | {path.stat().st_size:,} | `{_sha256(path)}` |")
+            rows.append(f"| `{name}` | {path.stat().st_size:,} | `{weights_digest(path)}` |")
     src = info.extra.get("source_weights_sha256")
     if src:
         rows += ["", f"Exported from the run's `model.safetensors` with SHA-256 `{src}`."]
     return rows
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

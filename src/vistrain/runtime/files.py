@@ -8,11 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vistrain.data.dataset import DataConfig, build_eval_index, resolve_cache_dir
-from vistrain.evaluation.metrics import classification_metrics
-from vistrain.evaluation.seen import Look, overlap_with_run
-from vistrain.familiarity import unfamiliar_summary
-from vistrain.heatmap import write_heatmap_files
+from vistrain.evaluation.labelled import labelled_index, labelled_metrics
+from vistrain.heatmap import save_heatmap
 from vistrain.prediction import classify_files, sort_into, write_predictions_csv
 from vistrain.progress import Reporter, SilentReporter
 from vistrain.runtime.predictor import OnnxPredictor
@@ -46,18 +43,19 @@ def predict_export(folder: Path | str, inputs: list[str | Path], top_k: int = 3,
     ui = reporter or SilentReporter()
     predictor = OnnxPredictor.from_folder(folder, variant)
     threshold = unsure if unsure is not None else predictor.unsure_threshold
-    rows = classify_files(lambda paths, advance: predictor.predict_paths(paths, progress=advance),
-                          predictor.classes, inputs, top_k, threshold, ui)
+    draw = None
     if heatmap is not None:
         if predictor.head_weight is None:
             raise ValueError(f"{folder}: no head.safetensors, which heat maps need (export the run again)")
 
-        def cams(pixels: np.ndarray, targets: np.ndarray) -> list[np.ndarray]:
-            _, feature_maps = predictor.outputs_from_pixels(pixels)
-            return [predictor.heatmap(f, int(t)) for f, t in zip(feature_maps, targets)]
+        def draw(paths: list[str], pixels: np.ndarray, logits: np.ndarray, feature_maps: np.ndarray) -> None:
+            # In the same pass as the answers: each photo is decoded and run once.
+            for path, px, lo, fm in zip(paths, pixels, logits, feature_maps):
+                best = int(lo.argmax())
+                save_heatmap(Path(heatmap), path, predictor.classes[best], px, predictor.heatmap(fm, best))
 
-        with ui.stage("heat maps", sum(1 for r in rows if r["label"])) as advance:
-            write_heatmap_files(rows, Path(heatmap), predictor.preprocessing, predictor.classes, cams, advance)
+    rows = classify_files(lambda paths, advance: predictor.predict_paths(paths, progress=advance, on_batch=draw),
+                          predictor.classes, inputs, top_k, threshold, ui)
     if csv_path is not None:
         write_predictions_csv(rows, Path(csv_path), top_k)
     if into is not None:
@@ -72,38 +70,25 @@ def evaluate_export(folder: Path | str, data: str | Path, label_from_name: str |
     validated the model are recognised while the run it came from (``source_run``) is still there."""
     ui = reporter or SilentReporter()
     predictor = OnnxPredictor.from_folder(folder, variant)
-    classes = predictor.classes
-    index = build_eval_index(DataConfig(Path(data), label_from_name, cache_dir=resolve_cache_dir(cache_dir)), reporter=ui, classes=classes)
-    unknown = sorted({r.label for r in index.records} - set(classes))
-    if unknown:
-        raise ValueError(f"{data}: label(s) the model does not know: {', '.join(unknown)} "
-                         f"(model classes: {', '.join(classes)})")
+    index, y_true = labelled_index(data, label_from_name, cache_dir, predictor.classes, ui)
     with ui.stage("predict", len(index.records)) as advance:
         preds = predictor.predict_paths([r.path for r in index.records], progress=advance)
     failed = [(r, p.error) for r, p in zip(index.records, preds) if p.probabilities is None]
     if failed:  # the scan decoded every one of them: only a file changed since could fail here
         r, why = failed[0]
         raise ValueError(f"{r.path}: {why}")
-    y_true = np.array([classes.index(r.label) for r in index.records])
     y_pred = np.array([int(p.probabilities.argmax()) for p in preds], dtype=int)
-    metrics = classification_metrics(y_true, y_pred, classes)
     similarity = np.array([np.nan if p.similarity is None else p.similarity for p in preds])
-    if predictor.familiarity is not None:
-        metrics["unfamiliar"] = unfamiliar_summary(predictor.familiarity, similarity, y_true, y_pred)
-    metrics["skipped"] = [{"path": r.path, "reason": r.reason} for r in index.skipped]
-    metrics["notes"] = list(index.layout.notes)
     source = predictor.info.extra.get("source_run")
+    seen = source is not None and (Path(source) / "split.csv").is_file()
+    try:
+        extra = json.loads((Path(source) / "config.json").read_text()) if seen else {}
+    except (OSError, ValueError):
+        extra = {}
+    metrics = labelled_metrics(index, predictor.classes, y_true, y_pred, predictor.familiarity, similarity,
+                               Path(source) if seen else None, extra)
     metrics["model"] = {"export": str(predictor.model_path), "variant": predictor.variant, "source_run": source}
-    if source and (Path(source) / "split.csv").is_file():
-        try:
-            extra = json.loads((Path(source) / "config.json").read_text())
-        except (OSError, ValueError):
-            extra = {}
-        overlap = overlap_with_run(Path(source), extra, [r.path for r in index.records], y_true, y_pred,
-                                   [Look(r.sha1, r.phash, r.colour) for r in index.records])
-        if overlap:
-            metrics["overlap_with_run"] = overlap
-    elif source:
+    if source and not seen:
         metrics["notes"].append(f"the run this model came from ({source}) is not here: images it trained on "
                                 "cannot be recognised, so the accuracy may include some")
     return metrics

@@ -129,13 +129,19 @@ class OnnxPredictor:
         img, _ = decode_with_header(name, min_side=prep.size, max_pixels=max_pixels, data=data)
         return to_model_pixels(img, prep)
 
-    def predict_paths(self, paths: list[str | Path], progress: Callable[[int], None] | None = None) -> list[Prediction]:
-        """Decode (threads) and classify batch by batch; files that fail carry their reason."""
+    def predict_paths(self, paths: list[str | Path], progress: Callable[[int], None] | None = None,
+                      on_batch: Callable | None = None) -> list[Prediction]:
+        """Decode (threads) and classify batch by batch; files that fail carry their reason.
+
+        ``on_batch(paths, pixels, logits, feature_maps)``: called with each batch of decoded files,
+        for work on the same outputs (heat maps) without decoding or running the model again."""
         results: list[Prediction] = []
         for chunk, good, pixels, errors in decoded_batches(paths, self.pixels_from_file, self.batch_size, progress):
             probs, sims = {}, {}
             if good:
                 logits, fmaps = self.outputs_from_pixels(pixels)
+                if on_batch is not None:
+                    on_batch([chunk[i] for i in good], pixels, logits, fmaps)
                 probs = dict(zip(good, softmax(logits, self.temperature)))
                 found = self.similarity(fmaps)
                 sims = {} if found is None else {i: float(x) for i, x in zip(good, found)}
