@@ -64,6 +64,10 @@ def test_card_states_the_runs_figures(exported_run, trained_run):
 def test_standalone_script_gives_vistrains_answers_without_vistrain(exported_run, trained_run, tmp_path, variant):
     _, data = trained_run
     photos = sorted(data.rglob("*.png"))[::4]
+    rng = np.random.default_rng(0)  # nothing like the coloured shapes it learned: vistrain flags them
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(noise := tmp_path / "noise.png")
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(blank := tmp_path / "blank.png")
+    photos += [noise, blank]
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     done = _run_script(exported_run, *map(str, photos), str(broken), *(["--fp32"] if variant == "fp32" else []))
@@ -74,14 +78,33 @@ def test_standalone_script_gives_vistrains_answers_without_vistrain(exported_run
     predictor = OnnxPredictor.from_folder(exported_run, variant)
     expected = predictor.predict_paths(photos)
     threshold = predictor.unsure_threshold
+    assert [w.familiar for w in expected[-2:]] == [False, False] and any(w.familiar for w in expected)
     for fields, want in zip(lines, expected):
-        probs = dict(f.split("=") for f in fields[3:])
+        probs = dict(f.split("=") for f in fields[4:])
         assert fields[0] == str(want.path)
         assert list(probs) == predictor.classes
         np.testing.assert_allclose([float(v) for v in probs.values()], want.probabilities, atol=6e-5)
+        assert float(fields[3]) == pytest.approx(want.similarity, abs=6e-5)
         best = int(want.probabilities.argmax())
         unsure = threshold is not None and want.probabilities[best] < threshold
-        assert fields[1] == ("unsure" if unsure else predictor.classes[best])
+        answer = "unsure" if unsure else predictor.classes[best]
+        if abs(want.similarity - predictor.familiarity.threshold) < 1e-4:
+            # A validation photo sets the threshold: its own similarity sits on it, and float rounding
+            # in another summation order may put it on either side.
+            assert fields[1] in ("unfamiliar", answer)
+        else:
+            assert fields[1] == ("unfamiliar" if not want.familiar else answer)
+
+
+def test_standalone_script_without_a_familiarity_file(exported_run, trained_run, tmp_path):
+    folder = tmp_path / "export"
+    shutil.copytree(exported_run, folder)
+    (folder / "familiar.safetensors").unlink()  # exports of runs made before the check have none
+    photo = min(trained_run[1].rglob("*.png"))
+    done = _run_script(folder, str(photo))
+    assert done.returncode == 0, done.stderr
+    fields = done.stdout.strip().split("\t")
+    assert fields[3] == "-" and fields[1] != "unfamiliar"
 
 
 def _odd_images(folder: Path) -> list[Path]:

@@ -177,10 +177,10 @@ def _honesty(info: ExportInfo, config: dict) -> list[str]:
     own = info.models[info.default].get("familiar_threshold")
     if fam:
         threshold = fam["threshold"] if own is None else own
-        out.append(f"- \"unfamiliar\": `vistrain predict` and `vistrain serve` compare each photo's features with "
+        out.append(f"- \"unfamiliar\": `vistrain predict`, `vistrain serve` and `{SCRIPT_FILE}` compare each photo's features with "
                    f"those of {fam['neighbours']} training photos (`familiar.safetensors`) and flag a photo whose "
                    f"nearest is less similar than {threshold:.3f} ({info.default}), a similarity that "
-                   f"{_pct(fam['keep'])} of the validation photos reach. `{SCRIPT_FILE}` does not make this check.")
+                   f"{_pct(fam['keep'])} of the validation photos reach.")
     return out + [""]
 
 

@@ -4,11 +4,12 @@
     pip install onnxruntime numpy pillow
     python predict_onnx.py photo.jpg [more.jpg ...] [--fp32]
 
-Prints a tab-separated line per photo: the file, the answer, its probability, then every class's
-probability. The answer is "unsure" below the model's unsure threshold (export.json). The photo is
-prepared step for step as vistrain prepares it (upright, transparent areas white, resized and cut as
-in training), so the probabilities are those `vistrain predict` gives. vistrain also flags photos
-unlike every training photo (familiar.safetensors); this script does not.
+Prints a tab-separated line per photo: the file, the answer, its probability, the photo's similarity
+to the nearest training photo, then every class's probability. The answer is "unfamiliar" when the
+similarity is below the model's familiarity threshold (the photo is unlike every training photo:
+familiar.safetensors), else "unsure" below the model's unsure threshold (export.json), else the
+class. The photo is prepared step for step as vistrain prepares it (upright, transparent areas
+white, resized and cut as in training), so the answers are those `vistrain predict` gives.
 
 Written by `vistrain export`; it reads export.json, so it stays right for this folder's model.
 """
@@ -64,6 +65,31 @@ def pixels(img, prep):
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
+def familiarity(folder, threshold):
+    """(bank, blocks, threshold) from familiar.safetensors, read with numpy alone; None without it.
+    ``threshold``: the model file's own (int8 features differ a little), else the file's."""
+    path = folder / "familiar.safetensors"
+    if not path.is_file():
+        return None
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")  # safetensors: header length, JSON header, then the tensors
+    header = json.loads(raw[8 : 8 + n])
+    meta, entry = header.get("__metadata__", {}), header["bank"]
+    start, end = entry["data_offsets"]
+    dtype = {"F16": np.float16, "F32": np.float32}[entry["dtype"]]
+    bank = np.frombuffer(raw, dtype, offset=8 + n + start, count=(end - start) // np.dtype(dtype).itemsize)
+    blocks = [int(b) for b in meta["blocks"].split(",")]
+    return bank.reshape(entry["shape"]).astype(np.float32), blocks, float(meta["threshold"] if threshold is None else threshold)
+
+
+def similarity(features, blocks, bank):
+    """Cosine similarity of one image's pooled features (each backbone's block unit length) to the
+    nearest training photo's."""
+    parts = np.split(features.astype(np.float32), np.cumsum(blocks)[:-1])
+    row = np.hstack([p / max(float(np.linalg.norm(p)), 1e-12) for p in parts]) / np.sqrt(len(blocks))
+    return min(float((bank @ row).max()), 1.0)
+
+
 def main(args, folder=None):
     folder = Path(folder or Path(__file__).resolve().parent)
     info = json.loads((folder / "export.json").read_text(encoding="utf-8"))
@@ -75,6 +101,7 @@ def main(args, folder=None):
         return 2
     session = ort.InferenceSession(str(folder / info["models"][variant]["file"]), providers=["CPUExecutionProvider"])
     classes, threshold, failed = info["classes"], info["unsure_threshold"], 0
+    familiar = familiarity(folder, info["models"][variant].get("familiar_threshold"))
     for path in paths:
         try:
             x = pixels(load(path, prep["size"]), prep)
@@ -82,12 +109,18 @@ def main(args, folder=None):
             print(f"{path}\terror\t{exc}")
             failed += 1
             continue
-        logits = session.run(["logits"], {"pixels": x})[0][0] / info["temperature"]
+        logits, features = session.run(["logits", "features"], {"pixels": x})
+        logits = logits[0] / info["temperature"]
         p = np.exp(logits - logits.max())
         p /= p.sum()
         best = int(p.argmax())
         answer = "unsure" if threshold is not None and p[best] < threshold else classes[best]
-        print("\t".join([str(path), answer, f"{p[best]:.4f}", *(f"{c}={q:.4f}" for c, q in zip(classes, p))]))
+        sim = "-"
+        if familiar is not None:
+            bank, blocks, limit = familiar
+            value = similarity(features[0].mean(axis=(1, 2)), blocks, bank)
+            answer, sim = ("unfamiliar" if value < limit else answer), f"{value:.4f}"
+        print("\t".join([str(path), answer, f"{p[best]:.4f}", sim, *(f"{c}={q:.4f}" for c, q in zip(classes, p))]))
     return 1 if failed else 0
 
 
