@@ -84,10 +84,29 @@ def _said(capsys) -> str:
     return " ".join(capsys.readouterr().out.split())  # rich folds long lines
 
 
-def test_flags_only_pytorch_serves_are_refused_by_name(exported_run, trained_run, capsys):
+def test_mirror_tta_on_an_export_is_the_runs(exported_run, trained_run):
+    from vistrain.evaluation.predictor import Predictor
+
     run, data = trained_run
-    assert main(["predict", str(exported_run), str(data), "--tta"]) == 2
-    assert "--tta needs the run folder (PyTorch)" in _said(capsys)
+    photos = sorted(data.rglob("*.png"))
+    onnx = OnnxPredictor.from_folder(exported_run, "fp32")
+    both = np.stack([p.probabilities for p in onnx.predict_paths(photos, tta=True)])
+    torch_both = np.stack([p.probabilities for p in Predictor.from_folder(run).predict_paths(photos, tta=True)])
+    np.testing.assert_allclose(both, torch_both, atol=1e-4)
+    plain = np.stack([p.probabilities for p in onnx.predict_paths(photos)])
+    assert np.abs(both - plain).max() > 1e-3  # the mirror image really went in
+    done = _cli_without_torch("evaluate", str(exported_run), str(data), "--json", "--variant", "fp32", "--tta")
+    assert done.returncode == 0, done.stderr
+    m = json.loads(done.stdout)
+    y_true = np.array([onnx.classes.index(p.parent.name) for p in photos])
+    t = m["tta"]
+    assert t["accuracy_tta"] == m["accuracy"] == np.mean(both.argmax(1) == y_true)
+    assert t["accuracy_plain"] == np.mean(plain.argmax(1) == y_true)
+    assert t["gain"] == t["accuracy_tta"] - t["accuracy_plain"]
+
+
+def test_what_only_pytorch_serves_is_refused_by_name(exported_run, trained_run, capsys):
+    run, data = trained_run
     assert main(["evaluate", str(exported_run), str(data), "--device", "cuda"]) == 2
     assert "runs on the CPU" in _said(capsys)
     assert main(["predict", str(run), str(data), "--variant", "int8"]) == 2

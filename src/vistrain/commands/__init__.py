@@ -30,9 +30,9 @@ def add_variant_flag(p: argparse.ArgumentParser) -> None:
                    help="for an export folder: which ONNX file runs (default auto: int8 when the export kept one)")
 
 
-def export_folder(args, console, torch_only: dict[str, object]) -> Path | None:
+def export_folder(args, console) -> Path | None:
     """The export folder to run with ONNX Runtime instead of the run's PyTorch model (see
-    :func:`vistrain.runtime.files.export_to_use`), after refusing the flags only PyTorch serves."""
+    :func:`vistrain.runtime.files.export_to_use`), after refusing what only PyTorch serves."""
     from vistrain.runtime.files import export_to_use
 
     export = export_to_use(args.run)
@@ -40,10 +40,6 @@ def export_folder(args, console, torch_only: dict[str, object]) -> Path | None:
         if args.variant != "auto":
             raise ValueError(f"--variant {args.variant} is for export folders; {args.run} is a run folder")
         return None
-    used = [flag for flag, value in torch_only.items() if value]
-    if used:
-        raise ValueError(f"{args.run}: {' and '.join(used)} need{'s' if len(used) == 1 else ''} the run folder "
-                         f"(PyTorch); an export folder runs ONNX Runtime")
     if args.device == "cuda":
         raise ValueError(f"{args.run}: an export folder runs on the CPU (ONNX Runtime); --device cuda needs the run folder")
     if export != args.run:

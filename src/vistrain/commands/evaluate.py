@@ -33,12 +33,12 @@ def run(args, console, reporter) -> int:
     from vistrain.evaluation.seen import describe_overlap
     from vistrain.familiarity import describe_unfamiliar
 
-    export = export_folder(args, console, torch_only={"--tta": args.tta})
+    export = export_folder(args, console)
     if export is not None:
         from vistrain.runtime.files import evaluate_export
 
         m = evaluate_export(export, args.data, args.label_from_name, reporter=reporter, cache_dir=cache_dir(args),
-                            variant=args.variant)
+                            variant=args.variant, tta=args.tta)
     else:
         from vistrain.api import evaluate
 

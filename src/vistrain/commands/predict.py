@@ -35,12 +35,13 @@ def run(args, console, reporter) -> int:
         raise ValueError(f"--unsure {args.unsure} must be a probability from 0 (never unsure) up to 1")
     if args.top_k < 1:
         raise ValueError(f"--top-k {args.top_k} must be at least 1")
-    export = export_folder(args, console, torch_only={"--tta": args.tta})
+    export = export_folder(args, console)
     if export is not None:
         from vistrain.runtime.files import predict_export
 
         rows = predict_export(export, args.inputs, top_k=args.top_k, unsure=args.unsure, csv_path=args.csv,
-                              into=args.into, reporter=reporter, variant=args.variant, heatmap=args.heatmap)
+                              into=args.into, reporter=reporter, variant=args.variant, heatmap=args.heatmap,
+                              tta=args.tta)
     else:
         from vistrain.api import predict
 

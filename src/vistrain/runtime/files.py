@@ -36,9 +36,9 @@ def export_to_use(folder: Path | str) -> Path | None:
 
 def predict_export(folder: Path | str, inputs: list[str | Path], top_k: int = 3, unsure: float | None = None,
                    csv_path: Path | None = None, into: Path | None = None, reporter: Reporter | None = None,
-                   variant: str = "auto", heatmap: Path | None = None) -> list[dict]:
+                   variant: str = "auto", heatmap: Path | None = None, tta: bool = False) -> list[dict]:
     """:func:`vistrain.api.predict` for an export folder. ``unsure`` defaults to the export's threshold
-    (0: never). ``heatmap``: a folder for each answer's class activation map, from the exported
+    (0: never). ``tta``: average each image with its mirror image. ``heatmap``: a folder for each answer's class activation map, from the exported
     features and head (the same map as the run's Grad-CAM, see :mod:`vistrain.heatmap`)."""
     ui = reporter or SilentReporter()
     predictor = OnnxPredictor.from_folder(folder, variant)
@@ -54,7 +54,7 @@ def predict_export(folder: Path | str, inputs: list[str | Path], top_k: int = 3,
                 best = int(lo.argmax())
                 save_heatmap(Path(heatmap), path, predictor.classes[best], px, predictor.heatmap(fm, best))
 
-    rows = classify_files(lambda paths, advance: predictor.predict_paths(paths, progress=advance, on_batch=draw),
+    rows = classify_files(lambda paths, advance: predictor.predict_paths(paths, progress=advance, on_batch=draw, tta=tta),
                           predictor.classes, inputs, top_k, threshold, ui)
     if csv_path is not None:
         write_predictions_csv(rows, Path(csv_path), top_k)
@@ -65,20 +65,20 @@ def predict_export(folder: Path | str, inputs: list[str | Path], top_k: int = 3,
 
 def evaluate_export(folder: Path | str, data: str | Path, label_from_name: str | None = None,
                     reporter: Reporter | None = None, cache_dir: Path | str | bool | None = None,
-                    variant: str = "auto") -> dict:
-    """:func:`vistrain.api.evaluate` for an export folder (no mirror TTA). Images that trained or
+                    variant: str = "auto", tta: bool = False) -> dict:
+    """:func:`vistrain.api.evaluate` for an export folder (``tta``: as there, with the gain). Images that trained or
     validated the model are recognised while the run it came from (``source_run``) is still there."""
     ui = reporter or SilentReporter()
     predictor = OnnxPredictor.from_folder(folder, variant)
     index, y_true = labelled_index(data, label_from_name, cache_dir, predictor.classes, ui)
     with ui.stage("predict", len(index.records)) as advance:
-        preds = predictor.predict_paths([r.path for r in index.records], progress=advance)
-    failed = [(r, p.error) for r, p in zip(index.records, preds) if p.probabilities is None]
+        views, similarity, errors = predictor.outputs_from_paths([r.path for r in index.records], advance,
+                                                                 views=2 if tta else 1)
+    failed = [(r, why) for r, why in zip(index.records, errors) if why]
     if failed:  # the scan decoded every one of them: only a file changed since could fail here
         r, why = failed[0]
         raise ValueError(f"{r.path}: {why}")
-    y_pred = np.array([int(p.probabilities.argmax()) for p in preds], dtype=int)
-    similarity = np.array([np.nan if p.similarity is None else p.similarity for p in preds])
+    y_pred = views.mean(axis=1).argmax(axis=1)
     source = predictor.info.extra.get("source_run")
     seen = source is not None and (Path(source) / "split.csv").is_file()
     try:
@@ -88,6 +88,9 @@ def evaluate_export(folder: Path | str, data: str | Path, label_from_name: str |
     metrics = labelled_metrics(index, predictor.classes, y_true, y_pred, predictor.familiarity, similarity,
                                Path(source) if seen else None, extra)
     metrics["model"] = {"export": str(predictor.model_path), "variant": predictor.variant, "source_run": source}
+    if tta:
+        plain = float((views[:, 0].argmax(axis=1) == y_true).mean())
+        metrics["tta"] = {"accuracy_plain": plain, "accuracy_tta": metrics["accuracy"], "gain": metrics["accuracy"] - plain}
     if source and not seen:
         metrics["notes"].append(f"the run this model came from ({source}) is not here: images it trained on "
                                 "cannot be recognised, so the accuracy may include some")

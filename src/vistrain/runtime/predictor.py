@@ -129,27 +129,53 @@ class OnnxPredictor:
         img, _ = decode_with_header(name, min_side=prep.size, max_pixels=max_pixels, data=data)
         return to_model_pixels(img, prep)
 
+    def view_outputs(self, pixels: np.ndarray, views: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """``N x views x K`` logits (view 1: the horizontal mirror, as the PyTorch predictor's
+        ``view_logits``) and view 0's feature maps."""
+        if views not in (1, 2):
+            raise ValueError(f"views must be 1 (plain) or 2 (plain + mirror), got {views}")
+        logits, feature_maps = self.outputs_from_pixels(pixels)
+        if views == 2:
+            mirrored = self.outputs_from_pixels(np.ascontiguousarray(pixels[:, :, ::-1]))[0]
+            return np.stack([logits, mirrored], axis=1), feature_maps
+        return logits[:, None], feature_maps
+
     def predict_paths(self, paths: list[str | Path], progress: Callable[[int], None] | None = None,
-                      on_batch: Callable | None = None) -> list[Prediction]:
-        """Decode (threads) and classify batch by batch; files that fail carry their reason.
+                      on_batch: Callable | None = None, tta: bool = False) -> list[Prediction]:
+        """Decode (threads) and classify batch by batch; files that fail carry their reason. ``tta``:
+        average each image's logits with its mirror image's.
 
         ``on_batch(paths, pixels, logits, feature_maps)``: called with each batch of decoded files,
         for work on the same outputs (heat maps) without decoding or running the model again."""
-        results: list[Prediction] = []
-        for chunk, good, pixels, errors in decoded_batches(paths, self.pixels_from_file, self.batch_size, progress):
-            probs, sims = {}, {}
-            if good:
-                logits, fmaps = self.outputs_from_pixels(pixels)
-                if on_batch is not None:
-                    on_batch([chunk[i] for i in good], pixels, logits, fmaps)
-                probs = dict(zip(good, softmax(logits, self.temperature)))
-                found = self.similarity(fmaps)
-                sims = {} if found is None else {i: float(x) for i, x in zip(good, found)}
-            for i, p in enumerate(chunk):
-                sim = sims.get(i)
-                results.append(Prediction(p, probs.get(i), errors[i], sim,
-                                          None if sim is None else self.familiarity.verdict(sim)))
+        logits, similarity, errors = self.outputs_from_paths(paths, progress, 2 if tta else 1, on_batch)
+        results = []
+        for i, (p, z, err) in enumerate(zip(paths, logits, errors)):
+            sim = None if err or similarity is None else float(similarity[i])
+            results.append(Prediction(str(p), None if err else softmax(z.mean(axis=0, keepdims=True), self.temperature)[0],
+                                      err, sim, None if sim is None else self.familiarity.verdict(sim)))
         return results
+
+    def outputs_from_paths(self, paths: list[str | Path], progress: Callable[[int], None] | None = None,
+                           views: int = 1, on_batch: Callable | None = None
+                           ) -> tuple[np.ndarray, np.ndarray | None, list[str | None]]:
+        """``N x views x K`` logits (NaN where a file failed), each file's similarity to the training
+        photos (NaN where it failed; None without the check) and each file's error or None."""
+        logits = np.full((len(paths), views, len(self.classes)), np.nan, dtype=np.float32)
+        similarity = None if self.familiarity is None else np.full(len(paths), np.nan, dtype=np.float32)
+        errors: list[str | None] = []
+        start = 0
+        for chunk, good, pixels, errs in decoded_batches(paths, self.pixels_from_file, self.batch_size, progress):
+            if good:
+                at = [start + i for i in good]
+                logits[at], fmaps = self.view_outputs(pixels, views)
+                if on_batch is not None:
+                    on_batch([chunk[i] for i in good], pixels, logits[at].mean(axis=1), fmaps)
+                found = self.similarity(fmaps)
+                if found is not None:
+                    similarity[at] = found
+            errors.extend(errs)
+            start += len(chunk)
+        return logits, similarity, errors
 
     def similarity(self, feature_maps: np.ndarray) -> np.ndarray | None:
         """Each image's similarity to the nearest training photo, from its feature map (None: no check)."""
