@@ -2,6 +2,9 @@
 server's resident memory before and after.
 
     python benchmarks/serve_load.py RUN_OR_EXPORT IMAGE [--seconds 20] [--clients 8] [--variant auto] [--max-batch 16]
+                                    [--heatmap]
+
+One client with and without ``--heatmap`` is the web page's camera, with and without its heat map.
 
 Starts the server as a subprocess on 127.0.0.1 (a free port), waits for /health, then keeps
 ``--clients`` concurrent clients posting IMAGE for ``--seconds`` seconds.
@@ -34,7 +37,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def load(url: str, image: bytes, name: str, seconds: float, clients: int) -> tuple[list[float], list[str]]:
+async def load(url: str, image: bytes, name: str, seconds: float, clients: int,
+               heatmap: bool = False) -> tuple[list[float], list[str]]:
     latencies: list[float] = []
     errors: list[str] = []
     stop = time.perf_counter() + seconds
@@ -43,7 +47,8 @@ async def load(url: str, image: bytes, name: str, seconds: float, clients: int) 
         while time.perf_counter() < stop:
             t = time.perf_counter()
             try:
-                r = await c.post(f"{url}/predict", files={"file": (name, image, "image/jpeg")})
+                r = await c.post(f"{url}/predict", files={"file": (name, image, "image/jpeg")},
+                                 params={"heatmap": str(heatmap).lower()})
                 if r.status_code != 200:
                     errors.append(f"{r.status_code} {r.text[:100]}")
             except httpx.HTTPError as exc:
@@ -64,6 +69,7 @@ def main() -> None:
     ap.add_argument("--variant", default="auto")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-batch", type=int, default=16, help="1 turns micro-batching off, for comparison")
+    ap.add_argument("--heatmap", action="store_true", help="ask for each answer's heat map (PNG data URL)")
     args = ap.parse_args()
 
     port = free_port()
@@ -86,7 +92,7 @@ def main() -> None:
         asyncio.run(load(url, image, args.image.name, 2, 2))  # warm-up, not counted
         before = rss_mb(server.pid)
         h0 = httpx.get(f"{url}/health").json()
-        lat, errors = asyncio.run(load(url, image, args.image.name, args.seconds, args.clients))
+        lat, errors = asyncio.run(load(url, image, args.image.name, args.seconds, args.clients, args.heatmap))
         h1 = httpx.get(f"{url}/health").json()
         after = rss_mb(server.pid)
     finally:
@@ -95,6 +101,7 @@ def main() -> None:
     lat_ms = np.array(lat) * 1000
     batches = h1["batches"] - h0["batches"]
     print(f"{len(lat)} requests in {args.seconds:.0f} s with {args.clients} clients ({h1['variant']}, "
+          + ("heat maps, " if args.heatmap else "") +
           f"{args.threads} ONNX Runtime threads): {len(lat) / args.seconds:.1f} req/s, "
           f"p50 {np.percentile(lat_ms, 50):.0f} ms, p99 {np.percentile(lat_ms, 99):.0f} ms, errors {len(errors)}")
     print(f"model calls {batches}, mean batch {(h1['images'] - h0['images']) / max(batches, 1):.1f} images, "

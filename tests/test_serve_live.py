@@ -156,6 +156,11 @@ def test_web_page_classifies_several_photos_into_a_table_and_a_csv(live_url, bro
                           page.locator("#rows td:first-child img").evaluate_all("(els) => els.map((e) => e.src)")))
         assert thumbs["circles.tif"].startswith("data:image/png;base64,")
         assert thumbs["circles, no. 0.png"].startswith("blob:")
+        # A thumbnail that fails only after its answer is in (a slow decode) gets the heat map too.
+        swapped = page.evaluate("""() => { const tr = [...document.querySelectorAll('#rows tr')]
+            .find((r) => r.children[1].textContent === 'stripes, no. 1.png');
+            const img = tr.querySelector('img'); img.onerror(); return [img.src, img.hidden]; }""")
+        assert swapped[0].startswith("data:image/png;base64,") and swapped[1] is False
         text = page.evaluate("fetch(document.getElementById('csv').href).then((r) => r.text())")
         rows = list(csv.DictReader(io.StringIO(text)))
         assert list(rows[0]) == ["path", "label", "probability", "unsure", "familiar", "similarity", "top1",
@@ -227,6 +232,12 @@ def test_web_page_classifies_the_camera_live_and_stops_it(live_url, browser, tmp
         assert guide["height"] == pytest.approx(video["height"], abs=1)
         assert guide["x"] - video["x"] == pytest.approx((video["width"] - video["height"]) / 2, abs=1)
         assert "the model sees the square" in page.inner_text("#rate")
+        page.check("#camheat")  # each frame's heat map beside the video, from the next frame on
+        page.wait_for_selector("#heat:not([hidden])", timeout=30_000)
+        assert page.get_attribute("#heatimg", "src").startswith("data:image/png;base64,")
+        assert page.inner_text("#prediction") == "stripes"
+        page.uncheck("#camheat")
+        page.wait_for_selector("#heat", state="hidden", timeout=30_000)
         page.click("#camera")
         assert page.evaluate("document.getElementById('video').srcObject") is None
         assert not page.is_visible("#live") and page.inner_text("#camera") == "Use the camera"

@@ -7,7 +7,7 @@
   and heat map.
 - The camera: frames are classified one after another, each as soon as the previous answer is in,
   so the rate follows the server's speed. When the model crops (``resize="crop"``), a frame on the
-  video marks the centre square it sees. Browsers offer the camera only to secure pages
+  video marks the centre square it sees; ticked, "with its heat map" shows each frame's. Browsers offer the camera only to secure pages
   (``localhost`` or https); elsewhere the page says so and points to the file picker, which on a
   phone can take a photo.
 
@@ -52,7 +52,9 @@ PAGE = """<!doctype html>
 <label id="drop" for="file">Drop photos here, paste one (Ctrl+V), or click to pick
   <input id="file" type="file" accept="image/*,.heic,.heif" multiple hidden>
 </label>
-<div id="tools"><button id="camera" type="button">Use the camera</button><span id="camnote"></span></div>
+<div id="tools"><button id="camera" type="button">Use the camera</button>
+  <label title="each frame's heat map: where the model looked (fewer frames per second)"><input id="camheat" type="checkbox"> with its heat map</label>
+  <span id="camnote"></span></div>
 <div id="error" role="alert"></div>
 <div id="result">
   <div id="scores" style="flex: 1; min-width: 280px"></div>
@@ -165,7 +167,7 @@ async function several(files) {
   batch = files.map((file) => ({ file, url: URL.createObjectURL(file) }));
   $("csv").hidden = true; $("error").textContent = ""; $("batch").hidden = false;
   $("rows").innerHTML = batch.map((b, i) =>
-    `<tr data-i="${i}"><td><img alt="" src="${b.url}" onerror="this.hidden = true"></td><td>${esc(b.file.name)}</td>` +
+    `<tr data-i="${i}"><td><img alt="" src="${b.url}" onerror="thumbFailed(this, ${i})"></td><td>${esc(b.file.name)}</td>` +
     `<td class="answer">waiting...</td><td class="probability"></td></tr>`).join("");
   summarise();
   let next = 0, shown = false;
@@ -179,9 +181,7 @@ async function several(files) {
         item.answer = answer;
         tr.querySelector(".answer").textContent = answerText(item.answer);
         tr.querySelector(".probability").textContent = pct(item.answer.probability);
-        // A format this browser cannot show (TIFF, HEIC in Chrome): the model's view of it instead.
-        const thumb = tr.querySelector("img");
-        if (thumb.hidden && item.answer.heatmap) { thumb.onerror = null; thumb.src = item.answer.heatmap; thumb.hidden = false; }
+        thumbFallback(tr.querySelector("img"), item);
       } else {
         item.error = error;
         tr.querySelector(".answer").innerHTML = `<span class="failed">${esc(error)}</span>`;
@@ -191,6 +191,17 @@ async function several(files) {
     }
   };
   await Promise.all(Array.from({ length: Math.min(PARALLEL, batch.length) }, worker));
+}
+
+// A format this browser cannot show (TIFF, HEIC in Chrome): the model's view of it instead. The
+// thumbnail may fail before or after its answer arrives; whichever comes second swaps it in.
+function thumbFailed(img, i) {
+  img.hidden = true; img.dataset.failed = "1";
+  if (batch[i]) thumbFallback(img, batch[i]);
+}
+
+function thumbFallback(img, item) {
+  if (img.dataset.failed && item.answer && item.answer.heatmap) { img.onerror = null; img.src = item.answer.heatmap; img.hidden = false; }
 }
 
 function take(list) {
@@ -228,7 +239,7 @@ async function startCamera() {
     canvas.getContext("2d").drawImage(v, 0, 0, canvas.width, canvas.height);
     const blob = await new Promise((ok) => canvas.toBlob(ok, "image/jpeg", 0.92));
     let p;
-    try { p = await classify(blob, "camera.jpg", false); } catch (e) { if (camera === session) { stopCamera(); fail(e.message); } return; }
+    try { p = await classify(blob, "camera.jpg", $("camheat").checked); } catch (e) { if (camera === session) { stopCamera(); fail(e.message); } return; }
     if (camera !== session) return;
     show(p);
     placeGuide(v);
