@@ -60,13 +60,24 @@ def test_predict_one_and_several_images(client):
         assert p["unsure"] is (threshold is not None and p["probability"] < threshold)
 
 
-def test_heatmap_is_a_png_of_the_model_input(client):
+def test_heatmap_is_a_jpeg_of_the_model_input(client, exported_run):
+    from vistrain.heatmap import overlay
+    from vistrain.runtime import OnnxPredictor
+
     r = client.post("/predict", files={"file": ("s.png", png_bytes("squares"), "image/png")}, params={"heatmap": True})
-    url = r.json()["predictions"][0]["heatmap"]
-    assert url.startswith("data:image/png;base64,")
-    img = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    pred = r.json()["predictions"][0]
+    assert pred["heatmap"].startswith("data:image/jpeg;base64,")
+    img = Image.open(io.BytesIO(base64.b64decode(pred["heatmap"].split(",", 1)[1])))
     size = client.get("/model").json()["preprocessing"]["size"]
-    assert img.size == (size, size)
+    assert img.format == "JPEG" and img.size == (size, size)
+    # The model's view of the upload with the answer's map over it, up to JPEG's rounding.
+    p = OnnxPredictor.from_folder(exported_run, client.get("/model").json()["variant"])
+    pixels = p.pixels_from_bytes(png_bytes("squares"), "s.png")
+    _, fmaps = p.outputs_from_pixels(pixels[None])
+    got = np.asarray(img, dtype=float)
+    err = {c: np.abs(got - overlay(pixels, p.heatmap(fmaps[0], k))).mean() for k, c in enumerate(p.classes)}
+    bare = np.abs(got - pixels).mean()
+    assert min(err, key=err.get) == pred["label"] and err[pred["label"]] < 0.5 * bare  # its own map, drawn
 
 
 def test_an_iphone_heic_upload_is_read(client):
@@ -76,7 +87,7 @@ def test_an_iphone_heic_upload_is_read(client):
     r = client.post("/predict", files={"file": ("IMG_0001.HEIC", heic, "image/heic")}, params={"heatmap": True})
     assert r.status_code == 200, r.text
     pred = r.json()["predictions"][0]
-    assert pred["filename"] == "IMG_0001.HEIC" and pred["label"] and pred["heatmap"].startswith("data:image/png")
+    assert pred["filename"] == "IMG_0001.HEIC" and pred["label"] and pred["heatmap"].startswith("data:image/jpeg")
 
 
 def test_health_and_model(client, exported_run):
@@ -178,7 +189,7 @@ def test_lambda_handler(exported_run):
     r = handler(event, None)
     assert r["statusCode"] == 200
     body = json.loads(r["body"])
-    assert body["predictions"][0]["label"] == "stripes" and body["predictions"][0]["heatmap"].startswith("data:image/png")
+    assert body["predictions"][0]["label"] == "stripes" and body["predictions"][0]["heatmap"].startswith("data:image/jpeg")
     bad = handler({**event, "body": base64.b64encode(b"nope").decode()}, None)
     assert bad["statusCode"] == 400 and "not an image" in json.loads(bad["body"])["detail"]
     assert handler({**event, "body": "***"}, None)["statusCode"] == 400

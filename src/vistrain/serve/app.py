@@ -46,7 +46,7 @@ class ImagePrediction(BaseModel):
     familiar: bool | None = None  # False: unlike every training photo (None: the model has no such check)
     similarity: float | None = None  # cosine similarity to the nearest training photo
     top: list[ClassProbability]
-    heatmap: str | None = None  # PNG data URL: the image as the model saw it, with the class activation map
+    heatmap: str | None = None  # JPEG data URL: the image as the model saw it, with the class activation map
 
 
 class PredictResponse(BaseModel):
@@ -175,7 +175,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     async def predict(request: Request,
                       file: list[UploadFile] = File(..., description="one or more images (repeat the field)"),  # noqa: B008 (FastAPI idiom)
                       top_k: int = Query(3, ge=1, le=100, description="how many classes to list per image"),
-                      heatmap: bool = Query(False, description="add a class activation heat map (PNG data URL)")):
+                      heatmap: bool = Query(False, description="add a class activation heat map (JPEG data URL)")):
         predictor: OnnxPredictor = request.app.state.predictor
         if len(file) > cfg.max_files:
             raise UploadError(413, f"{len(file)} files in one request; the limit is {cfg.max_files}")

