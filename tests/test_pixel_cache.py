@@ -62,7 +62,7 @@ def test_a_damaged_cache_entry_is_rebuilt(class_folders, tmp_path):
     keys = [file_sha1(p) for p in paths]
     cache = PixelCache(tmp_path / "cache", prep)
     ref, _ = decode_all(paths, prep, cache=cache, keys=keys)
-    cache._file(keys[1]).write_bytes(b"cut short")
+    cache.entry_file(keys[1]).write_bytes(b"cut short")
     again, _ = decode_all(paths, prep, cache=cache, keys=keys)
     assert np.array_equal(again, ref) and cache.load(keys[1]) is not None
 
@@ -173,13 +173,13 @@ def test_a_cache_entry_removed_during_training_is_decoded_again(class_folders, t
     cache = PixelCache(tmp_path / "cache", prep)
     _, canvases = decode_all(paths, prep, canvases=True, cache=cache, keys=keys)
     before = canvases[2]
-    cache._file(keys[2]).unlink()
+    cache.entry_file(keys[2]).unlink()
     assert np.array_equal(canvases[2], before) and cache.has(keys[2])  # rebuilt from its photo, and stored
-    cache._file(keys[1]).unlink()
+    cache.entry_file(keys[1]).unlink()
     assert np.array_equal(canvases[0:2][1], decode_all(paths[1:2], prep, canvases=True)[1][0])
     # Without the photos' paths there is nothing to rebuild from: the error names the entry.
     with pytest.raises(FileNotFoundError, match=keys[3]):
-        cache._file(keys[3]).unlink()
+        cache.entry_file(keys[3]).unlink()
         DiskCanvases(cache, keys)[3]
     with pytest.raises(ValueError, match="pixel cache holds"):
         decode_all(paths, get_backbone("efficientnet_lite0").preprocessing(96), cache=cache, keys=keys)
@@ -204,14 +204,16 @@ def test_trim_removes_the_entries_used_longest_ago_and_spares_the_running_job(tm
     # The running job's entries stay even over the limit; nothing else is left to remove.
     done = trim_pixels(tmp_path, limit=10, since=now - 10)
     assert sorted(p.name for p in folder.rglob("*.safetensors")) == ["mine.safetensors"] and done.total == 1000
-    # Entries of the images a job is about to read stay however old, and count against the limit.
-    for name in ("a/44/kept.safetensors", "b/55/stale.safetensors"):
+    # Entries a job is about to read stay however old, and count against the limit; the same image
+    # at another input size (another folder) is not spared.
+    for name in ("a/44/kept.safetensors", "b/44/kept.safetensors", "b/55/stale.safetensors"):
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(b"x" * 1000)
         os.utime(folder / name, (now - 9999, now - 9999))
-    done = trim_pixels(tmp_path, limit=2500, since=now - 10, keep={"kept"})
-    assert sorted(p.name for p in folder.rglob("*.safetensors")) == ["kept.safetensors", "mine.safetensors"]
-    assert (done.files, done.total) == (1, 2000)
+    done = trim_pixels(tmp_path, limit=2500, since=now - 10, keep={folder / "a/44/kept.safetensors"})
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*.safetensors")) == \
+        ["a/22/mine.safetensors", "a/44/kept.safetensors"]
+    assert (done.files, done.total) == (2, 2000)
     assert trim_pixels(tmp_path / "nothing", 10, now).files == 0
 
     monkeypatch.delenv("VISTRAIN_PIXEL_CACHE_GB", raising=False)

@@ -80,13 +80,14 @@ class Trimmed:
     total: int  # the pixel cache's bytes afterwards
 
 
-def trim_pixels(root: Path, limit: float, since: float, keep: Collection[str] = ()) -> Trimmed:
+def trim_pixels(root: Path, limit: float, since: float, keep: Collection[Path] = ()) -> Trimmed:
     """Delete the decoded pixels used longest ago until the pixel cache holds at most ``limit`` bytes,
     sparing every entry used at or after ``since`` (the running job's own images: a run larger than
-    the limit keeps all of its own) and every entry of an image in ``keep`` (content hashes: the
-    images a job is about to read). Entries are marked used when read (``PixelCache.touch``)."""
+    the limit keeps all of its own) and the files in ``keep`` (``PixelCache.entry_file`` of the same
+    ``root``: the entries a job is about to read, at its own input size; the same images at other
+    sizes may go). Entries are marked used when read (``PixelCache.touch``)."""
     folder = Path(root) / PARTS["pixels"]
-    keep = set(keep)
+    keep = {Path(k) for k in keep}
     entries, total = [], 0
     for f in folder.rglob("*.safetensors") if folder.is_dir() else []:
         try:
@@ -94,7 +95,7 @@ def trim_pixels(root: Path, limit: float, since: float, keep: Collection[str] = 
         except OSError:
             continue  # removed meanwhile by another run
         total += st.st_size  # kept entries count against the limit too
-        if f.stem not in keep:
+        if f not in keep:
             entries.append((st.st_mtime, st.st_size, f))
     files = freed = 0
     for mtime, size, f in sorted(entries, key=lambda e: (e[0], str(e[2]))):

@@ -38,30 +38,31 @@ class PixelCache:
         name = f"v{PIXEL_CACHE_VERSION}-{prep.key()}-m{margin:g}-pil{PIL.__version__.split('.')[0]}"
         self.folder = self.root / "pixels" / name
 
-    def _file(self, sha1: str) -> Path:
+    def entry_file(self, sha1: str) -> Path:
+        """Where an image's entry lives (at this preprocessing), whether or not it exists."""
         return self.folder / sha1[:2] / f"{sha1}.safetensors"
 
     def has(self, sha1: str) -> bool:
-        return self._file(sha1).exists()
+        return self.entry_file(sha1).exists()
 
     def touch(self, sha1: str) -> None:
         """Mark an entry used now: the cache's size limit removes the longest unused first."""
         try:
-            os.utime(self._file(sha1))
+            os.utime(self.entry_file(sha1))
         except OSError:
             pass  # gone meanwhile: it is rebuilt when read
 
     def load(self, sha1: str) -> dict[str, np.ndarray] | None:
         """``{"eval": ..., "canvas": ...}``, or None when unknown or unreadable (then it is rebuilt)."""
         try:
-            return load_file(str(self._file(sha1)))
+            return load_file(str(self.entry_file(sha1)))
         except (OSError, ValueError, SafetensorError):
             return None
 
     def canvas(self, sha1: str) -> np.ndarray:
         arrays = self.load(sha1)
         if arrays is None:
-            raise FileNotFoundError(f"pixel cache entry {self._file(sha1)} vanished during training")
+            raise FileNotFoundError(f"pixel cache entry {self.entry_file(sha1)} vanished during training")
         return arrays["canvas"]
 
     def build(self, sha1: str, path: str, max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +73,7 @@ class PixelCache:
         return view, canvas
 
     def save(self, sha1: str, eval_pixels: np.ndarray, canvas: np.ndarray) -> None:
-        path = self._file(sha1)
+        path = self.entry_file(sha1)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{uuid.uuid4().hex}.tmp")
         save_file({"eval": np.ascontiguousarray(eval_pixels), "canvas": np.ascontiguousarray(canvas)}, str(tmp))

@@ -411,8 +411,8 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
 def _trim_pixel_cache(ui: Reporter, pixel_cache: PixelCache, limit: float, since: float, index: DatasetIndex,
                       to_decode: list) -> None:
     """Trim the pixel cache to its limit less the room that the entries of ``to_decode`` not yet in
-    it will take (fine-tuning decodes every image), sparing every entry of this run's images."""
-    mine = {r.sha1 for r in index.records if r.sha1}
+    it will take (fine-tuning decodes every image), sparing this run's images at its input size."""
+    mine = {pixel_cache.entry_file(r.sha1) for r in index.records if r.sha1}
     new = sum(not pixel_cache.has(r.sha1) for r in to_decode if r.sha1)
     room = max(limit - new * pixel_cache.entry_bytes(), 0.0)
     _say_trimmed(ui, trim_pixels(pixel_cache.root, room, since, keep=mine), limit,
