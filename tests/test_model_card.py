@@ -107,6 +107,28 @@ def test_standalone_script_without_a_familiarity_file(exported_run, trained_run,
     assert fields[3] == "-" and fields[1] != "unfamiliar"
 
 
+def test_standalone_script_reads_folders_as_vistrain_predict_does(exported_run, trained_run, tmp_path):
+    from vistrain.data.layout import SORTED_MARKER
+    from vistrain.prediction import collect_images
+
+    photos = tmp_path / "photos"
+    shutil.copytree(trained_run[1], photos)  # class folders: files one level down
+    (photos / ".hidden.png").write_bytes((photos / "circles" / "circles_0.png").read_bytes())
+    for junk in ("__MACOSX", ".thumbnails", "sorted/circles", "old-run"):
+        (photos / junk).mkdir(parents=True)
+        shutil.copy(photos / "circles" / "circles_0.png", photos / junk / "copy.png")
+    (photos / "sorted" / SORTED_MARKER).write_text("{}")  # an earlier `predict --into photos/sorted`
+    (photos / "old-run" / "model.safetensors").write_bytes(b"")
+    (photos / "old-run" / "config.json").write_text("{}")
+    done = _run_script(exported_run, str(photos), str(photos / "circles" / "circles_1.png"))
+    assert done.returncode == 0, done.stderr
+    read = [line.split("\t")[0] for line in done.stdout.strip().splitlines()]
+    want = collect_images([photos, photos / "circles" / "circles_1.png"])
+    assert read == [str(p) for p in want] and len(want) == len(list(trained_run[1].rglob("*.png"))) + 1
+    usage = _run_script(exported_run)
+    assert usage.returncode == 2 and f"python {SCRIPT_FILE} photo.jpg" in usage.stderr
+
+
 def _odd_images(folder: Path) -> list[Path]:
     """Every branch of the decoding: EXIF rotation, JPEG draft scale, alpha, palette transparency, 16-bit, grey."""
     rng = np.random.default_rng(0)

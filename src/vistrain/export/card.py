@@ -189,7 +189,7 @@ def _use(info: ExportInfo) -> list[str]:
     return [
         "## Use it", "",
         "```bash",
-        f"python {SCRIPT_FILE} photo.jpg more/*.jpg            # needs only: pip install onnxruntime numpy pillow",
+        f"python {SCRIPT_FILE} photo.jpg photos/               # needs only: pip install onnxruntime numpy pillow",
         "vistrain predict . photos/ --csv answers.csv [--into sorted/]   # no PyTorch needed",
         "vistrain evaluate . labelled_photos/                  # accuracy, per class, confusion matrix",
         "vistrain serve .                                       # web page and HTTP API at http://127.0.0.1:8000/",

@@ -2,9 +2,11 @@
 """Classify photos with the model in this folder, with Pillow, numpy and ONNX Runtime alone.
 
     pip install onnxruntime numpy pillow
-    python predict_onnx.py photo.jpg [more.jpg ...] [--fp32]
+    python predict_onnx.py photo.jpg [more.jpg ...] [photos/ ...] [--fp32]
 
-Prints a tab-separated line per photo: the file, the answer, its probability, the photo's similarity
+A folder stands for every file in it and its sub-folders, as `vistrain predict` reads it (hidden
+files and folders, __MACOSX, vistrain runs and `--into` copies passed over). Prints a
+tab-separated line per photo: the file, the answer, its probability, the photo's similarity
 to the nearest training photo, then every class's probability. The answer is "unfamiliar" when the
 similarity is below the model's familiarity threshold (the photo is unlike every training photo:
 familiar.safetensors), else "unsure" below the model's unsure threshold (export.json), else the
@@ -15,6 +17,7 @@ Written by `vistrain export`; it reads export.json, so it stays right for this f
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -65,6 +68,25 @@ def pixels(img, prep):
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
+def photos(args):
+    """The files given, and every file under the folders given (sorted)."""
+    for arg in args:
+        top = Path(arg)
+        if not top.is_dir():
+            yield top
+            continue
+        found = []
+        for here, dirs, names in os.walk(top):
+            here = Path(here)
+            if here != top and (((here / "model.safetensors").is_file() and (here / "config.json").is_file())
+                                or (here / ".vistrain-sorted").is_file()):
+                dirs[:] = []  # a vistrain run, or copies sorted by `vistrain predict --into`
+                continue
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
+            found += [here / n for n in names if not n.startswith(".") and (here / n).is_file()]
+        yield from sorted(found)
+
+
 def familiarity(folder, threshold):
     """(bank, blocks, threshold) from familiar.safetensors, read with numpy alone; None without it.
     ``threshold``: the model file's own (int8 features differ a little), else the file's."""
@@ -97,12 +119,12 @@ def main(args, folder=None):
     variant = "fp32" if "--fp32" in args else info["default"]
     paths = [a for a in args if a != "--fp32"]
     if not paths:
-        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        print("\n".join(line.strip() for line in __doc__.strip().splitlines()[2:4]), file=sys.stderr)  # the usage
         return 2
     session = ort.InferenceSession(str(folder / info["models"][variant]["file"]), providers=["CPUExecutionProvider"])
     classes, threshold, failed = info["classes"], info["unsure_threshold"], 0
     familiar = familiarity(folder, info["models"][variant].get("familiar_threshold"))
-    for path in paths:
+    for path in photos(paths):
         try:
             x = pixels(load(path, prep["size"]), prep)
         except (OSError, ValueError, SyntaxError) as exc:  # what Pillow raises for unreadable files
