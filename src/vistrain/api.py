@@ -29,7 +29,7 @@ from vistrain.data.dataset import (
 )
 from vistrain.data.split import write_split
 from vistrain.evaluation.confidence import apply_confidence, fit_confidence
-from vistrain.evaluation.labelled import labelled_index, labelled_metrics
+from vistrain.evaluation.labelled import labelled_index, labelled_metrics, tta_gain
 from vistrain.evaluation.metrics import classification_metrics
 from vistrain.evaluation.predictor import Predictor
 from vistrain.familiarity import FAMILIAR_FILE
@@ -300,8 +300,7 @@ def evaluate(run: str | Path | Run, data: str | Path, label_from_name: str | Non
     metrics = labelled_metrics(index, run.classes, y_true, y_pred, run.predictor.familiarity, similarity,
                                run.path, run.predictor.config.extra)
     if tta:
-        plain = float((views[:, 0].argmax(axis=1) == y_true).mean())
-        metrics["tta"] = {"accuracy_plain": plain, "accuracy_tta": metrics["accuracy"], "gain": metrics["accuracy"] - plain}
+        metrics["tta"] = tta_gain(views, y_true)
     return metrics
 
 

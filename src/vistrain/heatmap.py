@@ -51,7 +51,7 @@ def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray
     h, w = rgb.shape[:2]
     big = np.asarray(Image.fromarray((np.clip(cam, 0, 1) * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR))
     # The resized map has 256 levels: colour and blend weight are looked up per level, not computed
-    # per pixel (7x faster; a live camera asks for a map per frame).
+    # per pixel (half the time; a live camera asks for a map per frame).
     heat, a = _overlay_tables(alpha)
     a = a[big][..., None]
     return (rgb.astype(np.float32) * (1 - a) + heat[big] * a).round().clip(0, 255).astype(np.uint8)

@@ -47,3 +47,11 @@ def labelled_metrics(index: DatasetIndex, classes: list[str], y_true: np.ndarray
         if overlap:
             metrics["overlap_with_run"] = overlap
     return metrics
+
+
+def tta_gain(views: np.ndarray, y_true: np.ndarray) -> dict:
+    """``evaluate --tta``'s ``tta``: accuracy of view 0 alone and of the views' mean logits
+    (``views``: ``N x views x K``), and the gain."""
+    plain = float((views[:, 0].argmax(axis=1) == y_true).mean())
+    both = float((views.mean(axis=1).argmax(axis=1) == y_true).mean())
+    return {"accuracy_plain": plain, "accuracy_tta": both, "gain": both - plain}

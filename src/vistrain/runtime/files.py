@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vistrain.evaluation.labelled import labelled_index, labelled_metrics
+from vistrain.evaluation.labelled import labelled_index, labelled_metrics, tta_gain
 from vistrain.heatmap import save_heatmap
 from vistrain.prediction import classify_files, sort_into, write_predictions_csv
 from vistrain.progress import Reporter, SilentReporter
@@ -38,8 +38,9 @@ def predict_export(folder: Path | str, inputs: list[str | Path], top_k: int = 3,
                    csv_path: Path | None = None, into: Path | None = None, reporter: Reporter | None = None,
                    variant: str = "auto", heatmap: Path | None = None, tta: bool = False) -> list[dict]:
     """:func:`vistrain.api.predict` for an export folder. ``unsure`` defaults to the export's threshold
-    (0: never). ``tta``: average each image with its mirror image. ``heatmap``: a folder for each answer's class activation map, from the exported
-    features and head (the same map as the run's Grad-CAM, see :mod:`vistrain.heatmap`)."""
+    (0: never). ``tta``: average each image with its mirror image. ``heatmap``: a folder for each
+    answer's class activation map, from the exported features and head (the same map as the run's
+    Grad-CAM, see :mod:`vistrain.heatmap`)."""
     ui = reporter or SilentReporter()
     predictor = OnnxPredictor.from_folder(folder, variant)
     threshold = unsure if unsure is not None else predictor.unsure_threshold
@@ -54,7 +55,7 @@ def predict_export(folder: Path | str, inputs: list[str | Path], top_k: int = 3,
                 best = int(lo.argmax())
                 save_heatmap(Path(heatmap), path, predictor.classes[best], px, predictor.heatmap(fm, best))
 
-    rows = classify_files(lambda paths, advance: predictor.predict_paths(paths, progress=advance, on_batch=draw, tta=tta),
+    rows = classify_files(lambda paths, advance: predictor.predict_paths(paths, advance, draw, tta),
                           predictor.classes, inputs, top_k, threshold, ui)
     if csv_path is not None:
         write_predictions_csv(rows, Path(csv_path), top_k)
@@ -66,8 +67,9 @@ def predict_export(folder: Path | str, inputs: list[str | Path], top_k: int = 3,
 def evaluate_export(folder: Path | str, data: str | Path, label_from_name: str | None = None,
                     reporter: Reporter | None = None, cache_dir: Path | str | bool | None = None,
                     variant: str = "auto", tta: bool = False) -> dict:
-    """:func:`vistrain.api.evaluate` for an export folder (``tta``: as there, with the gain). Images that trained or
-    validated the model are recognised while the run it came from (``source_run``) is still there."""
+    """:func:`vistrain.api.evaluate` for an export folder (``tta``: as there, with the gain). Images
+    that trained or validated the model are recognised while the run it came from (``source_run``)
+    is still there."""
     ui = reporter or SilentReporter()
     predictor = OnnxPredictor.from_folder(folder, variant)
     index, y_true = labelled_index(data, label_from_name, cache_dir, predictor.classes, ui)
@@ -89,8 +91,7 @@ def evaluate_export(folder: Path | str, data: str | Path, label_from_name: str |
                                Path(source) if seen else None, extra)
     metrics["model"] = {"export": str(predictor.model_path), "variant": predictor.variant, "source_run": source}
     if tta:
-        plain = float((views[:, 0].argmax(axis=1) == y_true).mean())
-        metrics["tta"] = {"accuracy_plain": plain, "accuracy_tta": metrics["accuracy"], "gain": metrics["accuracy"] - plain}
+        metrics["tta"] = tta_gain(views, y_true)
     if source and not seen:
         metrics["notes"].append(f"the run this model came from ({source}) is not here: images it trained on "
                                 "cannot be recognised, so the accuracy may include some")
