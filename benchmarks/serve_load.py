@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--variant", default="auto")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-batch", type=int, default=16, help="1 turns micro-batching off, for comparison")
-    ap.add_argument("--heatmap", action="store_true", help="ask for each answer's heat map (PNG data URL)")
+    ap.add_argument("--heatmap", action="store_true", help="ask for each answer's heat map (a JPEG data URL)")
     args = ap.parse_args()
 
     port = free_port()
