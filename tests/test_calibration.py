@@ -59,9 +59,11 @@ def test_threshold_for_target_precision():
     p = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
     y = np.array([0, 1, 1, 1])
     a = threshold_for_precision(p, y, 1.0)
-    assert (a.threshold, a.coverage, a.precision) == (0.8, 0.5, 1.0)
+    # Halfway between the last answered (0.8) and the first left unsure (0.7): on neither's own value.
+    assert (a.coverage, a.precision) == (0.5, 1.0) and a.threshold == pytest.approx(0.75)
     b = threshold_for_precision(p, y, 0.75)
-    assert (b.threshold, b.coverage, b.precision) == (0.6, 1.0, 0.75)
+    assert (b.coverage, b.precision) == (1.0, 0.75) and 0.6 - 1e-3 < b.threshold < 0.6 - 1e-5
+    assert apply_threshold(p, y, a.threshold) == (0.5, 1.0) and apply_threshold(p, y, b.threshold) == (1.0, 0.75)
     assert apply_threshold(p, y, 0.8) == (0.5, 1.0)
     assert apply_threshold(p, y, 0.99) == (0.0, 0.0)
 

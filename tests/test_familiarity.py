@@ -42,6 +42,17 @@ def test_threshold_keeps_the_asked_share_of_validation_photos():
     assert f.similarity(train).max() <= 1.0 and f.similarity(train).min() > 0.999
 
 
+def test_threshold_sits_halfway_between_kept_and_flagged_photos():
+    sims = np.array([0.9, 0.2, 0.8, 0.5, 0.7, 0.6, 0.85, 0.75, 0.65, 0.95])
+    t = Familiarity.threshold_for(sims, keep=0.7)  # numpy's lower 30% quantile: 0.2 and 0.5 flagged
+    assert t == pytest.approx((0.5 + 0.6) / 2)
+    # No photo sits on it, so float noise cannot move any across it.
+    assert np.abs(sims - t).min() == pytest.approx(0.05)
+    # Keeping all: just below the least similar, by far more than float noise and less than any real gap.
+    t = Familiarity.threshold_for(sims, keep=1.0)
+    assert 0.2 - 1e-3 < t < 0.2 - 1e-5
+
+
 def test_ensemble_blocks_weigh_members_equally():
     a = np.array([[1.0, 0.0, 1.0, 0.0, 0.0]])
     b = np.array([[1.0, 0.0, 0.0, 0.0, 0.0]])

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+EDGE = 1e-4  # below the least confident image, when all are answered: far above float noise (~1e-6)
+
 
 @dataclass
 class CoverageCurve:
@@ -52,7 +54,10 @@ def threshold_for_precision(probabilities: np.ndarray, labels: np.ndarray, targe
     if len(ok) == 0:
         return Abstention(target, None, 0.0, 0.0, len(labels))
     best = ok[np.argmax(curve.coverage[ok])]
-    return Abstention(target, float(curve.thresholds[best]), float(curve.coverage[best]),
+    # Halfway to the next lower confidence, not on the last answered image's own: there, float
+    # rounding in ONNX Runtime or another batch size put that image on either side.
+    below = curve.thresholds[best + 1] if best + 1 < len(curve.thresholds) else curve.thresholds[best] - 2 * EDGE
+    return Abstention(target, float((curve.thresholds[best] + below) / 2), float(curve.coverage[best]),
                       float(curve.accuracy[best]), len(labels))
 
 
