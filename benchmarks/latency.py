@@ -1,5 +1,5 @@
-"""Single-image latency (p50/p99) and batch throughput: PyTorch eager vs ONNX fp32 vs ONNX int8,
-on 1 and 2 threads, side by side in one process (single images in interleaved rounds), on the run's
+"""Single-image latency (p50/p99) and batch throughput: PyTorch eager (batch norm folded, as
+``vistrain predict`` loads a run, and as saved) vs ONNX fp32 vs ONNX int8, on 1 and 2 threads, side by side in one process (single images in interleaved rounds), on the run's
 own validation images; a single image's time includes its normalisation, as a predictor's does.
 
     python benchmarks/latency.py RUN [--runs 60] [--batch 16] [--json out.json]
@@ -22,6 +22,7 @@ import torch
 from vistrain.data.transforms import normalize, normalize_array
 from vistrain.evaluation.predictor import Predictor
 from vistrain.export.pipeline import decode, split_images
+from vistrain.models.classifier import load_model
 from vistrain.progress import SilentReporter
 from vistrain.runtime import read_export
 
@@ -58,16 +59,20 @@ def main() -> None:
     singles = [pixels[i : i + 1] for i in range(len(pixels))]
     batch = pixels[: args.batch]
     model = predictor.model
+    unfolded = load_model(args.run)[0].to(memory_format=torch.channels_last)
 
     rows = []
     for threads in (1, 2):
         torch.set_num_threads(threads)
 
-        @torch.inference_mode()
-        def torch_run(x):
-            return model(normalize(x, prep))
+        def torch_runner(net):
+            @torch.inference_mode()
+            def run(x):
+                return net(normalize(x, prep))
+            return run
 
-        engines = {"pytorch eager (channels_last)": torch_run}
+        engines = {"pytorch eager, norms folded": torch_runner(model),
+                   "pytorch eager, as saved": torch_runner(unfolded)}
         for variant, entry in info.models.items():
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
