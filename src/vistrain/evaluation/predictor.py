@@ -13,7 +13,7 @@ from vistrain.data.transforms import normalize, to_model_pixels
 from vistrain.familiarity import Familiarity
 from vistrain.memory import inference_batch_size
 from vistrain.models.classifier import ImageClassifier, ModelConfig, load_model
-from vistrain.models.folding import fold_batchnorm
+from vistrain.models.inference import inference_copy
 from vistrain.prediction import (  # Prediction, softmax: re-exported
     Prediction,
     decoded_batches,
@@ -41,9 +41,9 @@ class Predictor:
     def from_folder(cls, folder: Path | str, batch_size: int | None = None, device: str | torch.device = "cpu") -> Predictor:
         model, cfg = load_model(folder)
         size = cfg.preprocessing.size
-        # Batch norm folded into the convolutions: the same outputs, about 1.4x faster on CPU.
+        # Norms folded, "same" padding planned for this size: the same outputs, 1.7-1.9x faster on CPU.
         example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-        model, _ = fold_batchnorm(model, example)
+        model, _ = inference_copy(model, example)
         return cls(model, cfg, batch_size, device, Familiarity.load(Path(folder)))
 
     @property

@@ -14,16 +14,17 @@ original modules back when it exits.
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-try:  # timm's TensorFlow-style "same" padding convolutions (the EfficientNet-Lite stems and strided convs)
-    from timm.layers.conv2d_same import Conv2dSame, conv2d_same
+from vistrain.models.inference import Conv2dSame, fold_pairs, norm_scale_shift
+
+try:
+    from timm.layers.conv2d_same import conv2d_same
 except ImportError:  # pragma: no cover - timm is a dependency; kept importable without it
-    Conv2dSame, conv2d_same = None, None
+    conv2d_same = None
 
 
 class FoldedConv(nn.Module):
@@ -37,11 +38,10 @@ class FoldedConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, bn = self.parts
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        scale, shift = norm_scale_shift(bn)
         weight = self.weight * scale.reshape(-1, 1, 1, 1)
-        shift = bn.bias - bn.running_mean * scale
         bias = shift if self.bias is None else shift + self.bias * scale
-        if Conv2dSame is not None and isinstance(conv, Conv2dSame):
+        if conv2d_same is not None and isinstance(conv, Conv2dSame):
             return conv2d_same(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
         return conv._conv_forward(x, weight, bias)
 
@@ -101,25 +101,6 @@ class FoldedNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.drop(x))
-
-
-def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
-    return (type(conv) in (nn.Conv2d, Conv2dSame) and conv.padding_mode == "zeros"
-            and isinstance(bn, nn.BatchNorm2d) and bn.affine and bn.track_running_stats
-            and bn.running_mean is not None and conv.out_channels == bn.num_features)
-
-
-def fold_pairs(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
-    """(parent, conv name, BatchNorm name) for each convolution registered directly before a BatchNorm
-    of its width. Registration order is call order in timm's EfficientNets and torchvision's
-    MobileNetV2 (tests/test_fold.py checks outputs and gradients for every registered backbone)."""
-    pairs = []
-    for parent in model.modules():
-        names = list(parent._modules)
-        for a, b in itertools.pairwise(names):
-            if _foldable(parent._modules[a], parent._modules[b]):
-                pairs.append((parent, a, b))
-    return pairs
 
 
 def _swaps(model: nn.Module, pairs) -> list[tuple[nn.Module, str, nn.Module]]:

@@ -1,5 +1,6 @@
-"""Batch norm folded into convolutions for inference: the same outputs, the original untouched,
-and a model whose layers do not run in registration order left as it was."""
+"""A saved network's faster inference copy (batch norm folded, "same" padding planned for the input
+size): the same outputs at that size and at others, the original untouched, and a model whose
+layers do not run in registration order left as it was."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from vistrain.data.transforms import to_model_pixels
 from vistrain.evaluation.gradcam import grad_cam
 from vistrain.evaluation.predictor import Predictor
 from vistrain.models.classifier import load_model
-from vistrain.models.folding import fold_batchnorm
+from vistrain.models.inference import PaddedSameConv, inference_copy
 from vistrain.models.registry import create_backbone
 
 
@@ -35,19 +36,40 @@ def _norms(model: nn.Module) -> int:
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "mobilenet_v2", "efficientnet_lite0+efficientnet_lite1"])
-def test_every_backbone_folds_all_its_norms_with_the_same_outputs(name):
+def test_every_backbone_gets_a_faster_copy_with_the_same_outputs(name):
     model = _randomise_norms(create_backbone(name, pretrained=False))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    folded, count = fold_batchnorm(model, x)
-    assert count == _norms(model) > 0 and _norms(folded) == 0
-    y = torch.randn(3, 3, 96, 80, generator=torch.Generator().manual_seed(2))  # another input than the check's
-    with torch.inference_mode():
-        want, got = model(y), folded(y)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    fast, changes = inference_copy(model, x)
+    assert changes["batch_norms_folded"] == _norms(model) > 0 and _norms(fast) == 0
+    same = sum(type(m).__name__ == "Conv2dSame" for m in model.modules())
+    assert changes["same_convs_padded"] == same == sum(isinstance(m, PaddedSameConv) for m in fast.modules())
+    assert same > 0 or name == "mobilenet_v2"  # each Lite has five: its stem and strided depthwise convs
+    # At the planned size, another input; then sizes whose "same" padding differs (odd, non-square),
+    # which take the fallback path.
+    for shape in [(3, 3, 64, 64), (2, 3, 61, 77), (1, 3, 96, 80)]:
+        y = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+        with torch.inference_mode():
+            want, got = model(y), fast(y)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     # The original keeps its norms and its weights: a run's model may still be trained or saved.
-    assert _norms(model) == count
+    assert _norms(model) == changes["batch_norms_folded"]
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("size", [8, 9, 10, 11])
+@pytest.mark.parametrize(("kernel", "stride"), [(3, 2), (5, 2), (3, 1), (4, 2)])
+def test_padded_same_conv_is_tensorflow_same_padding(size, kernel, stride):
+    from timm.layers.conv2d_same import Conv2dSame
+
+    torch.manual_seed(size * kernel)
+    conv = Conv2dSame(4, 4, kernel, stride, groups=2, bias=True).eval()
+    x = torch.randn(2, 4, size, size + 1)
+    padded = PaddedSameConv(conv, (size, size + 1))
+    with torch.inference_mode():
+        torch.testing.assert_close(padded(x), conv(x), rtol=1e-5, atol=1e-5)
+        y = torch.randn(1, 4, size + 3, size)  # another size: the explicit pad, the original kernel
+        torch.testing.assert_close(padded(y), conv(y), rtol=1e-5, atol=1e-5)
 
 
 class _OutOfOrder(nn.Module):
@@ -64,8 +86,8 @@ class _OutOfOrder(nn.Module):
 
 def test_a_model_whose_forward_is_not_its_registration_order_is_left_as_it_was():
     model = _randomise_norms(_OutOfOrder())
-    folded, count = fold_batchnorm(model, torch.randn(2, 3, 8, 8))
-    assert count == 0 and folded is model and _norms(folded) == 1
+    fast, changes = inference_copy(model, torch.randn(2, 3, 8, 8))
+    assert changes == {"batch_norms_folded": 0, "same_convs_padded": 0} and fast is model and _norms(fast) == 1
 
 
 def test_a_saved_run_loads_folded_with_the_same_answers_and_heat_maps(trained_run):
