@@ -86,9 +86,10 @@ def test_folding_keeps_fewer_activations_for_backward():
     plain = saved_bytes(net, x)
     with folded_batchnorm(net):
         folded = saved_bytes(net, x)
-    # The conv output BatchNorm kept and the input copy in-place ReLU6 kept are gone: measured 0.63x
-    # (the rest: each layer's input, plus the folded weights).
-    assert folded < 0.75 * plain
+    # The conv output BatchNorm kept and the input copy in-place ReLU6 kept are gone, and so is the
+    # padded copy of each "same" convolution's input (same_conv2d): measured 0.53x, 0.63x with timm's
+    # padding (the rest: each layer's input, plus the folded weights).
+    assert folded < 0.58 * plain
 
 
 def test_modules_come_back_after_an_error_and_nothing_folds_when_disabled():

@@ -14,7 +14,7 @@ from vistrain.data.transforms import to_model_pixels
 from vistrain.evaluation.gradcam import grad_cam
 from vistrain.evaluation.predictor import Predictor
 from vistrain.models.classifier import load_model
-from vistrain.models.inference import PaddedSameConv, inference_copy
+from vistrain.models.inference import SameConv, inference_copy, same_conv2d
 from vistrain.models.registry import create_backbone
 
 
@@ -43,10 +43,9 @@ def test_every_backbone_gets_a_faster_copy_with_the_same_outputs(name):
     fast, changes = inference_copy(model, x)
     assert changes["batch_norms_folded"] == _norms(model) > 0 and _norms(fast) == 0
     same = sum(type(m).__name__ == "Conv2dSame" for m in model.modules())
-    assert changes["same_convs_padded"] == same == sum(isinstance(m, PaddedSameConv) for m in fast.modules())
+    assert changes["same_convs_padded"] == same == sum(isinstance(m, SameConv) for m in fast.modules())
     assert same > 0 or name == "mobilenet_v2"  # each Lite has five: its stem and strided depthwise convs
-    # At the planned size, another input; then sizes whose "same" padding differs (odd, non-square),
-    # which take the fallback path.
+    # Another input than the check's, and sizes whose "same" padding differs (odd, non-square).
     for shape in [(3, 3, 64, 64), (2, 3, 61, 77), (1, 3, 96, 80)]:
         y = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
         with torch.inference_mode():
@@ -59,17 +58,20 @@ def test_every_backbone_gets_a_faster_copy_with_the_same_outputs(name):
 
 @pytest.mark.parametrize("size", [8, 9, 10, 11])
 @pytest.mark.parametrize(("kernel", "stride"), [(3, 2), (5, 2), (3, 1), (4, 2)])
-def test_padded_same_conv_is_tensorflow_same_padding(size, kernel, stride):
-    from timm.layers.conv2d_same import Conv2dSame
+def test_same_conv2d_is_tensorflow_same_padding_with_the_same_gradients(size, kernel, stride):
+    from timm.layers.conv2d_same import conv2d_same
 
     torch.manual_seed(size * kernel)
-    conv = Conv2dSame(4, 4, kernel, stride, groups=2, bias=True).eval()
-    x = torch.randn(2, 4, size, size + 1)
-    padded = PaddedSameConv(conv, (size, size + 1))
-    with torch.inference_mode():
-        torch.testing.assert_close(padded(x), conv(x), rtol=1e-5, atol=1e-5)
-        y = torch.randn(1, 4, size + 3, size)  # another size: the explicit pad, the original kernel
-        torch.testing.assert_close(padded(y), conv(y), rtol=1e-5, atol=1e-5)
+    weight = torch.randn(4, 2, kernel, kernel, requires_grad=True)
+    bias = torch.randn(4, requires_grad=True)
+    x = torch.randn(2, 4, size, size + 1, requires_grad=True)  # odd and even sides in one input
+    want = conv2d_same(x, weight, bias, (stride, stride), (0, 0), (1, 1), 2)
+    grads_want = torch.autograd.grad(want.square().sum(), (x, weight, bias))
+    got = same_conv2d(x, weight, bias, (stride, stride), 2)
+    grads_got = torch.autograd.grad(got.square().sum(), (x, weight, bias))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for g, w in zip(grads_got, grads_want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
 
 
 class _OutOfOrder(nn.Module):
@@ -104,3 +106,15 @@ def test_a_saved_run_loads_folded_with_the_same_answers_and_heat_maps(trained_ru
     targets = np.array([0, 1])
     np.testing.assert_allclose(grad_cam(predictor.model, cfg.backbone, pixels, cfg.preprocessing, targets),
                                grad_cam(plain, cfg.backbone, pixels, cfg.preprocessing, targets), atol=1e-3)
+
+
+def test_a_network_already_folded_for_training_is_used_as_it_is():
+    from vistrain.training.fold import folded_batchnorm
+
+    model = _randomise_norms(create_backbone("efficientnet_lite0", pretrained=False))
+    x = torch.randn(2, 3, 64, 64)
+    with folded_batchnorm(model) as n:
+        assert n > 0
+        fast, changes = inference_copy(model, x)
+        # Training's fold already computes each norm inside its convolution, "same" ones included.
+        assert fast is model and changes == {"batch_norms_folded": 0, "same_convs_padded": 0}

@@ -6,8 +6,8 @@ Lite0 at 352 px (``benchmarks/latency.py``):
 - Batch norm folded into the convolution before it: in eval mode it is a fixed per-channel scale
   and shift. It took 31% of a forward pass.
 - TensorFlow-style "same" convolutions (timm's ``Conv2dSame``, five in each EfficientNet-Lite)
-  padded by the convolution itself at the run's input size, instead of by a separate pad that
-  writes a padded copy of the input: a further 1.2x.
+  padded by the convolution itself, instead of by a separate pad that writes a padded copy of the
+  input (:func:`same_conv2d`): a further 1.2x.
 
 Together a batch of 16 runs 1.7x (1 thread) to 1.9x (2 threads) faster. :func:`inference_copy` checks the copy against the
 original on one input and gives back the original if they differ beyond float rounding.
@@ -28,6 +28,9 @@ except ImportError:  # pragma: no cover - timm is a dependency; kept importable 
     Conv2dSame = nn.Conv2d
 
 TOLERANCE = 1e-3  # of the largest output's magnitude; float32 reordering differs by ~1e-6
+# Making and checking a copy costs about five images' forward passes and saves about half of each
+# image's: worth it from about a dozen images; callers with a batch of images or more use it.
+WORTH_IT = 32
 
 
 def norm_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,26 +94,30 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-class PaddedSameConv(nn.Module):
-    """A "same" convolution planned for one input size, padded by the convolution itself.
+def same_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
+                groups: int) -> torch.Tensor:
+    """TensorFlow's "same" convolution (timm's ``conv2d_same``, dilation 1), padded by the convolution.
 
     TensorFlow pads one more after than before when the total is odd, which a convolution's own
-    (symmetric) padding cannot do; a kernel with one more row (column) of zeros in front, padded
-    by the larger amount on both sides, computes exactly the same sums. Any other input size falls
-    back to the explicit pad and the original kernel.
+    (symmetric) padding cannot do, so timm first writes a padded copy of the input. A kernel with
+    one more row (column) of zeros in front, padded by the larger amount on both sides, computes
+    exactly the same sums without that copy; the kernel's copy is tiny. Gradients flow to
+    ``weight`` through the pad.
     """
+    (top, bottom) = _same_padding(x.shape[-2], weight.shape[-2], stride[0])
+    (left, right) = _same_padding(x.shape[-1], weight.shape[-1], stride[1])
+    if bottom > top or right > left:
+        weight = nn.functional.pad(weight, (right - left, 0, bottom - top, 0))
+    return nn.functional.conv2d(x, weight, bias, stride, (bottom, right), 1, groups)
 
-    def __init__(self, conv: nn.Conv2d, size: tuple[int, int]):
+
+class SameConv(nn.Module):
+    """timm's ``Conv2dSame`` computed by :func:`same_conv2d`, with the same tensors."""
+
+    def __init__(self, conv: nn.Conv2d):
         super().__init__()
-        (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
-        (top, bottom), (left, right) = _same_padding(size[0], kh, sh), _same_padding(size[1], kw, sw)
-        self.size, self.stride, self.groups = tuple(size), conv.stride, conv.groups
-        self.front = (bottom - top, right - left)  # 0 or 1: the zero row / column in front
-        self.padding = (bottom, right)
-        weight = nn.functional.pad(conv.weight.detach(), (self.front[1], 0, self.front[0], 0))
-        self.weight = nn.Parameter(weight.contiguous(), requires_grad=conv.weight.requires_grad)
-        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(),
-                                                                requires_grad=conv.bias.requires_grad)
+        self.weight, self.bias = conv.weight, conv.bias
+        self.stride, self.groups = conv.stride, conv.groups
 
     @staticmethod
     def fits(conv: nn.Module) -> bool:
@@ -118,50 +125,32 @@ class PaddedSameConv(nn.Module):
                 and conv.dilation == (1, 1) and conv.padding == (0, 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[-2:]) == self.size:
-            return nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups)
-        weight = self.weight[:, :, self.front[0]:, self.front[1]:]
-        (top, bottom), (left, right) = (_same_padding(x.shape[-2], weight.shape[-2], self.stride[0]),
-                                        _same_padding(x.shape[-1], weight.shape[-1], self.stride[1]))
-        x = nn.functional.pad(x, (left, right, top, bottom))
-        return nn.functional.conv2d(x, weight, self.bias, self.stride, 0, 1, self.groups)
+        return same_conv2d(x, self.weight, self.bias, self.stride, self.groups)
 
 
-def _pad_inside(model: nn.Module, example: torch.Tensor) -> int:
-    """Replaces each "same" convolution by a :class:`PaddedSameConv` for ``example``'s size."""
-    same = {name: m for name, m in model.named_modules() if PaddedSameConv.fits(m)}
-    sizes: dict[str, tuple[int, int]] = {}
-
-    def remember(name):
-        def hook(_module, inputs):
-            sizes[name] = tuple(inputs[0].shape[-2:])  # returns None: the input passes unchanged
-        return hook
-
-    hooks = [m.register_forward_pre_hook(remember(name)) for name, m in same.items()]
-    try:
-        with torch.inference_mode():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    for name, conv in same.items():
-        if name in sizes:  # a layer the forward pass never reached stays as it is
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, attr, PaddedSameConv(conv, sizes[name]))
-    return len(sizes)
+def _pad_inside(model: nn.Module) -> int:
+    """Replaces each "same" convolution of ``model`` by a :class:`SameConv`; how many."""
+    same = [name for name, m in model.named_modules() if SameConv.fits(m)]
+    for name in same:
+        parent, _, attr = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, attr, SameConv(getattr(owner, attr)))
+    return len(same)
 
 
 def inference_copy(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, dict[str, int]]:
-    """A faster copy of ``model`` (in eval mode) for inputs shaped like ``example``, and what changed.
+    """A faster copy of ``model`` (in eval mode), and what changed.
 
     ``model`` itself is untouched. If the copy's output on ``example`` differs from the original's
     beyond float rounding, the original comes back, with nothing changed: an answer must never
-    depend on this. Inputs of another size still give the original's outputs, only not faster.
+    depend on this.
     """
     model = model.eval()
+    if not fold_pairs(model) and not any(SameConv.fits(m) for m in model.modules()):
+        return model, {"batch_norms_folded": 0, "same_convs_padded": 0}  # e.g. already folded for training
     fast = copy.deepcopy(model)
     changes = {"batch_norms_folded": _fold_norms(fast)}
-    changes["same_convs_padded"] = _pad_inside(fast, example)
+    changes["same_convs_padded"] = _pad_inside(fast)
     if not any(changes.values()):
         return model, changes
     with torch.inference_mode():
