@@ -9,8 +9,9 @@ Lite0 at 352 px (``benchmarks/latency.py``):
   padded by the convolution itself, instead of by a separate pad that writes a padded copy of the
   input (:func:`same_conv2d`): a further 1.2x.
 
-Together a batch of 16 runs 1.7x (1 thread) to 1.9x (2 threads) faster. :func:`inference_copy` checks the copy against the
-original on one input and gives back the original if they differ beyond float rounding.
+Together a batch of 16 runs 1.7x (1 thread) to 1.9x (2 threads) faster. :func:`inference_copy`
+checks the copy against the original on one input and gives back the original if they differ
+beyond float rounding.
 """
 
 from __future__ import annotations

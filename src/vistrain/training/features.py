@@ -69,7 +69,7 @@ def extract_features(
     backbone.eval()
     device = model_device(backbone)
     batch_size = batch_size or inference_batch_size(prep.size)  # a big batch buys no speed on a CPU, only memory
-    if session is None and len(pixels) >= WORTH_IT:  # the same features, faster: norms folded, padding planned
+    if session is None and len(pixels) >= WORTH_IT:  # the same features, faster (models.inference)
         backbone, _ = inference_copy(backbone, to_device(normalize(np.ascontiguousarray(pixels[:2]), prep), device))
     out = []
     for start in range(0, len(pixels), batch_size):

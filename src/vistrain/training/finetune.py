@@ -148,7 +148,7 @@ def evaluate_logits(model: nn.Module, pixels: np.ndarray, prep: Preprocessing, b
     model.eval()
     device = model_device(model)
     batch_size = batch_size or inference_batch_size(prep.size)
-    if len(pixels) >= WORTH_IT:  # the same logits, faster: norms folded, padding planned
+    if len(pixels) >= WORTH_IT:  # the same logits, faster (models.inference)
         model, _ = inference_copy(model, to_device(normalize(np.ascontiguousarray(pixels[:2]), prep), device))
     outs = [model(to_device(normalize(np.ascontiguousarray(pixels[i : i + batch_size]), prep), device)).float().cpu().numpy()
             for i in range(0, len(pixels), batch_size)]

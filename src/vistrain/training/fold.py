@@ -10,9 +10,11 @@ at 288 px on 2 CPU cores peaked at 1.85 GB instead of 2.19 GB, at the same step 
 convolutions then run as :func:`vistrain.models.inference.same_conv2d`, which keeps no padded copy
 of their input: at the same step time, a step of batch 32 at 288 px with the bottom frozen (the
 default) peaked at 1.35 GB instead of 1.41 GB, and two steps at 352 px with every layer trained
-2.17 GB above the start instead of 2.88 GB (2026-11-24). The weights, their names and the optimizer's parameters stay as they are: the folded
-modules hold the very same tensors under the same state-dict keys, and ``folded_batchnorm`` puts the
-original modules back when it exits.
+2.17 GB above the start instead of 2.88 GB (2026-11-24).
+
+The weights, their names and the optimizer's parameters stay as they are: the folded modules hold
+the very same tensors under the same state-dict keys, and ``folded_batchnorm`` puts the original
+modules back when it exits.
 """
 
 from __future__ import annotations
