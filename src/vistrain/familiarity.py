@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from vistrain.evaluation.abstention import threshold_between
+
 FAMILIAR_FILE = "familiar.safetensors"
 KEEP = 0.99  # share of the validation photos the threshold keeps familiar
-EDGE = 1e-4  # below the least similar validation photo, when all are kept: far above float noise (~1e-6)
 MAX_BANK = 1000  # training photos kept as neighbours (a seeded sample per class beyond it)
 
 
@@ -72,16 +73,12 @@ class Familiarity:
 
     @staticmethod
     def threshold_for(similarities: np.ndarray, keep: float = KEEP) -> float:
-        """A similarity that ``keep`` of these (validation) photos reach: the rule every threshold follows.
-
-        It sits halfway between the least similar photo kept and the most similar one flagged, not on
-        the kept one: a threshold equal to a photo's own similarity put that photo on either side of
-        it, by float rounding, in ONNX Runtime or another batch size.
-        """
+        """A similarity that ``keep`` of these (validation) photos reach, halfway to the most similar
+        photo flagged (:func:`~vistrain.evaluation.abstention.threshold_between`): the rule every
+        familiarity threshold follows."""
         sims = np.sort(np.asarray(similarities, dtype=np.float64))
         k = int(np.floor((1.0 - keep) * (len(sims) - 1)))  # numpy's "lower" quantile: sims[k] is kept
-        below = sims[k - 1] if k > 0 else sims[0] - 2 * EDGE
-        return float((below + sims[k]) / 2)
+        return threshold_between(sims[k], sims[k - 1] if k > 0 else None)
 
     def with_threshold(self, threshold: float) -> Familiarity:
         return replace(self, threshold=float(threshold))

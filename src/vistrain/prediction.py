@@ -66,6 +66,54 @@ def decoded_batches(
                 progress(len(chunk))
 
 
+def outputs_over_files(
+    paths: list[str | Path],
+    decode: Callable[[str], np.ndarray],
+    batch_size: int,
+    n_classes: int,
+    run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    similarity_of: Callable[[np.ndarray], np.ndarray] | None,
+    progress: Callable[[int], None] | None = None,
+    views: int = 1,
+    on_batch: Callable | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, list[str | None]]:
+    """Any predictor's pass over files: ``N x views x K`` logits (NaN where a file failed), each
+    file's similarity to the training photos (NaN where it failed; None when ``similarity_of`` is
+    None: no familiarity check) and each file's error or None.
+
+    ``run(pixels)`` gives a batch's ``views`` logits and the features ``similarity_of`` reads;
+    ``on_batch(paths, pixels, logits, features)`` sees each decoded batch (logits averaged over
+    the views), for work on the same outputs without decoding or running the model again.
+    """
+    logits = np.full((len(paths), views, n_classes), np.nan, dtype=np.float32)
+    similarity = None if similarity_of is None else np.full(len(paths), np.nan, dtype=np.float32)
+    errors: list[str | None] = []
+    start = 0
+    for chunk, good, pixels, errs in decoded_batches(paths, decode, batch_size, progress):
+        if good:
+            at = [start + i for i in good]
+            logits[at], features = run(pixels)
+            if on_batch is not None:
+                on_batch([chunk[i] for i in good], pixels, logits[at].mean(axis=1), features)
+            if similarity is not None:
+                similarity[at] = similarity_of(features)
+        errors.extend(errs)
+        start += len(chunk)
+    return logits, similarity, errors
+
+
+def predictions(paths: list[str | Path], logits: np.ndarray, similarity: np.ndarray | None,
+                errors: list[str | None], temperature: float, familiarity) -> list[Prediction]:
+    """One :class:`Prediction` per file from :func:`outputs_over_files`' arrays: the views' mean
+    logits through the temperature, and the familiarity verdict where there is a similarity."""
+    results = []
+    for i, (p, z, err) in enumerate(zip(paths, logits, errors)):
+        probs = None if err else softmax(z.mean(axis=0, keepdims=True), temperature)[0]
+        sim = None if err or similarity is None else float(similarity[i])
+        results.append(Prediction(str(p), probs, err, sim, None if sim is None else familiarity.verdict(sim)))
+    return results
+
+
 def collect_images(inputs: list[str | Path], skipped: list[tuple[Path, str]] | None = None) -> list[Path]:
     """Files given directly, plus every non-hidden file under the folders given (sorted, recursive).
 

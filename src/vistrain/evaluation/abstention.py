@@ -11,7 +11,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EDGE = 1e-4  # below the least confident image, when all are answered: far above float noise (~1e-6)
+EDGE = 1e-4  # below the last image kept when none is flagged: far above float noise (~1e-6)
+
+
+def threshold_between(kept: float, flagged: float | None) -> float:
+    """A threshold halfway between the lowest score kept and the highest flagged (``EDGE`` below the
+    kept one when none is), never on an image's own score: there, float rounding in ONNX Runtime or
+    another batch size put that image on either side. The rule of every stored threshold.
+    """
+    below = kept - 2 * EDGE if flagged is None else flagged
+    return float((kept + below) / 2)
 
 
 @dataclass
@@ -54,10 +63,8 @@ def threshold_for_precision(probabilities: np.ndarray, labels: np.ndarray, targe
     if len(ok) == 0:
         return Abstention(target, None, 0.0, 0.0, len(labels))
     best = ok[np.argmax(curve.coverage[ok])]
-    # Halfway to the next lower confidence, not on the last answered image's own: there, float
-    # rounding in ONNX Runtime or another batch size put that image on either side.
-    below = curve.thresholds[best + 1] if best + 1 < len(curve.thresholds) else curve.thresholds[best] - 2 * EDGE
-    return Abstention(target, float((curve.thresholds[best] + below) / 2), float(curve.coverage[best]),
+    flagged = curve.thresholds[best + 1] if best + 1 < len(curve.thresholds) else None
+    return Abstention(target, threshold_between(curve.thresholds[best], flagged), float(curve.coverage[best]),
                       float(curve.accuracy[best]), len(labels))
 
 

@@ -16,7 +16,8 @@ from vistrain.models.classifier import ImageClassifier, ModelConfig, load_model
 from vistrain.models.inference import inference_copy
 from vistrain.prediction import (  # Prediction, softmax: re-exported
     Prediction,
-    decoded_batches,
+    outputs_over_files,
+    predictions,
     softmax,
 )
 from vistrain.training.device import model_device, resolve_device, to_device
@@ -93,12 +94,7 @@ class Predictor:
                       tta: bool = False) -> list[Prediction]:
         """Decode (threads) and classify batch by batch; files that fail carry their reason."""
         logits, similarity, errors = self.outputs_from_paths(paths, progress, views=2 if tta else 1)
-        results = []
-        for i, (p, z, err) in enumerate(zip(paths, logits, errors)):
-            probs = None if err else softmax(z.mean(axis=0, keepdims=True), self.config.temperature)[0]
-            sim = None if err or similarity is None else float(similarity[i])
-            results.append(Prediction(str(p), probs, err, sim, None if sim is None else self.familiarity.verdict(sim)))
-        return results
+        return predictions(paths, logits, similarity, errors, self.config.temperature, self.familiarity)
 
     def logits_from_paths(self, paths: list[str | Path], progress: Callable[[int], None] | None = None,
                           views: int = 1) -> tuple[np.ndarray, list[str | None]]:
@@ -111,20 +107,11 @@ class Predictor:
         """:meth:`logits_from_paths`, with each file's similarity to the training photos (NaN where it
         failed; None for a run without the familiarity check)."""
         prep = self.config.preprocessing
-        logits = np.full((len(paths), views, len(self.classes)), np.nan, dtype=np.float32)
-        similarity = None if self.familiarity is None else np.full(len(paths), np.nan, dtype=np.float32)
-        errors: list[str | None] = []
 
         def decode(p: str) -> np.ndarray:
             return to_model_pixels(load_rgb(p, min_side=prep.size), prep)
 
-        start = 0
-        for chunk, good, pixels, errs in decoded_batches(paths, decode, self.batch_size, progress):
-            if good:
-                at = [start + i for i in good]
-                logits[at], features = self.view_outputs(pixels, views)
-                if similarity is not None:
-                    similarity[at] = self.familiarity.similarity(features)
-            errors.extend(errs)
-            start += len(chunk)
-        return logits, similarity, errors
+        return outputs_over_files(paths, decode, self.batch_size, len(self.classes),
+                                  lambda pixels: self.view_outputs(pixels, views),
+                                  None if self.familiarity is None else self.familiarity.similarity,
+                                  progress, views)

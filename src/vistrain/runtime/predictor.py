@@ -24,7 +24,8 @@ from vistrain.heatmap import cam_from_features
 from vistrain.memory import inference_batch_size
 from vistrain.prediction import (  # Prediction, softmax: re-exported
     Prediction,
-    decoded_batches,
+    outputs_over_files,
+    predictions,
     softmax,
 )
 from vistrain.runtime.bundle import (
@@ -148,34 +149,17 @@ class OnnxPredictor:
         ``on_batch(paths, pixels, logits, feature_maps)``: called with each batch of decoded files,
         for work on the same outputs (heat maps) without decoding or running the model again."""
         logits, similarity, errors = self.outputs_from_paths(paths, progress, 2 if tta else 1, on_batch)
-        results = []
-        for i, (p, z, err) in enumerate(zip(paths, logits, errors)):
-            sim = None if err or similarity is None else float(similarity[i])
-            results.append(Prediction(str(p), None if err else softmax(z.mean(axis=0, keepdims=True), self.temperature)[0],
-                                      err, sim, None if sim is None else self.familiarity.verdict(sim)))
-        return results
+        return predictions(paths, logits, similarity, errors, self.temperature, self.familiarity)
 
     def outputs_from_paths(self, paths: list[str | Path], progress: Callable[[int], None] | None = None,
                            views: int = 1, on_batch: Callable | None = None
                            ) -> tuple[np.ndarray, np.ndarray | None, list[str | None]]:
         """``N x views x K`` logits (NaN where a file failed), each file's similarity to the training
         photos (NaN where it failed; None without the check) and each file's error or None."""
-        logits = np.full((len(paths), views, len(self.classes)), np.nan, dtype=np.float32)
-        similarity = None if self.familiarity is None else np.full(len(paths), np.nan, dtype=np.float32)
-        errors: list[str | None] = []
-        start = 0
-        for chunk, good, pixels, errs in decoded_batches(paths, self.pixels_from_file, self.batch_size, progress):
-            if good:
-                at = [start + i for i in good]
-                logits[at], fmaps = self.view_outputs(pixels, views)
-                if on_batch is not None:
-                    on_batch([chunk[i] for i in good], pixels, logits[at].mean(axis=1), fmaps)
-                found = self.similarity(fmaps)
-                if found is not None:
-                    similarity[at] = found
-            errors.extend(errs)
-            start += len(chunk)
-        return logits, similarity, errors
+        return outputs_over_files(paths, self.pixels_from_file, self.batch_size, len(self.classes),
+                                  lambda pixels: self.view_outputs(pixels, views),
+                                  None if self.familiarity is None else self.similarity,
+                                  progress, views, on_batch)
 
     def similarity(self, feature_maps: np.ndarray) -> np.ndarray | None:
         """Each image's similarity to the nearest training photo, from its feature map (None: no check)."""

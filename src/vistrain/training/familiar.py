@@ -17,7 +17,7 @@ from vistrain.familiarity import Familiarity, bank_sample
 from vistrain.models.registry import ensemble_members, get_backbone
 from vistrain.progress import Reporter
 from vistrain.training.feature_cache import FeatureCache
-from vistrain.training.features import backbone_features, extract_features
+from vistrain.training.features import backbone_features, extract_features, faster_copy
 from vistrain.training.pixels import decode_all
 
 
@@ -43,8 +43,10 @@ def fit_familiarity(ui: Reporter, stage: str, model, backbone_name: str, train: 
         with ui.stage("decode", len(records)) as advance:
             pixels, _ = decode_all([r.path for r in records], prep, progress=advance, cache=pixel_cache,
                                    keys=[r.sha1 for r in records] if pixel_cache is not None else None)
+        # One faster copy for both passes (extract_features would make one per call).
+        backbone = faster_copy(model.backbone, valid_pixels, prep)
         with ui.stage("familiar", len(records) + len(valid)) as advance:
-            f_train = extract_features(model.backbone, pixels, prep, progress=advance)
-            f_valid = extract_features(model.backbone, valid_pixels, prep, progress=advance)
+            f_train = extract_features(backbone, pixels, prep, progress=advance)
+            f_valid = extract_features(backbone, valid_pixels, prep, progress=advance)
     blocks = [get_backbone(m).num_features for m in ensemble_members(backbone_name)]
     return Familiarity.fit(f_train, f_valid, blocks)

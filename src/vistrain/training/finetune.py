@@ -21,7 +21,7 @@ from vistrain.data.augment import AugmentConfig, augment_batch
 from vistrain.data.transforms import Preprocessing, normalize
 from vistrain.memory import inference_batch_size, release_freed_memory
 from vistrain.models.classifier import ImageClassifier
-from vistrain.models.inference import WORTH_IT, inference_copy
+from vistrain.models.inference import WORTH_IT
 from vistrain.training.balance import (
     class_weights,
     collapsed_class,
@@ -44,6 +44,7 @@ from vistrain.training.distributed import (
     world_size,
     wrap,
 )
+from vistrain.training.features import faster_copy
 from vistrain.training.fold import folded_batchnorm
 from vistrain.training.loader import Prefetcher
 from vistrain.training.schedules import build_scheduler
@@ -148,8 +149,8 @@ def evaluate_logits(model: nn.Module, pixels: np.ndarray, prep: Preprocessing, b
     model.eval()
     device = model_device(model)
     batch_size = batch_size or inference_batch_size(prep.size)
-    if len(pixels) >= WORTH_IT:  # the same logits, faster (models.inference)
-        model, _ = inference_copy(model, to_device(normalize(np.ascontiguousarray(pixels[:2]), prep), device))
+    if len(pixels) >= WORTH_IT:
+        model = faster_copy(model, pixels, prep)
     outs = [model(to_device(normalize(np.ascontiguousarray(pixels[i : i + batch_size]), prep), device)).float().cpu().numpy()
             for i in range(0, len(pixels), batch_size)]
     return np.concatenate(outs)
