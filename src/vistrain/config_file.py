@@ -1,7 +1,7 @@
 """Training settings in a YAML file: read (unknown keys rejected with a suggestion), merged under the
 command line's explicit flags, and written back resolved into every run folder (``train_config.yaml``).
 
-A file holds any :class:`~vistrain.training.trainer.TrainConfig` field plus the data settings
+A file holds any :class:`~vistrain.training.settings.TrainConfig` field plus the data settings
 (``data``, ``label_from_name``, ``valid_fraction``, ``cache_dir``). The resolved file of a run, or the
 ``best.yaml`` of a sweep, is itself a valid ``--config`` file.
 """
@@ -18,7 +18,7 @@ import yaml
 
 if TYPE_CHECKING:  # the CLI builds its parser from this module: no torch import at --help time
     from vistrain.data.augment import AugmentConfig
-    from vistrain.training.trainer import TrainConfig
+    from vistrain.training.settings import TrainConfig
 
 CONFIG_NAME = "train_config.yaml"
 DATA_KEYS = ("data", "label_from_name", "valid_fraction", "cache_dir")
@@ -35,7 +35,7 @@ class ConfigError(ValueError):
 
 
 def config_keys() -> list[str]:
-    from vistrain.training.trainer import TrainConfig
+    from vistrain.training.settings import TrainConfig
 
     return [f.name for f in fields(TrainConfig) if f.name != "data"] + list(DATA_KEYS)
 

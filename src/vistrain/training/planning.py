@@ -27,7 +27,7 @@ from vistrain.training.finetune import (
 
 if TYPE_CHECKING:
     from vistrain.training.grow import Growth
-    from vistrain.training.trainer import TrainConfig
+    from vistrain.training.settings import TrainConfig
 
 # Fewer fine-tuning epochs than this, when they are all the budget allows, give way to an ensemble of
 # probes (training.grow) if one fits: a one-cycle schedule squeezed into an epoch or two has not beaten

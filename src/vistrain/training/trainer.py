@@ -1,4 +1,15 @@
-"""The default recipe: frozen-feature probe first (seconds), then fine-tuning if time allows; keep the better."""
+"""The default recipe: frozen-feature probe first (seconds), then fine-tuning if time allows; keep the better.
+
+:func:`run_training` runs the stages in order, each one function below:
+
+- ``_start``: input size, labels, class balance and device, printed;
+- ``_decode``: training canvases and validation pixels, only when fine-tuning will read them;
+- ``_probe_stage``: frozen features and a logistic-regression head (or what a resumed run recorded);
+- ``_finetune_stage``: the epochs that fit the budget, or probes of partner backbones when too few
+  fit (``training.grow``);
+- ``_keep_better``: the probe or the best fine-tuned epoch, by the rule that picks epochs;
+- then the kept probe's test logits and the familiarity check.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +22,14 @@ import numpy as np
 import torch
 
 from vistrain.cache import PIXEL_LIMIT_ENV, Trimmed, pixel_cache_limit, trim_pixels
-from vistrain.data.augment import AugmentConfig
-from vistrain.data.dataset import DataConfig, DatasetIndex
+from vistrain.data.dataset import DatasetIndex
 from vistrain.data.pixel_cache import PixelCache
 from vistrain.data.split import read_split
-from vistrain.data.transforms import RESIZE_METHODS, Preprocessing
+from vistrain.data.transforms import Preprocessing
 from vistrain.familiarity import Familiarity
-from vistrain.memory import (
-    release_freed_memory,
-    training_micro_batch,
-)
+from vistrain.memory import release_freed_memory, training_micro_batch
 from vistrain.models.classifier import ImageClassifier, ModelConfig, build_classifier
-from vistrain.models.registry import (
-    ensemble_members,
-    get_backbone,
-)
+from vistrain.models.registry import ensemble_members, get_backbone
 from vistrain.progress import Reporter, SilentReporter
 from vistrain.training.balance import (
     IMBALANCED_RATIO,
@@ -34,16 +38,13 @@ from vistrain.training.balance import (
     resolve_balance,
 )
 from vistrain.training.checkpoint import (
+    Resumable,
     in_progress_file,
     load_checkpoint,
     save_checkpoint,
     save_probe_head,
 )
-from vistrain.training.device import (
-    describe,
-    resolve_device,
-    uses_amp,
-)
+from vistrain.training.device import describe, resolve_device, uses_amp
 from vistrain.training.distributed import is_main, world_size
 from vistrain.training.familiar import fit_familiarity
 from vistrain.training.feature_cache import FeatureCache
@@ -61,8 +62,8 @@ from vistrain.training.finetune import (
     train_preprocessing,
 )
 from vistrain.training.grow import (
-    ENSEMBLES,
     Growth,
+    Probe,
     grow_ensemble,
     plan_growth,
     score_probe,
@@ -76,90 +77,9 @@ from vistrain.training.planning import (
     plan_finetuning,
 )
 from vistrain.training.probe import describe_choice, fit_ensemble_probe, probe_logits
-from vistrain.training.schedules import check_schedule
+from vistrain.training.settings import MODES, TrainConfig, TrainError
 
-MODES = ("auto", "probe", "finetune")
-
-
-class TrainError(ValueError):
-    """Settings that cannot work; the message names the setting and its value."""
-
-
-@dataclass
-class TrainConfig:
-    """Every training setting, validated on construction (the edge), then passed down unchanged."""
-
-    data: DataConfig
-    out: Path
-    backbone: str = "efficientnet_lite0"
-    image_size: int | None = None  # None: chosen from the training images' sizes
-    resize: str = "crop"
-    mode: str = "auto"
-    epochs: int = 8
-    time_budget: float | None = 600.0  # seconds for the whole run; None: no limit
-    batch_size: int = 32
-    # After a linear probe the network already fits the training set (loss ~0.05 on climbing):
-    # a small learning rate and no label smoothing refine it instead of first undoing the head
-    # (measured: smoothing 0.1 cost 3.6 points after epoch 1; lr 1e-3 / 5e-4 dipped 8-15 points).
-    lr: float = 1e-4
-    label_smoothing: float = 0.0
-    patience: int = 3
-    probe_c: float | None = None  # None: chosen by validation log-loss (probe.C_GRID)
-    seed: int = 0
-    resume: bool = False
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    weight_decay: float = 0.01
-    dropout: float = 0.0  # before the head, while fine-tuning
-    balance: str = "auto"  # auto|sampler|loss|none, see training.balance
-    schedule: str = "onecycle"  # see training.schedules
-    device: str = "auto"  # auto|cpu|cuda, see training.device; the run records the one used
-    max_memory: float | None = None  # GB for the whole process while fine-tuning on the CPU; None: half the free memory
-    # auto: when fewer than MIN_FINETUNE_EPOCHS fit the budget, spend it on probes of partner backbones (training.grow)
-    ensemble: str = "auto"
-    # False: no familiarity check (one pass fewer over the photos: sweep trials, which ship nothing)
-    familiarity: bool = True
-
-    def __post_init__(self) -> None:
-        get_backbone(self.backbone)  # raises with the list of choices
-        if self.mode not in MODES:
-            raise TrainError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
-        if self.mode == "finetune" and len(ensemble_members(self.backbone)) > 1:
-            raise TrainError(f"backbone {self.backbone!r} is an ensemble: it trains linear probes only "
-                             f"(--mode probe or auto), not --mode finetune")
-        if self.ensemble not in ENSEMBLES:
-            raise TrainError(f"ensemble {self.ensemble!r} is not one of {', '.join(ENSEMBLES)}")
-        if not isinstance(self.familiarity, bool):
-            raise TrainError(f"familiarity must be true or false (got {self.familiarity!r})")
-        if self.epochs < 1:
-            raise TrainError(f"epochs must be at least 1 (got {self.epochs})")
-        if self.time_budget is not None and self.time_budget <= 0:
-            raise TrainError(f"time budget must be positive seconds (got {self.time_budget})")
-        if self.batch_size < 1:
-            raise TrainError(f"batch size must be at least 1 (got {self.batch_size})")
-        if self.max_memory is not None and not self.max_memory > 0:
-            raise TrainError(f"max memory must be positive gigabytes (got {self.max_memory})")
-        if not 0 < self.lr < 1:
-            raise TrainError(f"learning rate {self.lr} must be between 0 and 1")
-        if not 0 <= self.label_smoothing < 1:
-            raise TrainError(f"label smoothing {self.label_smoothing} must be within [0, 1)")
-        if self.image_size is not None and not 32 <= self.image_size <= 1024:
-            raise TrainError(f"image size {self.image_size} is outside 32..1024 pixels")
-        if self.resize not in RESIZE_METHODS:
-            raise TrainError(f"resize method {self.resize!r} is not one of {', '.join(RESIZE_METHODS)}")
-        if self.patience < 1:
-            raise TrainError(f"patience must be at least 1 epoch (got {self.patience})")
-        if self.probe_c is not None and (isinstance(self.probe_c, (bool, str)) or not self.probe_c > 0):
-            raise TrainError(f"probe regularisation C must be a positive number, or auto (got {self.probe_c!r})")
-        if not 0 <= self.weight_decay < 1:
-            raise TrainError(f"weight decay {self.weight_decay} must be within [0, 1)")
-        if not 0 <= self.dropout < 1:
-            raise TrainError(f"dropout {self.dropout} must be within [0, 1)")
-        try:
-            resolve_balance(self.balance, 1.0)
-            check_schedule(self.schedule)
-            resolve_device(self.device)  # an unknown name, or cuda where PyTorch sees no GPU
-        except ValueError as exc:
-            raise TrainError(str(exc)) from None
+__all__ = ["MODES", "TrainConfig", "TrainError", "TrainResult", "choose_image_size", "run_training"]
 
 
 @dataclass
@@ -195,11 +115,51 @@ def choose_image_size(index: DatasetIndex, backbone: str) -> int:
     return max([native] + [s for s in (native + 64, native + 128) if s <= median])
 
 
-def _restore_split(index: DatasetIndex, run_dir: Path) -> None:
-    saved = read_split(in_progress_file(run_dir, "split.csv"))
-    for r in index.records:
-        if r.path in saved:
-            r.split = saved[r.path]
+@dataclass
+class _Run:
+    """What every stage reads, settled before the first image is decoded; and the notes they add."""
+
+    cfg: TrainConfig
+    ui: Reporter
+    t_start: float
+    resumed: Resumable | None
+    prep: Preprocessing
+    classes: list[str]
+    splits: dict[str, list]  # "train", "valid" and "test" records
+    y_train: np.ndarray
+    y_valid: np.ndarray
+    members: list[str]  # the backbones whose features the probe reads (one unless an ensemble)
+    want_finetune: bool
+    ratio: float  # largest class over smallest, in the training split
+    balance: str  # the imbalance correction in use
+    select_by: str  # "accuracy", or "macro_f1" when classes are imbalanced
+    device: torch.device
+    pixel_cache: PixelCache | None
+    notes: list[str] = field(default_factory=list)  # for the summary and metrics.json
+
+    @property
+    def train(self) -> list:
+        return self.splits["train"]
+
+    @property
+    def valid(self) -> list:
+        return self.splits["valid"]
+
+
+@dataclass
+class _Probe:
+    """The linear probe; when resuming, what the checkpoint recorded of it."""
+
+    state: dict[str, torch.Tensor]  # the whole classifier with the probe's head, to go back to
+    accuracy: float
+    loss: float
+    score: float  # accuracy, or macro F1 when classes are imbalanced
+    valid_logits: np.ndarray | None = None  # None when resuming: computed again if the probe is kept
+    # A fresh run's only (partner probes build on them):
+    single: Probe | None = None
+    features: dict[str, np.ndarray] | None = None  # pooled "train" and "valid" features
+    c: list[float] = field(default_factory=list)  # the regularisation chosen per member
+    class_weight: str | None = None
 
 
 def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | None = None,
@@ -213,199 +173,272 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
         raise TrainError(f"{cfg.out}: nothing to resume (no checkpoint/state.json)")
     if resumed is not None:
         _restore_split(index, cfg.out)
+    run = _start(index, cfg, ui, resumed, t_start)
 
-    spec = get_backbone(cfg.backbone)
+    # Pixel-cache entries touched from now on are this run's: never trimmed. (2 s early: some file
+    # systems keep modification times to the second or two.)
+    used_since = time.time() - 2
+    pixel_limit = pixel_cache_limit() if run.pixel_cache is not None else None  # a bad setting fails now
+    if pixel_limit is not None and pixel_limit != float("inf"):
+        # Make room before decoding, not only at the end: a crashed run or sweep trial leaves its
+        # entries behind until some run ends, and this run's new ones would stack on top of them.
+        _trim_pixel_cache(ui, run.pixel_cache, pixel_limit, used_since, index,
+                          run.train + run.valid if run.want_finetune else [])
+    train_pixels, canvases, valid_pixels = _decode(run)
+
+    model_cfg = ModelConfig(cfg.backbone, run.classes, run.prep, dropout=cfg.dropout)
+    model = build_classifier(model_cfg).to(run.device, memory_format=torch.channels_last)
+    caches = feature_caches(cfg.data.cache_dir, cfg.backbone, run.prep)  # one per member, read from disk once
+    probe = _probe_stage(run, model, caches, train_pixels, valid_pixels)
+    del train_pixels  # fine-tuning reads the canvases: free the eval views of the training set
+    if len(run.members) > 1 and cfg.mode == "auto":
+        run.notes.append(f"an ensemble of {len(run.members)} backbones trains linear probes only: no fine-tuning")
+    if run.ratio >= IMBALANCED_RATIO or run.balance != "none":
+        run.notes.append(f"classes imbalanced {run.ratio:.1f}:1; correction: {run.balance}; "
+                         f"best model by {run.select_by.replace('_', ' ')}")
+
+    ft_state, growth, check = None, None, None
+    if run.want_finetune:
+        ft_state, growth, check = _finetune_stage(run, model, probe, canvases, valid_pixels, caches, on_epoch)
+    if growth is not None and growth.kept is not probe.single:  # the ensemble won: it becomes the probe stage's model
+        model_cfg = ModelConfig(growth.kept.backbone, run.classes, run.prep, dropout=cfg.dropout)
+        model = build_classifier(model_cfg).to(run.device, memory_format=torch.channels_last)
+        with torch.no_grad():
+            model.head.weight.copy_(growth.kept.weight)
+            model.head.bias.copy_(growth.kept.bias)
+        probe = replace(probe, state=_state_copy(model), valid_logits=growth.kept.valid_logits)
+        caches = feature_caches(cfg.data.cache_dir, growth.kept.backbone, run.prep)
+
+    stage, valid_logits = _keep_better(run, model, probe, ft_state, valid_pixels)
+    test_logits = None
+    if stage == "probe" and run.splits["test"]:
+        # The probe is a head on cached features: the test images' features are computed once (ONNX
+        # Runtime) and a later run on the same data reads them back instead of running the network.
+        f_test = backbone_features(ui, model.backbone, run.splits["test"], run.prep, caches,
+                                   pixel_cache=run.pixel_cache, split="test")
+        test_logits = probe_logits(f_test, model.head.weight.detach().cpu(), model.head.bias.detach().cpu())
+    familiarity = _familiarity(run, stage, model, model_cfg, probe, ft_state, caches, valid_pixels)
+    pinned, pin_caveat = budget_decisions(cfg, ft_state, growth)
+    result = TrainResult(model.eval(), model_cfg, stage, probe.accuracy, ft_state, valid_logits,
+                         time.perf_counter() - t_start, run.notes, str(run.device),
+                         amp=uses_amp(run.device) and bool(ft_state and ft_state.history), mirror=check,
+                         test_logits=test_logits, pinned=pinned, pin_caveat=pin_caveat, familiarity=familiarity)
+    if pixel_limit is not None:  # last: every entry this run wrote or read is spared
+        _say_trimmed(ui, trim_pixels(cfg.data.cache_dir, pixel_limit, used_since), pixel_limit)
+    return result
+
+
+def _restore_split(index: DatasetIndex, run_dir: Path) -> None:
+    saved = read_split(in_progress_file(run_dir, "split.csv"))
+    for r in index.records:
+        if r.path in saved:
+            r.split = saved[r.path]
+
+
+def _state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _start(index: DatasetIndex, cfg: TrainConfig, ui: Reporter, resumed: Resumable | None, t_start: float) -> _Run:
+    """Input size, labels, class balance and device for this run, printed."""
     size = resumed.image_size if resumed else (cfg.image_size or choose_image_size(index, cfg.backbone))
-    prep: Preprocessing = spec.preprocessing(size, cfg.resize)
+    prep: Preprocessing = get_backbone(cfg.backbone).preprocessing(size, cfg.resize)
     classes = index.classes
-    train, valid = index.split("train"), index.split("valid")
-    y_train = np.array([classes.index(r.label) for r in train])
-    y_valid = np.array([classes.index(r.label) for r in valid])
+    splits = {name: index.split(name) for name in ("train", "valid", "test")}
+    y_train = np.array([classes.index(r.label) for r in splits["train"]])
+    y_valid = np.array([classes.index(r.label) for r in splits["valid"]])
     members = ensemble_members(cfg.backbone)
-    want_finetune = cfg.mode in ("auto", "finetune") and len(members) == 1
     ratio = imbalance_ratio(y_train, len(classes))
     balance = resolve_balance(cfg.balance, ratio)
     select_by = "macro_f1" if ratio >= IMBALANCED_RATIO else "accuracy"
     if ratio >= IMBALANCED_RATIO or balance != "none":
         ui.log(f"Classes imbalanced {ratio:.1f}:1 (largest/smallest); correction: {balance}"
                f" (--balance {cfg.balance}); best model chosen by {select_by.replace('_', ' ')}")
-    ui.log(f"Backbone {cfg.backbone}, input {size} px ({cfg.resize}), {len(train)} train / {len(valid)} valid images")
+    ui.log(f"Backbone {cfg.backbone}, input {size} px ({cfg.resize}), "
+           f"{len(splits['train'])} train / {len(splits['valid'])} valid images")
     device = resolve_device(cfg.device)
     if device.type != "cpu":
         ui.log(f"Device {describe(device)}" + (", mixed precision (float16) for fine-tuning" if uses_amp(device) else ""))
+    return _Run(cfg, ui, t_start, resumed, prep, classes, splits, y_train, y_valid, members,
+                want_finetune=cfg.mode in ("auto", "finetune") and len(members) == 1, ratio=ratio,
+                balance=balance, select_by=select_by, device=device,
+                pixel_cache=PixelCache(cfg.data.cache_dir, prep) if cfg.data.cache_dir else None)
 
-    train_pixels = canvases = valid_pixels = None
-    pixel_cache = PixelCache(cfg.data.cache_dir, prep) if cfg.data.cache_dir else None
-    # Pixel-cache entries touched from now on are this run's: never trimmed. (2 s early: some file
-    # systems keep modification times to the second or two.)
-    used_since = time.time() - 2
-    pixel_limit = pixel_cache_limit() if pixel_cache is not None else None  # a bad setting fails now
-    if pixel_limit is not None and pixel_limit != float("inf"):
-        # Make room before decoding, not only at the end: a crashed run or sweep trial leaves its
-        # entries behind until some run ends, and this run's new ones would stack on top of them.
-        _trim_pixel_cache(ui, pixel_cache, pixel_limit, used_since, index, train + valid if want_finetune else [])
-    if want_finetune:  # fine-tuning reads every image; the probe alone may need none (cached features)
-        with ui.stage("decode", len(train) + len(valid)) as advance:
-            # With the disk cache, canvases stay on disk and the training set's eval views are
-            # read back only if features must be computed; without it, one pass makes both.
-            train_pixels, canvases = decode_all([r.path for r in train], prep, canvases=True, progress=advance,
-                                                cache=pixel_cache, keys=[r.sha1 for r in train],
-                                                pixels=pixel_cache is None)
-            valid_pixels, _ = decode_all([r.path for r in valid], prep, progress=advance,
-                                         cache=pixel_cache, keys=[r.sha1 for r in valid])
-        if pixel_cache is not None:
-            ui.log(f"  pixel cache: {pixel_cache.disk_bytes() / 1e6:.0f} MB in {pixel_cache.folder}")
 
-    model_cfg = ModelConfig(cfg.backbone, classes, prep, dropout=cfg.dropout)
-    model = build_classifier(model_cfg).to(device, memory_format=torch.channels_last)
-    caches = feature_caches(cfg.data.cache_dir, cfg.backbone, prep)  # one per member, read from disk once
-    if resumed is None:
-        f_train = backbone_features(ui, model.backbone, train, prep, caches, train_pixels, pixel_cache, "training")
-        f_valid = backbone_features(ui, model.backbone, valid, prep, caches, valid_pixels, pixel_cache, "validation")
-        train_pixels = None  # fine-tuning reads the canvases; free the eval views of the training set
-        widths = [get_backbone(m).num_features for m in members]
-        class_weight = probe_class_weight(balance)
-        w, b, heads = fit_ensemble_probe(f_train, y_train, len(classes), widths, valid=(f_valid, y_valid),
-                                         C=cfg.probe_c, seed=cfg.seed, class_weight=class_weight)
-        probe_c = [h.C for h in heads]
-        choice = describe_choice(heads, members)
-        single = score_probe(cfg.backbone, w, b, f_valid, y_valid, len(classes), select_by)
-        probe_valid_logits, probe_acc, probe_loss, probe_score = single.valid_logits, single.accuracy, single.loss, single.score
-        if len(members) > 1:
+def _decode(run: _Run) -> tuple[np.ndarray | None, list | None, np.ndarray | None]:
+    """(training images' eval views, training canvases, validation pixels) when fine-tuning will read
+    every image; Nones otherwise: the probe alone may need no image decoded (cached features)."""
+    if not run.want_finetune:
+        return None, None, None
+    cache, prep = run.pixel_cache, run.prep
+    with run.ui.stage("decode", len(run.train) + len(run.valid)) as advance:
+        # With the disk cache, canvases stay on disk and the training set's eval views are
+        # read back only if features must be computed; without it, one pass makes both.
+        train_pixels, canvases = decode_all([r.path for r in run.train], prep, canvases=True, progress=advance,
+                                            cache=cache, keys=[r.sha1 for r in run.train], pixels=cache is None)
+        valid_pixels, _ = decode_all([r.path for r in run.valid], prep, progress=advance,
+                                     cache=cache, keys=[r.sha1 for r in run.valid])
+    if cache is not None:
+        run.ui.log(f"  pixel cache: {cache.disk_bytes() / 1e6:.0f} MB in {cache.folder}")
+    return train_pixels, canvases, valid_pixels
+
+
+def _probe_stage(run: _Run, model: ImageClassifier, caches: list[FeatureCache], train_pixels: np.ndarray | None,
+                 valid_pixels: np.ndarray | None) -> _Probe:
+    """Frozen features (cached) and a logistic-regression head, copied into ``model.head``; when
+    resuming, the probe head the checkpoint kept."""
+    ui, r, choice = run.ui, run.resumed, None
+    if r is not None:
+        if r.probe_head is not None:
+            model.head.load_state_dict(r.probe_head)
+        probe = _Probe(_state_copy(model), r.probe_accuracy, r.probe_loss,
+                       r.probe_score if r.probe_score is not None else r.probe_accuracy)
+    else:
+        f_train = backbone_features(ui, model.backbone, run.train, run.prep, caches, train_pixels,
+                                    run.pixel_cache, "training")
+        f_valid = backbone_features(ui, model.backbone, run.valid, run.prep, caches, valid_pixels,
+                                    run.pixel_cache, "validation")
+        widths = [get_backbone(m).num_features for m in run.members]
+        class_weight = probe_class_weight(run.balance)
+        w, b, heads = fit_ensemble_probe(f_train, run.y_train, len(run.classes), widths, valid=(f_valid, run.y_valid),
+                                         C=run.cfg.probe_c, seed=run.cfg.seed, class_weight=class_weight)
+        choice = describe_choice(heads, run.members)
+        single = score_probe(run.cfg.backbone, w, b, f_valid, run.y_valid, len(run.classes), run.select_by)
+        if len(run.members) > 1:
             ui.log("Ensemble of linear probes (logits averaged); alone on validation: " + ", ".join(
-                f"{m} {_accuracy(probe_logits(f, h.weight, h.bias), y_valid):.1%}"
-                for m, f, h in zip(members, np.split(f_valid, np.cumsum(widths)[:-1], axis=1), heads)))
+                f"{m} {_accuracy(probe_logits(f, h.weight, h.bias), run.y_valid):.1%}"
+                for m, f, h in zip(run.members, np.split(f_valid, np.cumsum(widths)[:-1], axis=1), heads)))
         with torch.no_grad():
             model.head.weight.copy_(w)
             model.head.bias.copy_(b)
-    else:
-        if resumed.probe_head is not None:
-            model.head.load_state_dict(resumed.probe_head)
-        probe_valid_logits, probe_c, choice = None, None, None
-        probe_acc, probe_loss = resumed.probe_accuracy, resumed.probe_loss
-        probe_score = resumed.probe_score if resumed.probe_score is not None else probe_acc
-    probe_state = {k: v.clone() for k, v in model.state_dict().items()}
-    ui.log(f"Linear probe: validation accuracy {probe_acc:.1%} ({time.perf_counter() - t_start:.0f} s so far)")
-
-    notes: list[str] = []
+        probe = _Probe(_state_copy(model), single.accuracy, single.loss, single.score, single.valid_logits,
+                       single, {"train": f_train, "valid": f_valid}, [h.C for h in heads], class_weight)
+    ui.log(f"Linear probe: validation accuracy {probe.accuracy:.1%} ({time.perf_counter() - run.t_start:.0f} s so far)")
     if choice:
         ui.log("  " + choice)
-        notes.append(choice)
-    if len(members) > 1 and cfg.mode == "auto":
-        notes.append(f"an ensemble of {len(members)} backbones trains linear probes only: no fine-tuning")
-    if ratio >= IMBALANCED_RATIO or balance != "none":
-        notes.append(f"classes imbalanced {ratio:.1f}:1; correction: {balance}; best model by {select_by.replace('_', ' ')}")
-    ft_state: FinetuneState | None = None
-    growth: Growth | None = None
-    check: MirrorCheck | None = None
-    if want_finetune:
-        ft_cfg = FinetuneConfig(
-            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, label_smoothing=cfg.label_smoothing,
-            patience=cfg.patience, augment=cfg.augment, seed=cfg.seed, weight_decay=cfg.weight_decay,
-            schedule=cfg.schedule, balance=balance, select_by=select_by,
-            micro_batch=training_micro_batch(cfg.batch_size, train_preprocessing(prep).size,
-                                             activation_budget(cfg, device)),
-        )
-        if micro_batch_size(ft_cfg) < ft_cfg.batch_size:
-            why = (f"batches of {ft_cfg.batch_size} ran as passes of up to {ft_cfg.micro_batch} images, for memory "
-                   f"(gradients summed: the same training, ~20% slower)")
-            ui.log("  " + why)
-            notes.append(why)
-        if resumed is not None:
-            if ft_cfg.augment.flip == "auto":  # on the probe, before the fine-tuned weights replace it
-                check, ft_cfg = _decide_flips(ui, model, valid, valid_pixels, y_valid, prep, caches[0], None, ft_cfg, notes)
-            ft_state = resumed.state
-            model.load_state_dict(resumed.model_state)
-            ui.log(f"Resuming fine-tuning after epoch {len(ft_state.history)} of {ft_state.planned_epochs}")
-        else:
-            release_freed_memory()  # what decoding and the features' ONNX session used, before training
-            ft_state, epoch_s = plan_finetuning(ui, model, canvases, y_train, valid_pixels, prep, ft_cfg, cfg, t_start, notes)
-            if is_main():
-                save_probe_head(cfg.out, model.head)
-            if (ft_state.planned_epochs < MIN_FINETUNE_EPOCHS and cfg.mode == "auto" and cfg.ensemble == "auto"
-                    and cfg.time_budget is not None and world_size() == 1):
-                # Under torchrun each rank would time, and might choose, differently: one process only.
-                # The whole rest of the budget: the margin plan_finetuning kept was for fine-tuning's final evaluation.
-                splits = {"train": train, "valid": valid, "test": index.split("test")}
-                plan = plan_growth(ui, cfg.backbone, splits, prep, cfg.data.cache_dir,
-                                   cfg.time_budget - (time.perf_counter() - t_start), valid_pixels, model.backbone)
-                if plan is not None and (plan.fits or ft_state.planned_epochs == 0):
-                    if ft_state.planned_epochs:
-                        notes.append(f"fine-tuning skipped: {ft_state.planned_epochs} epoch(s) of ~{epoch_s:.0f} s fit "
-                                     f"the time budget, and one-cycle fine-tuning that short has not beaten the probe "
-                                     f"in our measurements; the time went to probes of other backbones")
-                    ft_state = FinetuneState(planned_epochs=0)
-                    growth = grow_ensemble(ui, single, plan, splits, {"train": y_train, "valid": y_valid},
-                                           {"train": f_train, "valid": f_valid}, prep, cfg.data.cache_dir, valid_pixels,
-                                           len(classes), select_by, [*probe_c, cfg.probe_c], cfg.seed, class_weight,
-                                           pixel_cache)
-                    ui.log("  " + growth.note)
-                    notes.append(growth.note)
-            if ft_state.planned_epochs > 0 and ft_cfg.augment.flip == "auto":
-                # Only now that epochs will run: the check costs a pass over the mirrored validation
-                # images (clothing: 18 s), time that otherwise goes to partner probes. The model is
-                # still the probe: planning measured steps without taking one.
-                check, ft_cfg = _decide_flips(ui, model, valid, valid_pixels, y_valid, prep, caches[0],
-                                              probe_valid_logits, ft_cfg, notes)
-        if ft_state.planned_epochs > len(ft_state.history):
-            extra = {"image_size": size, "probe_accuracy": probe_acc, "probe_loss": probe_loss, "probe_score": probe_score}
-            with ui.stage("fine-tune", (ft_state.planned_epochs - len(ft_state.history)) * len(canvases)) as advance:
-                ft_state = finetune(
-                    model, canvases, y_train, valid_pixels, y_valid, prep, ft_cfg, ft_state,
-                    optimizer_state=resumed.optimizer_state if resumed else None,
-                    on_epoch=_epoch_logger(ui, model, cfg.out, extra, on_epoch), progress=advance,
-                )
-            if ft_state.stop_reason:
-                notes.append(ft_state.stop_reason)
-    if growth is not None and growth.kept is not single:  # the ensemble won: it becomes the probe stage's model
-        model_cfg = ModelConfig(growth.kept.backbone, classes, prep, dropout=cfg.dropout)
-        model = build_classifier(model_cfg).to(device, memory_format=torch.channels_last)
-        with torch.no_grad():
-            model.head.weight.copy_(growth.kept.weight)
-            model.head.bias.copy_(growth.kept.bias)
-        probe_state = {k: v.clone() for k, v in model.state_dict().items()}
-        probe_valid_logits = growth.kept.valid_logits
-        caches = feature_caches(cfg.data.cache_dir, growth.kept.backbone, prep)
+        run.notes.append(choice)
+    return probe
 
+
+def _finetune_config(run: _Run) -> FinetuneConfig:
+    cfg = run.cfg
+    ft_cfg = FinetuneConfig(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, label_smoothing=cfg.label_smoothing,
+        patience=cfg.patience, augment=cfg.augment, seed=cfg.seed, weight_decay=cfg.weight_decay,
+        schedule=cfg.schedule, balance=run.balance, select_by=run.select_by,
+        micro_batch=training_micro_batch(cfg.batch_size, train_preprocessing(run.prep).size,
+                                         activation_budget(cfg, run.device)),
+    )
+    if micro_batch_size(ft_cfg) < ft_cfg.batch_size:
+        why = (f"batches of {ft_cfg.batch_size} ran as passes of up to {ft_cfg.micro_batch} images, for memory "
+               f"(gradients summed: the same training, ~20% slower)")
+        run.ui.log("  " + why)
+        run.notes.append(why)
+    return ft_cfg
+
+
+def _finetune_stage(run: _Run, model: ImageClassifier, probe: _Probe, canvases, valid_pixels: np.ndarray,
+                    caches: list[FeatureCache], on_epoch: Callable[[int, float], None] | None
+                    ) -> tuple[FinetuneState, Growth | None, MirrorCheck | None]:
+    """The epochs that fit the budget (or the rest of a resumed run's), trained into ``model``; when
+    too few fit, probes of partner backbones instead. Returns the fine-tuning state, the partner
+    probes (None when none were fitted) and the mirror check (None unless flips were "auto")."""
+    cfg, ui, resumed = run.cfg, run.ui, run.resumed
+    ft_cfg = _finetune_config(run)
+    growth, check = None, None
+    if resumed is not None:
+        if ft_cfg.augment.flip == "auto":  # on the probe, before the fine-tuned weights replace it
+            check, ft_cfg = _decide_flips(run, model, valid_pixels, caches[0], None, ft_cfg)
+        ft_state = resumed.state
+        model.load_state_dict(resumed.model_state)
+        ui.log(f"Resuming fine-tuning after epoch {len(ft_state.history)} of {ft_state.planned_epochs}")
+    else:
+        release_freed_memory()  # what decoding and the features' ONNX session used, before training
+        ft_state, epoch_s = plan_finetuning(ui, model, canvases, run.y_train, valid_pixels, run.prep, ft_cfg, cfg,
+                                            run.t_start, run.notes)
+        if is_main():
+            save_probe_head(cfg.out, model.head)
+        if (ft_state.planned_epochs < MIN_FINETUNE_EPOCHS and cfg.mode == "auto" and cfg.ensemble == "auto"
+                and cfg.time_budget is not None and world_size() == 1):
+            # Under torchrun each rank would time, and might choose, differently: one process only.
+            ft_state, growth = _grow_instead(run, model, probe, ft_state, epoch_s, valid_pixels)
+        if ft_state.planned_epochs > 0 and ft_cfg.augment.flip == "auto":
+            # Only now that epochs will run: the check costs a pass over the mirrored validation
+            # images (clothing: 18 s), time that otherwise goes to partner probes. The model is
+            # still the probe: planning measured steps without taking one.
+            check, ft_cfg = _decide_flips(run, model, valid_pixels, caches[0], probe.valid_logits, ft_cfg)
+    if ft_state.planned_epochs > len(ft_state.history):
+        extra = {"image_size": run.prep.size, "probe_accuracy": probe.accuracy, "probe_loss": probe.loss,
+                 "probe_score": probe.score}
+        with ui.stage("fine-tune", (ft_state.planned_epochs - len(ft_state.history)) * len(canvases)) as advance:
+            ft_state = finetune(
+                model, canvases, run.y_train, valid_pixels, run.y_valid, run.prep, ft_cfg, ft_state,
+                optimizer_state=resumed.optimizer_state if resumed else None,
+                on_epoch=_epoch_logger(ui, model, cfg.out, extra, on_epoch), progress=advance,
+            )
+        if ft_state.stop_reason:
+            run.notes.append(ft_state.stop_reason)
+    return ft_state, growth, check
+
+
+def _grow_instead(run: _Run, model: ImageClassifier, probe: _Probe, ft_state: FinetuneState, epoch_s: float,
+                  valid_pixels: np.ndarray) -> tuple[FinetuneState, Growth | None]:
+    """Probes of partner backbones in place of fine-tuning too short to help, when one fits the rest
+    of the budget (or no epoch does): then no epoch is planned. The whole rest of the budget: the
+    margin ``plan_finetuning`` kept was for fine-tuning's final evaluation."""
+    cfg = run.cfg
+    plan = plan_growth(run.ui, cfg.backbone, run.splits, run.prep, cfg.data.cache_dir,
+                       cfg.time_budget - (time.perf_counter() - run.t_start), valid_pixels, model.backbone)
+    if plan is None or not (plan.fits or ft_state.planned_epochs == 0):
+        return ft_state, None
+    if ft_state.planned_epochs:
+        run.notes.append(f"fine-tuning skipped: {ft_state.planned_epochs} epoch(s) of ~{epoch_s:.0f} s fit "
+                         f"the time budget, and one-cycle fine-tuning that short has not beaten the probe "
+                         f"in our measurements; the time went to probes of other backbones")
+    growth = grow_ensemble(run.ui, probe.single, plan, run.splits, {"train": run.y_train, "valid": run.y_valid},
+                           probe.features, run.prep, cfg.data.cache_dir, valid_pixels, len(run.classes),
+                           run.select_by, [*probe.c, cfg.probe_c], cfg.seed, probe.class_weight, run.pixel_cache)
+    run.ui.log("  " + growth.note)
+    run.notes.append(growth.note)
+    return FinetuneState(planned_epochs=0), growth
+
+
+def _keep_better(run: _Run, model: ImageClassifier, probe: _Probe, ft_state: FinetuneState | None,
+                 valid_pixels: np.ndarray | None) -> tuple[str, np.ndarray]:
+    """Loads the kept stage's weights into ``model``: the best fine-tuned epoch when it beats the
+    probe (or ``--mode finetune``), else the probe. Returns the stage and its validation logits."""
     ft_acc = ft_state.best_accuracy if ft_state and ft_state.best_state is not None else None
     # The same rule that picks the best epoch: accuracy (macro F1 when imbalanced), then validation loss on ties.
-    ft_better = ft_acc is not None and (ft_state.best_score, -ft_state.best_loss) > (probe_score, -probe_loss)
-    if ft_acc is not None and (cfg.mode == "finetune" or ft_better):
-        stage = "finetune"
+    ft_better = ft_acc is not None and (ft_state.best_score, -ft_state.best_loss) > (probe.score, -probe.loss)
+    if ft_acc is not None and (run.cfg.mode == "finetune" or ft_better):
         model.load_state_dict(ft_state.best_state)
-        valid_logits = ft_state.best_logits if ft_state.best_logits is not None else evaluate_logits(model, valid_pixels, prep)
-    else:
-        stage = "probe"
-        if ft_acc is not None:
-            notes.append(f"kept the linear probe: fine-tuning reached {ft_acc:.1%} on validation "
-                         f"(loss {ft_state.best_loss:.3f}), the probe {probe_acc:.1%} (loss {probe_loss:.3f})")
-        model.load_state_dict(probe_state)
-        valid_logits = probe_valid_logits if probe_valid_logits is not None else evaluate_logits(model, valid_pixels, prep)
-    test_logits = None
-    test = index.split("test")
-    if stage == "probe" and test:
-        # The probe is a head on cached features: the test images' features are computed once (ONNX
-        # Runtime) and a later run on the same data reads them back instead of running the network.
-        f_test = backbone_features(ui, model.backbone, test, prep, caches, pixel_cache=pixel_cache, split="test")
-        test_logits = probe_logits(f_test, model.head.weight.detach().cpu(), model.head.bias.detach().cpu())
-    known = (f_train, f_valid) if stage == "probe" and resumed is None and model_cfg.backbone == cfg.backbone else None
-    familiarity = None
-    if not cfg.familiarity:
-        notes.append("no familiarity check (familiarity: false): predict cannot say which photos are unlike "
-                     "the training ones")
-    elif stage == "finetune" and ft_state.interrupted:  # Ctrl-C asked to stop now, not after one more pass
-        notes.append("no familiarity check (training was interrupted): --resume finishes the run with it")
-    else:
-        familiarity = fit_familiarity(ui, stage, model, model_cfg.backbone, train, y_train, valid, prep, caches,
-                                      pixel_cache, valid_pixels, cfg.seed, known)
-    result = TrainResult(model.eval(), model_cfg, stage, probe_acc, ft_state, valid_logits,
-                         time.perf_counter() - t_start, notes, str(device),
-                         uses_amp(device) and bool(ft_state and ft_state.history), check, test_logits,
-                         *budget_decisions(cfg, ft_state, growth))
-    result.familiarity = familiarity
-    if pixel_limit is not None:  # last: every entry this run wrote or read is spared
-        _say_trimmed(ui, trim_pixels(cfg.data.cache_dir, pixel_limit, used_since), pixel_limit)
-    return result
+        logits = ft_state.best_logits
+        return "finetune", logits if logits is not None else evaluate_logits(model, valid_pixels, run.prep)
+    if ft_acc is not None:
+        run.notes.append(f"kept the linear probe: fine-tuning reached {ft_acc:.1%} on validation "
+                         f"(loss {ft_state.best_loss:.3f}), the probe {probe.accuracy:.1%} (loss {probe.loss:.3f})")
+    model.load_state_dict(probe.state)
+    logits = probe.valid_logits
+    return "probe", logits if logits is not None else evaluate_logits(model, valid_pixels, run.prep)
+
+
+def _familiarity(run: _Run, stage: str, model: ImageClassifier, model_cfg: ModelConfig, probe: _Probe,
+                 ft_state: FinetuneState | None, caches: list[FeatureCache], valid_pixels: np.ndarray | None
+                 ) -> Familiarity | None:
+    """Which photos are unlike the training ones, from the kept model's features; None (with a note
+    saying why) when switched off or interrupted."""
+    if not run.cfg.familiarity:
+        run.notes.append("no familiarity check (familiarity: false): predict cannot say which photos are unlike "
+                         "the training ones")
+        return None
+    if stage == "finetune" and ft_state.interrupted:  # Ctrl-C asked to stop now, not after one more pass
+        run.notes.append("no familiarity check (training was interrupted): --resume finishes the run with it")
+        return None
+    # The probe's own features, already computed, when the kept model is the probe of this backbone.
+    known = ((probe.features["train"], probe.features["valid"])
+             if stage == "probe" and probe.features is not None and model_cfg.backbone == run.cfg.backbone else None)
+    return fit_familiarity(run.ui, stage, model, model_cfg.backbone, run.train, run.y_train, run.valid, run.prep,
+                           caches, run.pixel_cache, valid_pixels, run.cfg.seed, known)
 
 
 def _trim_pixel_cache(ui: Reporter, pixel_cache: PixelCache, limit: float, since: float, index: DatasetIndex,
@@ -430,21 +463,20 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(1) == labels).mean())
 
 
-def _decide_flips(ui: Reporter, model, valid, valid_pixels: np.ndarray, y_valid: np.ndarray, prep: Preprocessing,
-                  cache: FeatureCache, logits: np.ndarray | None, ft_cfg: FinetuneConfig,
-                  notes: list[str]) -> tuple[MirrorCheck, FinetuneConfig]:
+def _decide_flips(run: _Run, model: ImageClassifier, valid_pixels: np.ndarray, cache: FeatureCache,
+                  logits: np.ndarray | None, ft_cfg: FinetuneConfig) -> tuple[MirrorCheck, FinetuneConfig]:
     """The mirror check, printed, and ``ft_cfg`` flipping its crops or not accordingly: the probe
     (``model.head``) on the validation images (``logits``, or from the cached features when resuming)
     and on their mirror images (features cached too: a second run pays nothing)."""
-    w, b = model.head.weight.detach().cpu(), model.head.bias.detach().cpu()
+    ui, w, b = run.ui, model.head.weight.detach().cpu(), model.head.bias.detach().cpu()
     if logits is None:
-        logits = probe_logits(cached_features(ui, model.backbone, valid, prep, cache, valid_pixels), w, b)
-    flipped = [replace(r, sha1=f"{r.sha1}-mirrored") for r in valid]
-    f_mirrored = cached_features(ui, model.backbone, flipped, prep, cache, mirrored(valid_pixels))
-    check = mirror_check(y_valid, logits.argmax(1), probe_logits(f_mirrored, w, b).argmax(1))
+        logits = probe_logits(cached_features(ui, model.backbone, run.valid, run.prep, cache, valid_pixels), w, b)
+    flipped = [replace(r, sha1=f"{r.sha1}-mirrored") for r in run.valid]
+    f_mirrored = cached_features(ui, model.backbone, flipped, run.prep, cache, mirrored(valid_pixels))
+    check = mirror_check(run.y_valid, logits.argmax(1), probe_logits(f_mirrored, w, b).argmax(1))
     ui.log("  " + check.describe())
     if not check.keep_flips:
-        notes.append(check.describe())
+        run.notes.append(check.describe())
     return check, replace(ft_cfg, augment=replace(ft_cfg.augment, flip=check.keep_flips))
 
 
