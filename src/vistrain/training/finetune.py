@@ -247,31 +247,16 @@ def finetune(
 def _finetune(model, canvases, train_labels, valid_pixels, valid_labels, prep, cfg: FinetuneConfig,
               state: FinetuneState, optimizer_state, on_epoch, progress) -> FinetuneState:
     torch.manual_seed(cfg.seed)
-    groups = param_groups(model, cfg.lr, cfg.freeze_bottom)
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    net = wrap(model)  # DistributedDataParallel under torchrun: gradients averaged over the processes
     steps_per_epoch = math.ceil(shard_length(len(canvases)) / cfg.batch_size)
-    total = steps_per_epoch * state.planned_epochs
-    sched = build_scheduler(cfg.schedule, opt, total)
+    stepper = _Stepper.build(model, train_labels, cfg, steps_per_epoch * state.planned_epochs)
     done = len(state.history)
     if optimizer_state is not None:
-        opt.load_state_dict(optimizer_state)
-        with warnings.catch_warnings():
-            # Fast-forwarding the schedule to where the interrupted run stopped, before any step.
-            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
-            for _ in range(done * steps_per_epoch):
-                sched.step()
+        stepper.restore(optimizer_state, done * steps_per_epoch)
     k = model.head.out_features
-    device = model_device(model)
-    scaler = grad_scaler(device)  # float16 mixed precision on CUDA; None (float32, as ever) on the CPU
-    weight = (torch.tensor(class_weights(train_labels, k), dtype=torch.float32, device=device)
-              if cfg.balance == "loss" else None)
-    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing, reduction="sum")
-    micro = micro_batch_size(cfg)
     draw_p = sample_probabilities(train_labels, k) if cfg.balance == "sampler" else None
     train_prep = train_preprocessing(prep)
-    workers = batch_workers(device)
-    labels_t = to_device(torch.as_tensor(train_labels), device)
+    workers = batch_workers(stepper.device)
+    labels_t = to_device(torch.as_tensor(train_labels), stepper.device)
     t_begin = time.perf_counter()
     try:
         for epoch in range(done + 1, state.planned_epochs + 1):
@@ -282,73 +267,126 @@ def _finetune(model, canvases, train_labels, valid_pixels, valid_labels, prep, c
             order = (rng.choice(len(canvases), len(canvases), p=draw_p) if draw_p is not None
                      else rng.permutation(len(canvases)))
             order = shard(order)  # this process's share (all of it when training alone)
-            total_loss, correct = 0.0, 0
 
             def make_batch(s: int, order=order, epoch=epoch):
                 idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
                 # Each batch its own generator: the same augmentations whichever worker thread makes it.
                 batch_rng = np.random.default_rng([cfg.seed, epoch, s])
                 # Pinned here, in the prefetch thread, so the copy to a GPU does not wait.
-                return idx, pin(augment_batch([canvases[i] for i in idx], train_prep, cfg.augment, batch_rng), device)
+                return idx, pin(augment_batch([canvases[i] for i in idx], train_prep, cfg.augment, batch_rng),
+                                stepper.device)
 
             batches = Prefetcher(make_batch, steps_per_epoch, workers=workers)
+            total_loss, correct = 0.0, 0
             for s, (idx, x) in enumerate(batches):
-                x, y = to_device(x, device), labels_t[idx]
-                opt.zero_grad(set_to_none=True)
-                loss, right = accumulate(net, loss_fn, x, y, micro, device, scaler)
-                if any_rank(not torch.isfinite(loss)):
-                    state.stop_reason = (f"training diverged: the loss became {loss.item()} in epoch {epoch}, "
+                loss, right, stepped = stepper.step(to_device(x, stepper.device), labels_t[idx])
+                if not stepped:
+                    state.stop_reason = (f"training diverged: the loss became {loss} in epoch {epoch}, "
                                          f"step {s + 1}; stopped early (try a lower --lr)")
                     return state
-                if scaler is None:
-                    opt.step()
-                    sched.step()
-                else:
-                    scaler.step(opt)  # skipped when float16 gradients overflowed; the scale adapts
-                    scaler.update()
-                    with warnings.catch_warnings():  # a skipped first step makes the scheduler warn
-                        warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
-                        sched.step()
-                total_loss += loss.item() * len(idx)
+                total_loss += loss * len(idx)
                 correct += right
                 if progress:
                     progress(len(idx))
             vlog = evaluate_logits(model, valid_pixels, prep)
-            vacc = float((vlog.argmax(1) == valid_labels).mean())
-            vloss = cross_entropy(vlog, valid_labels)
-            score = macro_f1(valid_labels, vlog.argmax(1), k) if cfg.select_by == "macro_f1" else vacc
-            state.history.append(EpochResult(
-                epoch, total_loss / len(order), correct / len(order), vloss, vacc,
-                time.perf_counter() - t0, float(opt.param_groups[-1]["lr"]), batches.wait_seconds,
-            ))
-            # Ties on accuracy (common on small validation sets) go to the lower loss.
-            if score > state.best_score or (score == state.best_score and vloss < state.best_loss):
-                state.best_accuracy, state.best_score, state.best_loss, state.best_epoch = vacc, score, vloss, epoch
-                state.best_state = copy.deepcopy(model.state_dict())
-                state.best_logits = vlog
-            if vloss < state.lowest_loss - 1e-4:  # a real improvement, not rounding noise
-                state.lowest_loss, state.lowest_loss_epoch = vloss, epoch
+            seconds = time.perf_counter() - t0
+            vacc, vloss = _track_best(state, model, vlog, valid_labels, cfg, k, epoch)
+            state.history.append(EpochResult(epoch, total_loss / len(order), correct / len(order), vloss, vacc, seconds,
+                                             float(stepper.opt.param_groups[-1]["lr"]), batches.wait_seconds))
             if on_epoch:
-                on_epoch(state, opt)
+                on_epoch(state, stepper.opt)
             release_freed_memory()  # freed activations fragment the heap; the peak would creep up each epoch
-            stuck = collapsed_class(vlog.argmax(1), valid_labels)
-            if stuck is not None:
-                state.stop_reason = (f"training diverged: after epoch {epoch} the network predicts class #{stuck} "
-                                     f"for every validation image; stopped early (try a lower --lr)")
-                break
-            spent = time.perf_counter() - t_begin
-            if any_rank(cfg.time_budget is not None and epoch < state.planned_epochs
-                        and spent + state.history[-1].seconds > cfg.time_budget):
-                state.stop_reason = f"time budget reached after epoch {epoch} of {state.planned_epochs}"
-                state.out_of_time = True
-                break
-            # Only in the annealing half: a one-cycle schedule dips at its peak and recovers as it cools.
-            # Not after the last epoch: nothing is stopped there, and the run should not say so.
-            if (state.planned_epochs / 2 < epoch < state.planned_epochs
-                    and epoch - state.lowest_loss_epoch >= cfg.patience):
-                state.stop_reason = f"early stop: validation loss not lower for {cfg.patience} epochs"
+            if _stop_after(state, epoch, vlog, valid_labels, cfg, time.perf_counter() - t_begin):
                 break
     except KeyboardInterrupt:
         state.interrupted = True
         state.stop_reason = "interrupted (Ctrl-C): kept the best model so far"
     return state
+
+
+@dataclass
+class _Stepper:
+    """The optimizer step that every batch of every epoch takes."""
+
+    net: nn.Module  # the model, or its DistributedDataParallel wrapper
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None  # float16 mixed precision on CUDA; None (float32, as ever) on the CPU
+    loss_fn: nn.Module
+    micro: int
+    device: torch.device
+
+    @classmethod
+    def build(cls, model: ImageClassifier, train_labels: np.ndarray, cfg: FinetuneConfig, total_steps: int) -> _Stepper:
+        opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.freeze_bottom), weight_decay=cfg.weight_decay)
+        net = wrap(model)  # DistributedDataParallel under torchrun: gradients averaged over the processes
+        sched = build_scheduler(cfg.schedule, opt, total_steps)
+        device = model_device(model)
+        weight = (torch.tensor(class_weights(train_labels, model.head.out_features), dtype=torch.float32,
+                               device=device) if cfg.balance == "loss" else None)
+        loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing, reduction="sum")
+        return cls(net, opt, sched, grad_scaler(device), loss_fn, micro_batch_size(cfg), device)
+
+    def restore(self, optimizer_state: dict, steps_done: int) -> None:
+        """An interrupted run's optimizer, and its schedule fast-forwarded to where it stopped."""
+        self.opt.load_state_dict(optimizer_state)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")  # stepped before any step
+            for _ in range(steps_done):
+                self.sched.step()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int, bool]:
+        """(mean loss, images right, whether the step was taken) for one batch: no step is taken
+        when the loss is not finite on some process."""
+        self.opt.zero_grad(set_to_none=True)
+        loss, right = accumulate(self.net, self.loss_fn, x, y, self.micro, self.device, self.scaler)
+        if any_rank(not torch.isfinite(loss)):
+            return loss.item(), right, False
+        if self.scaler is None:
+            self.opt.step()
+            self.sched.step()
+        else:
+            self.scaler.step(self.opt)  # skipped when float16 gradients overflowed; the scale adapts
+            self.scaler.update()
+            with warnings.catch_warnings():  # a skipped first step makes the scheduler warn
+                warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+                self.sched.step()
+        return loss.item(), right, True
+
+
+def _track_best(state: FinetuneState, model: nn.Module, vlog: np.ndarray, valid_labels: np.ndarray,
+                cfg: FinetuneConfig, k: int, epoch: int) -> tuple[float, float]:
+    """The epoch's validation accuracy and loss. It becomes the best one in ``state`` when it scores
+    higher (ties on the score, common on small validation sets, go to the lower loss)."""
+    vacc = float((vlog.argmax(1) == valid_labels).mean())
+    vloss = cross_entropy(vlog, valid_labels)
+    score = macro_f1(valid_labels, vlog.argmax(1), k) if cfg.select_by == "macro_f1" else vacc
+    if score > state.best_score or (score == state.best_score and vloss < state.best_loss):
+        state.best_accuracy, state.best_score, state.best_loss, state.best_epoch = vacc, score, vloss, epoch
+        state.best_state = copy.deepcopy(model.state_dict())
+        state.best_logits = vlog
+    if vloss < state.lowest_loss - 1e-4:  # a real improvement, not rounding noise
+        state.lowest_loss, state.lowest_loss_epoch = vloss, epoch
+    return vacc, vloss
+
+
+def _stop_after(state: FinetuneState, epoch: int, vlog: np.ndarray, valid_labels: np.ndarray, cfg: FinetuneConfig,
+                spent: float) -> bool:
+    """Whether to stop after ``epoch`` (``state.stop_reason`` says why): a collapsed network, the
+    time budget, or validation loss that stopped falling late in the schedule."""
+    stuck = collapsed_class(vlog.argmax(1), valid_labels)
+    if stuck is not None:
+        state.stop_reason = (f"training diverged: after epoch {epoch} the network predicts class #{stuck} "
+                             f"for every validation image; stopped early (try a lower --lr)")
+        return True
+    if any_rank(cfg.time_budget is not None and epoch < state.planned_epochs
+                and spent + state.history[-1].seconds > cfg.time_budget):
+        state.stop_reason = f"time budget reached after epoch {epoch} of {state.planned_epochs}"
+        state.out_of_time = True
+        return True
+    # Only in the annealing half: a one-cycle schedule dips at its peak and recovers as it cools.
+    # Not after the last epoch: nothing is stopped there, and the run should not say so.
+    if state.planned_epochs / 2 < epoch < state.planned_epochs and epoch - state.lowest_loss_epoch >= cfg.patience:
+        state.stop_reason = f"early stop: validation loss not lower for {cfg.patience} epochs"
+        return True
+    return False
