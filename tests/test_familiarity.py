@@ -7,6 +7,8 @@ import csv
 import io
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from PIL import Image
 
 import vistrain
 from vistrain.cli import main
+from vistrain.export.standalone import familiarity as standalone_familiarity
 from vistrain.familiarity import FAMILIAR_FILE, Familiarity, bank_sample, normalise
 
 
@@ -77,6 +80,25 @@ def test_save_and_load_round_trip(tmp_path):
     assert (g.threshold, g.blocks, g.n_valid, g.n_kept) == (f.threshold, [4, 2], 10, f.n_kept)
     np.testing.assert_array_equal(g.bank, f.bank)
     assert Familiarity.load(tmp_path / "nothing") is None
+
+
+def test_the_same_check_saved_by_two_processes_is_the_same_file(tmp_path):
+    # safetensors' own writer orders metadata by a per-process hash map: the bytes changed from run to run.
+    script = ("import sys, numpy as np; from vistrain.familiarity import Familiarity; "
+              "r = np.random.default_rng(3); "
+              "Familiarity.fit(r.normal(size=(20, 6)), r.normal(size=(10, 6)), [4, 2]).save(sys.argv[1])")
+    files = []
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True)
+        files.append((tmp_path / name / FAMILIAR_FILE).read_bytes())
+    assert files[0] == files[1] == files[2]
+    n = int.from_bytes(files[0][:8], "little")
+    header = json.loads(files[0][8 : 8 + n])
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"]) and (8 + n) % 8 == 0
+    bank, blocks, _ = standalone_familiarity(tmp_path / "a", 0.5)
+    np.testing.assert_array_equal(bank, Familiarity.load(tmp_path / "a").bank)
+    assert list(blocks) == [4, 2]
 
 
 def test_probe_run_flags_odd_photos_in_predict_csv_and_into(trained_run, tmp_path, capsys):

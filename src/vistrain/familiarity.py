@@ -16,6 +16,7 @@ Torch-free (NumPy and safetensors): the PyTorch predictor, ONNX Runtime and the 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -95,13 +96,11 @@ class Familiarity:
         return bool(similarity >= self.threshold)
 
     def save(self, folder: Path) -> Path:
-        from safetensors.numpy import save_file
-
         path = Path(folder) / FAMILIAR_FILE
-        save_file({"bank": np.ascontiguousarray(self.bank)}, str(path), metadata={
+        path.write_bytes(safetensors_bytes({"bank": np.ascontiguousarray(self.bank)}, {
             "threshold": repr(self.threshold), "keep": repr(self.keep), "n_valid": str(self.n_valid), "n_kept": str(self.n_kept),
             "blocks": ",".join(str(b) for b in self.blocks),
-            "what": "L2-normalised pooled features of training photos; nearest-neighbour similarity"})
+            "what": "L2-normalised pooled features of training photos; nearest-neighbour similarity"}))
         return path
 
     @classmethod
@@ -166,3 +165,18 @@ def pooled(feature_map: np.ndarray) -> np.ndarray:
     """An ``N x C x h x w`` feature map (the ONNX export's ``features``) -> ``N x C`` pooled features,
     as every backbone here pools: the mean over positions."""
     return np.asarray(feature_map, dtype=np.float32).mean(axis=(2, 3))
+
+
+def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """A safetensors file whose header lists its keys sorted, so the same run writes the same bytes.
+
+    The safetensors library keeps metadata in a hash map, which orders it differently in each
+    process; the header is re-written sorted (same length, same padding), the data left as it is.
+    """
+    from safetensors.numpy import save
+
+    raw = save(tensors, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8 : 8 + n]), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned, as the library writes it
+    return len(header).to_bytes(8, "little") + header + raw[8 + n :]
