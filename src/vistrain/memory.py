@@ -8,10 +8,11 @@ EfficientNet-Lite0 at 352 px on 2 CPU cores (benchmarks/throughput.py prints the
   On a CPU a big inference batch buys no speed, only memory, so inference batches are sized to
   a fixed activation budget.
 - training (forward + backward, lowest third and BatchNorm frozen, BatchNorm folded into the
-  convolutions: training/fold.py), 288 px crops, one step in a fresh process: peak RSS 1.85 GB at
-  batch 32, 1.36 GB at 16, 1.09 GB at 8 (0.8 GB of it is torch and timm imported): ~370 bytes per
-  pixel per image, ~380 with the optimizer state (unfolded: 2.19 / 1.52 / 1.20 GB, ~510).
-  A whole `vistrain train` epoch on climbing peaked at 2.6 GB (3.3 GB unfolded).
+  convolutions: training/fold.py), 288 px crops, one step in a fresh process: peak RSS 1.65 GB at
+  batch 32, 1.36 GB at 16, 1.02 GB at 8, over 0.78 GB held before the first step (torch and timm
+  imported): 330-390 bytes per pixel per image (before "same" convolutions padded themselves,
+  models/inference.py: 1.85 / 1.36 / 1.09 GB; unfolded: 2.19 / 1.52 / 1.20 GB, ~510).
+  A whole `vistrain train` run on climbing (fine-tuning, batch 32) peaked at 2.5 GB.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import sys
 
 # Activation bytes per input pixel (height x width) per image, from the measurements above.
 INFERENCE_BYTES_PER_PIXEL = 430
-TRAINING_BYTES_PER_PIXEL = 450  # ~20% above the measured slope
+TRAINING_BYTES_PER_PIXEL = 450  # 15-35% above the measured per-image share (Lite0)
 INFERENCE_BUDGET_BYTES = 512e6
 # Besides one pass's activations: gradients, AdamW state and prefetched batches (Lite0: ~0.1 GB).
 TRAINING_MARGIN_BYTES = 0.2e9
