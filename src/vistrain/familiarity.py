@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vistrain.evaluation.abstention import threshold_between
+from vistrain.thresholds import threshold_between
 
 FAMILIAR_FILE = "familiar.safetensors"
 KEEP = 0.99  # share of the validation photos the threshold keeps familiar
@@ -75,7 +75,7 @@ class Familiarity:
     @staticmethod
     def threshold_for(similarities: np.ndarray, keep: float = KEEP) -> float:
         """A similarity that ``keep`` of these (validation) photos reach, halfway to the most similar
-        photo flagged (:func:`~vistrain.evaluation.abstention.threshold_between`): the rule every
+        photo flagged (:func:`~vistrain.thresholds.threshold_between`): the rule every
         familiarity threshold follows."""
         sims = np.sort(np.asarray(similarities, dtype=np.float64))
         k = int(np.floor((1.0 - keep) * (len(sims) - 1)))  # numpy's "lower" quantile: sims[k] is kept

@@ -11,16 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EDGE = 1e-4  # below the last image kept when none is flagged: far above float noise (~1e-6)
-
-
-def threshold_between(kept: float, flagged: float | None) -> float:
-    """A threshold halfway between the lowest score kept and the highest flagged (``EDGE`` below the
-    kept one when none is), never on an image's own score: there, float rounding in ONNX Runtime or
-    another batch size put that image on either side. The rule of every stored threshold.
-    """
-    below = kept - 2 * EDGE if flagged is None else flagged
-    return float((kept + below) / 2)
+from vistrain.thresholds import threshold_between
 
 
 @dataclass
