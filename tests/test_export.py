@@ -84,6 +84,35 @@ def test_int8_is_quantized_smaller_and_close_to_fp32(exported_run, trained_run):
         assert weight is None or weight.op_type != "DequantizeLinear", node.name
 
 
+def test_int8_agreement_on_its_calibration_photos_is_measured_and_printed(exported_run, trained_run):
+    from vistrain.export.pipeline import (
+        ExportConfig,
+        ExportResult,
+        _calibration_pixels,
+        _torch_logits,
+        describe,
+        ort_logits,
+        split_images,
+    )
+    from vistrain.models.classifier import load_model
+    from vistrain.progress import SilentReporter
+    from vistrain.runtime import read_export
+
+    info = json.loads((exported_run / "export.json").read_text())
+    cal = info["models"]["int8"]["calibration_agreement"]
+    assert cal["images"] == info["models"]["int8"]["calibration_images"] == 12
+    # The same 12 training photos, run again through both models: the recorded count is the real one.
+    model, mcfg = load_model(trained_run[0])
+    _, train = split_images(trained_run[0], mcfg.classes, mcfg.extra, [])
+    prep = mcfg.preprocessing
+    x_cal = _calibration_pixels(train, None, ExportConfig(calibration_images=12), prep, SilentReporter(), [])
+    same = _torch_logits(model.eval(), x_cal, prep).argmax(1) == ort_logits(exported_run / "model.int8.onnx", x_cal, prep).argmax(1)
+    assert cal["same_answer"] == int(same.sum())
+    _, export_info = read_export(exported_run)
+    lines = describe(ExportResult(exported_run, export_info, [], None))
+    assert any(f"on {cal['same_answer']} of the 12 training photos it was calibrated on" in line for line in lines)
+
+
 def _normalized(predictor, path):
     from vistrain.data.transforms import normalize_array
 

@@ -51,6 +51,9 @@ def test_card_states_the_runs_figures(exported_run, trained_run):
         assert f"| `{name}` | {_pct(pc['precision'])} | {_pct(pc['recall'])} | {pc['f1']:.2f} | {pc['support']} |" in text
     for variant, m in info["models"].items():
         assert f"| `{m['file']}` ({variant}" in text and f"| {_pct(m['valid_accuracy'])} |" in text
+    agreement = info["models"]["int8"]["calibration_agreement"]
+    assert (f"On the {agreement['images']} training photos it was calibrated on, int8 gives PyTorch's answer for "
+            f"{agreement['same_answer']} ({_pct(agreement['same_answer'] / agreement['images'])})") in text
     assert f"below {_pct(info['unsure_threshold'])}" in text
     assert f"{info['models']['int8']['familiar_threshold']:.3f} (int8)" in text  # the default file's own threshold
     # Every file is listed with its real digest, the script included.

@@ -108,6 +108,11 @@ def export_run(run_dir: Path | str, cfg: ExportConfig | None = None, reporter: R
         x_cal = _calibration_pixels(train, x_valid, cfg, prep, ui, notes)
         int8, chosen_notes = _best_int8(out, cfg, x_cal, x_valid, y_valid, torch_logits, prep, ui)
         notes.extend(chosen_notes)
+        if x_cal is not x_valid:
+            # A second, larger look without labels: a validation set of a few dozen photos can miss
+            # the flips that show on these (training photos the model fits, yet int8 may not).
+            same = _torch_logits(model, x_cal, prep).argmax(1) == ort_logits(out / INT8_FILE, x_cal, prep).argmax(1)
+            int8["calibration_agreement"] = {"images": len(same), "same_answer": int(same.sum())}
         drop = (torch_acc - int8["valid_accuracy"]) * 100
         if drop > cfg.max_accuracy_drop:
             (out / INT8_FILE).unlink(missing_ok=True)
@@ -320,6 +325,11 @@ def describe(result: ExportResult) -> list[str]:
         m = info.models["int8"]
         lines.append(f"int8 is {info.models['fp32']['bytes'] / m['bytes']:.1f}x smaller; accuracy change "
                      f"{(m['valid_accuracy'] - v['pytorch_accuracy']) * 100:+.1f} points; served by default")
+        cal = m.get("calibration_agreement")
+        if cal:
+            lines.append(f"int8 gives PyTorch's answer on {cal['same_answer']} of the {cal['images']} training photos "
+                         f"it was calibrated on ({cal['same_answer'] / cal['images']:.1%}); "
+                         f"--variant fp32 (predict, serve) runs the float model")
     if result.card is not None:
         lines.append(f"Model card: {result.card.name}; {SCRIPT_FILE} runs the model with Pillow, numpy and "
                      f"ONNX Runtime alone")
