@@ -108,7 +108,7 @@ def export_run(run_dir: Path | str, cfg: ExportConfig | None = None, reporter: R
         x_cal = _calibration_pixels(train, x_valid, cfg, prep, ui, notes)
         int8, chosen_notes = _best_int8(out, cfg, x_cal, x_valid, y_valid, torch_logits, prep, ui)
         notes.extend(chosen_notes)
-        if x_cal is not x_valid:
+        if int8["method"] == "static" and x_cal is not x_valid:
             # A second, larger look without labels: a validation set of a few dozen photos can miss
             # the flips that show on these (training photos the model fits, yet int8 may not).
             same = _torch_logits(model, x_cal, prep).argmax(1) == ort_logits(out / INT8_FILE, x_cal, prep).argmax(1)
