@@ -142,8 +142,9 @@ def _quality(info: ExportInfo, metrics: dict, config: dict) -> list[str]:
                    f"{m['bytes'] / 1e6:.1f} MB | {m['latency_ms_1_thread']:.1f} |")
     agreement = info.models.get("int8", {}).get("calibration_agreement")
     if agreement:
-        out += ["", f"On the {agreement['images']} training photos it was calibrated on, int8 gives PyTorch's answer "
-                    f"for {agreement['same_answer']} ({_pct(agreement['same_answer'] / agreement['images'])})."]
+        share = _pct(agreement["same_answer"] / agreement["images"])
+        out += ["", (f"On the {agreement['images']} training photos it was calibrated on, int8 gives PyTorch's "
+                     f"answer for {agreement['same_answer']} ({share}).")]
     out += [""] + _honesty(info, config)
     return out
 
