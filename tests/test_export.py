@@ -105,9 +105,12 @@ def test_int8_agreement_on_its_calibration_photos_is_measured_and_printed(export
     model, mcfg = load_model(trained_run[0])
     _, train = split_images(trained_run[0], mcfg.classes, mcfg.extra, [])
     prep = mcfg.preprocessing
-    x_cal = _calibration_pixels(train, None, ExportConfig(calibration_images=12), prep, SilentReporter(), [])
-    same = _torch_logits(model.eval(), x_cal, prep).argmax(1) == ort_logits(exported_run / "model.int8.onnx", x_cal, prep).argmax(1)
-    assert cal["same_answer"] == int(same.sum())
+    x_cal, y_cal = _calibration_pixels(train, None, None, ExportConfig(calibration_images=12), prep, SilentReporter(), [])
+    torch_answers = _torch_logits(model.eval(), x_cal, prep).argmax(1)
+    int8_answers = ort_logits(exported_run / "model.int8.onnx", x_cal, prep).argmax(1)
+    assert cal["same_answer"] == int((torch_answers == int8_answers).sum())
+    check = info["models"]["int8"]["training_photos_check"]
+    assert check == {**cal, "pytorch_right": int((torch_answers == y_cal).sum()), "int8_right": int((int8_answers == y_cal).sum())}
     _, export_info = read_export(exported_run)
     lines = describe(ExportResult(exported_run, export_info, [], None))
     assert any(f"on {cal['same_answer']} of the 12 training photos it was calibrated on" in line for line in lines)
@@ -229,6 +232,28 @@ def test_int8_accuracy_gate_fails_loudly(trained_run, tmp_path, capsys):
     assert not (run / "export" / "model.int8.onnx").exists()
     info = json.loads((run / "export" / "export.json").read_text())
     assert set(info["models"]) == {"fp32"} and info["default"] == "fp32"
+
+
+def test_int8_gate_counts_the_training_photos_too():
+    """A validation set of 18 photos moves in 5.6-point steps: int8 that changes no validation answer
+    but loses 3 of 73 training photos loses 3.3 points of the 91 checked, and is refused."""
+    from vistrain.export.pipeline import _int8_verdict
+
+    def int8(valid_acc, right, of, method="static"):
+        return {"method": method, "valid_accuracy": valid_acc,
+                "training_photos_check": {"images": of, "same_answer": of, "pytorch_right": of, "int8_right": right}}
+
+    refused = _int8_verdict(entry := int8(16 / 18, 70, 73), 16 / 18, 18, 1.0)
+    assert refused == ("int8 (static) is right on 86 of the 91 photos it was checked on (18 validation, 73 training), "
+                       "PyTorch on 89: 3.3 points below (tolerance 1 point)")
+    assert entry["checked_accuracy_drop_points"] == pytest.approx(300 / 91, abs=1e-3)
+    assert _int8_verdict(int8(16 / 18, 70, 73), 16 / 18, 18, 3.5) is None  # within a wider tolerance
+    # One training photo lost among 209 checked is 0.48 points: kept.
+    assert _int8_verdict(int8(102 / 109, 99, 100), 102 / 109, 109, 1.0) is None
+    # The validation rule alone still refuses, whatever the training photos say: they are easier.
+    assert "validation accuracy 88.9% is 5.6 points below" in _int8_verdict(int8(16 / 18, 73, 73), 17 / 18, 18, 1.0)
+    # Without training photos (calibrated on validation), only the validation rule applies.
+    assert _int8_verdict({"method": "static", "valid_accuracy": 0.5}, 0.5, 18, 1.0) is None
 
 
 def test_export_errors_name_the_problem(trained_run, tmp_path, capsys):

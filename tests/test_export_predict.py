@@ -127,3 +127,32 @@ def test_heat_maps_from_an_export_are_the_runs_grad_cam(exported_run, trained_ru
         a = np.asarray(Image.open(tmp_path / "onnx" / name), dtype=float)
         b = np.asarray(Image.open(tmp_path / "torch" / name), dtype=float)
         assert np.abs(a - b).mean() < 1.0, name  # of 255: the same map, up to float rounding
+
+
+def test_predict_on_a_run_points_to_its_current_export(trained_run, tmp_path, capsys):
+    """PyTorch on a run folder is the slow way to predict: once the run holds an export of its
+    current model, predict says so (and never switches by itself); an export of an earlier state
+    of the run gets no such pointer."""
+    from vistrain.export import export_run
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    photo = min(trained_run[1].rglob("*.png"))
+
+    def predict(folder: Path) -> tuple[str, dict]:
+        assert main(["predict", str(folder), str(photo), "--json"]) == 0
+        out, err = capsys.readouterr()
+        return " ".join(err.split()), json.loads(out)[0]
+
+    said, _ = predict(run)
+    assert "tip:" not in said
+    export_run(run)
+    said, by_torch = predict(run)
+    assert f"tip: {run / 'export'} is an ONNX export of this model; `vistrain predict {run / 'export'} …`" in said
+    _, by_onnx = predict(run / "export")  # the command the tip gives: the same answer
+    assert (by_onnx["label"], by_onnx["unsure"]) == (by_torch["label"], by_torch["unsure"])
+    assert abs(by_onnx["probability"] - by_torch["probability"]) < 1e-5
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "unsure_threshold": 0.42}))  # as `report` refits it
+    said, _ = predict(run)
+    assert "tip:" not in said

@@ -54,6 +54,8 @@ def test_card_states_the_runs_figures(exported_run, trained_run):
     agreement = info["models"]["int8"]["calibration_agreement"]
     assert (f"On the {agreement['images']} training photos it was calibrated on, int8 gives PyTorch's answer for "
             f"{agreement['same_answer']} ({_pct(agreement['same_answer'] / agreement['images'])})") in text
+    check = info["models"]["int8"]["training_photos_check"]
+    assert f"It is right on {check['int8_right']} of them, PyTorch on {check['pytorch_right']}." in text
     assert f"below {_pct(info['unsure_threshold'])}" in text
     assert f"{info['models']['int8']['familiar_threshold']:.3f} (int8)" in text  # the default file's own threshold
     # Every file is listed with its real digest, the script included.

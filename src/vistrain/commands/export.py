@@ -18,7 +18,8 @@ def register(sub) -> None:
                    help="static (calibrated on training images, default), dynamic, or auto: try both and keep "
                         "the more accurate (then the faster)")
     p.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
-                   help="fail if int8 loses more validation accuracy than this, in percentage points (default 1)")
+                   help="fail if int8 loses more accuracy than this, in percentage points, on the validation photos "
+                        "or on those and the calibration photos together (default 1)")
     p.add_argument("--calibration-images", type=int, default=100, metavar="N",
                    help="training images used to calibrate static int8 (default 100)")
 

@@ -68,7 +68,30 @@ def run(args, console, reporter) -> int:
                   + (f"; CSV written to {args.csv}" if args.csv else "")
                   + (f"; copies sorted into {args.into}/" if args.into else "")
                   + (f"; heat maps in {args.heatmap}/" if args.heatmap else ""))
+    hint = faster_export(args.run) if export is None and args.device != "cuda" else None
+    if hint:
+        console.print(hint, highlight=False)
     return 0
+
+
+def faster_export(run: Path) -> str | None:
+    """A pointer to the run's own ONNX export, when it is of the current model: PyTorch on a run
+    folder is the slow way to predict on a CPU (about 2x ONNX Runtime's fp32 time per photo, plus
+    PyTorch's import), yet the run's model is not switched for its export behind the user's back."""
+    from vistrain.runtime.bundle import ExportFolderError, read_export
+
+    folder = Path(run) / "export"
+    if not (folder / "export.json").is_file():
+        return None
+    try:
+        _, info = read_export(folder)  # refuses an export of an earlier model of this run
+    except ExportFolderError:
+        return None
+    if "fp32" not in info.models:
+        return None
+    same = " --variant fp32" if info.default != "fp32" else ""
+    return (f"tip: {folder} is an ONNX export of this model; `vistrain predict {folder}{same} …` gives the same "
+            f"answers (to float rounding) faster, with ONNX Runtime")
 
 
 TABLE_ROWS = 20  # rows shown when the answers also go to --csv or --into

@@ -140,11 +140,15 @@ def _quality(info: ExportInfo, metrics: dict, config: dict) -> list[str]:
         out.append(f"| `{m['file']}` ({variant}{', default' if variant == info.default else ''}) | "
                    f"{_pct(m['valid_accuracy'])} | {_pct(m['top1_agreement_with_pytorch'])} | "
                    f"{m['bytes'] / 1e6:.1f} MB | {m['latency_ms_1_thread']:.1f} |")
-    agreement = info.models.get("int8", {}).get("calibration_agreement")
+    int8 = info.models.get("int8", {})
+    agreement = int8.get("training_photos_check") or int8.get("calibration_agreement")  # the latter: older exports
     if agreement:
         share = _pct(agreement["same_answer"] / agreement["images"])
-        out += ["", (f"On the {agreement['images']} training photos it was calibrated on, int8 gives PyTorch's "
-                     f"answer for {agreement['same_answer']} ({share}).")]
+        how = "calibrated" if int8.get("method", "static") == "static" else "checked"
+        right = (f" It is right on {agreement['int8_right']} of them, PyTorch on {agreement['pytorch_right']}."
+                 if "int8_right" in agreement else "")
+        out += ["", (f"On the {agreement['images']} training photos it was {how} on, int8 gives PyTorch's "
+                     f"answer for {agreement['same_answer']} ({share}).{right}")]
     out += [""] + _honesty(info, config)
     return out
 
