@@ -68,10 +68,16 @@ def run(args, console, reporter) -> int:
                   + (f"; CSV written to {args.csv}" if args.csv else "")
                   + (f"; copies sorted into {args.into}/" if args.into else "")
                   + (f"; heat maps in {args.heatmap}/" if args.heatmap else ""))
-    hint = faster_export(args.run) if export is None and args.device != "cuda" else None
+    hint = faster_export(args.run) if export is None and not _on_gpu(args.device) else None
     if hint:
         console.print(hint, highlight=False)
     return 0
+
+
+def _on_gpu(device: str) -> bool:
+    import torch
+
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
 
 def faster_export(run: Path) -> str | None:
