@@ -85,15 +85,14 @@ def faster_export(run: Path) -> str | None:
     folder is the slow way to predict on a CPU (about 2x ONNX Runtime's fp32 time per photo, plus
     PyTorch's import), yet the run's model is not switched for its export behind the user's back."""
     from vistrain.runtime.bundle import ExportFolderError, read_export
+    from vistrain.runtime.files import is_export_folder
 
     folder = Path(run) / "export"
-    if not (folder / "export.json").is_file():
+    if not is_export_folder(folder):
         return None
     try:
         _, info = read_export(folder)  # refuses an export of an earlier model of this run
     except ExportFolderError:
-        return None
-    if "fp32" not in info.models:
         return None
     same = " --variant fp32" if info.default != "fp32" else ""
     return (f"tip: {folder} is an ONNX export of this model; `vistrain predict {folder}{same} …` gives the same "

@@ -108,7 +108,7 @@ def export_run(run_dir: Path | str, cfg: ExportConfig | None = None, reporter: R
     if cfg.int8:
         x_cal, y_cal = _calibration_pixels(train, x_valid, y_valid, cfg, prep, ui, notes)
         # The training photos are a second check unless they are the validation photos already used.
-        check = None if x_cal is x_valid else (x_cal, y_cal, _torch_logits(model, x_cal, prep).argmax(1))
+        check = None if x_cal is x_valid else (y_cal, _torch_logits(model, x_cal, prep).argmax(1))
         int8, chosen_notes = _best_int8(out, cfg, x_cal, x_valid, y_valid, torch_logits, prep, ui, check)
         notes.extend(chosen_notes)
         rejected = _int8_verdict(int8, torch_acc, len(y_valid), cfg.max_accuracy_drop)
@@ -272,11 +272,11 @@ def _check_on_training_photos(int8: dict, path: Path, x: np.ndarray, y: np.ndarr
     """A second, larger look: a validation set of a few dozen photos can miss the answers int8 changes,
     and these training photos show them (the model fits them, yet int8 may not)."""
     int8_answers = ort_logits(path, x, prep).argmax(1)
-    int8["training_photos_check"] = {"images": len(y), "same_answer": int((torch_answers == int8_answers).sum()),
-                                     "pytorch_right": int((torch_answers == y).sum()),
+    agreement = {"images": len(y), "same_answer": int((torch_answers == int8_answers).sum())}
+    int8["training_photos_check"] = {**agreement, "pytorch_right": int((torch_answers == y).sum()),
                                      "int8_right": int((int8_answers == y).sum())}
     if int8["method"] == "static":
-        int8["calibration_agreement"] = {"images": len(y), "same_answer": int((torch_answers == int8_answers).sum())}
+        int8["calibration_agreement"] = agreement
 
 
 def _right(int8: dict, n_valid: int) -> int:
@@ -310,9 +310,10 @@ def _int8_verdict(int8: dict, torch_acc: float, n_valid: int, tolerance: float) 
 
 
 def _best_int8(out: Path, cfg: ExportConfig, x_cal, x_valid, y_valid, torch_logits, prep, ui,
-              check: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> tuple[dict, list[str]]:
+              check: tuple[np.ndarray, np.ndarray] | None) -> tuple[dict, list[str]]:
     """Quantize with each method asked for, measure accuracy and latency, keep the better as INT8_FILE.
-    ``check``: training photos, their labels and PyTorch's answers (see _check_on_training_photos).
+    ``check``: the labels of ``x_cal`` and PyTorch's answers on them, when they are training photos
+    (see _check_on_training_photos).
 
     Better: more right answers on all the photos checked; on a tie, lower single-image latency.
     """
@@ -328,7 +329,7 @@ def _best_int8(out: Path, cfg: ExportConfig, x_cal, x_valid, y_valid, torch_logi
                 entry.update(method=method, latency_ms_1_thread=round(single_image_latency_ms(path, prep.size), 2),
                              calibration_images=len(x_cal) if method == "static" else 0)
                 if check is not None:
-                    _check_on_training_photos(entry, path, *check, prep)
+                    _check_on_training_photos(entry, path, x_cal, *check, prep)
                 candidates.append((path, entry))
                 advance(1)
         best_path, best = max(candidates, key=lambda c: (_right(c[1], len(y_valid)), -c[1]["latency_ms_1_thread"]))
