@@ -232,6 +232,11 @@ def test_int8_accuracy_gate_fails_loudly(trained_run, tmp_path, capsys):
     assert not (run / "export" / "model.int8.onnx").exists()
     info = json.loads((run / "export" / "export.json").read_text())
     assert set(info["models"]) == {"fp32"} and info["default"] == "fp32"
+    # The file says why there is no int8 model, with the figures the screen gave.
+    refusal = [n for n in info["validation"]["notes"] if n.startswith("int8 refused: int8 (static)")]
+    assert len(refusal) == 1 and "points below" in refusal[0]
+    card = (run / "export" / "README.md").read_text()
+    assert "There is no int8 file: one was made and refused, because int8 (static) validation accuracy" in card
 
 
 def test_int8_gate_counts_the_training_photos_too():
@@ -287,7 +292,7 @@ def test_int8_auto_compares_both_methods_and_keeps_the_better(trained_run, tmp_p
                                                      calibration_images=12, max_accuracy_drop=100))
     kept = result.info.models["int8"]
     assert {n.split(":")[0] for n in result.notes if n.startswith("int8 ")} == {"int8 static", "int8 dynamic"}
-    assert f"kept int8 {kept['method']}" in result.notes
+    assert f"chose int8 {kept['method']}" in result.notes
     # The rule: more right answers on validation and training photos together, then lower latency;
     # the other candidate's figures are in its note.
     other = next(n for n in result.notes if n.startswith("int8 ") and not n.startswith(f"int8 {kept['method']}"))

@@ -149,6 +149,10 @@ def _quality(info: ExportInfo, metrics: dict, config: dict) -> list[str]:
                  if "int8_right" in agreement else "")
         out += ["", (f"On the {agreement['images']} training photos it was {how} on, int8 gives PyTorch's "
                      f"answer for {agreement['same_answer']} ({share}).{right}")]
+    refused = [n.removeprefix("int8 refused: ") for n in info.extra.get("validation", {}).get("notes", [])
+               if n.startswith("int8 refused: ")]
+    if refused:
+        out += ["", f"There is no int8 file: one was made and refused, because {refused[-1]}."]
     out += [""] + _honesty(info, config)
     return out
 

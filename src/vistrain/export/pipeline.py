@@ -114,6 +114,9 @@ def export_run(run_dir: Path | str, cfg: ExportConfig | None = None, reporter: R
         rejected = _int8_verdict(int8, torch_acc, len(y_valid), cfg.max_accuracy_drop)
         if rejected:
             (out / INT8_FILE).unlink(missing_ok=True)
+            if cfg.int8_method == "auto":
+                rejected += f", and it was the better of {' and '.join(METHODS)}"
+            notes.append(f"int8 refused: {rejected}")  # export.json keeps why, not only the exit code
             rejected += f": int8 model not kept; the fp32 export in {out} is verified and usable"
         else:
             models["int8"] = int8
@@ -345,7 +348,7 @@ def _best_int8(out: Path, cfg: ExportConfig, x_cal, x_valid, y_valid, torch_logi
                 "training photos, " if "training_photos_check" in e else "")
              + f"{e['latency_ms_1_thread']:.1f} ms per image on 1 thread, {e['bytes'] / 1e6:.1f} MB"
              for _, e in candidates]
-    return best, [*notes, f"kept int8 {best['method']}"]
+    return best, [*notes, f"chose int8 {best['method']}"]
 
 
 def _versions() -> dict:
