@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 from conftest import make_image, write_class_folders
-from test_train import StageRecorder
+from test_train import InterruptAfterFirstEpoch, StageRecorder
 
 import vistrain
 from vistrain.data.dataset import DataConfig, build_index
@@ -261,3 +261,83 @@ def test_run_file_pins_probe_mode_when_no_epoch_fit(data, tmp_path, monkeypatch)
     saved, text = _pins(run.path)
     assert (saved["backbone"], saved["mode"], saved["time_budget"], saved["epochs"]) == (BASE, "probe", None, 8)
     assert "mode auto -> probe, time_budget 300 -> null" in text
+
+
+def _fine_tuning_scores(monkeypatch, score: float) -> None:
+    """Whatever fine-tuning these tiny images scores, its best epoch reports ``score``."""
+    from vistrain.training import trainer
+
+    real = trainer.finetune
+
+    def finetune(*args, **kwargs):
+        state = real(*args, **kwargs)
+        state.best_score = score
+        return state
+
+    monkeypatch.setattr(trainer, "finetune", finetune)
+
+
+def test_fine_tuning_that_loses_to_the_probe_leaves_its_time_to_partner_probes(data, tmp_path, monkeypatch):
+    # As on 400 clothing photos: every epoch fits, none beats the probe, most of the budget is left.
+    monkeypatch.setattr(planning, "plan_epochs", lambda cfg, n, step_s, eval_s: (3, 1.0))
+    _fine_tuning_scores(monkeypatch, -1.0)
+    monkeypatch.setattr(Probe, "beats", lambda self, other: True)
+    recorder = StageRecorder()
+    run = vistrain.train(data, out=tmp_path / "run", cache_dir=tmp_path / "cache", image_size=SIZE,
+                         time_budget=600, reporter=recorder)
+    assert len(run.result.finetune.history) == 3 and recorder.stages["fine-tune"] == 3 * 18
+    verdict = next(n for n in run.result.notes if n.startswith("fine-tuning did not beat the probe on validation"))
+    assert "so the time went to probes of efficientnet_lite1, efficientnet_lite2" in verdict
+    assert "ensemble kept" in verdict
+    assert not any(n.startswith("kept the linear probe") for n in run.result.notes)  # said once, in the verdict
+    assert run.result.stage == "probe" and run.result.model_config.backbone == ALL
+    # The saved run is the ensemble: its answers on validation are the metrics'.
+    loaded = Predictor.from_folder(run.path)
+    valid = sorted((data / "valid").rglob("*.png"))
+    logits = loaded.logits_from_paths([str(p) for p in valid])[0][:, 0]
+    labels = np.array([run.classes.index(p.parent.name) for p in valid])
+    assert run.metrics["valid"]["accuracy"] == pytest.approx(float((logits.argmax(1) == labels).mean()))
+    # The run's file pins what the clock decided: the ensemble, as probes, with no budget.
+    saved, _ = _pins(run.path)
+    assert (saved["backbone"], saved["mode"], saved["time_budget"]) == (ALL, "probe", None)
+
+
+def test_fine_tuning_that_beats_the_probe_is_kept_without_partner_probes(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(planning, "plan_epochs", lambda cfg, n, step_s, eval_s: (3, 1.0))
+    _fine_tuning_scores(monkeypatch, 2.0)  # above any accuracy the probe can have
+    recorder = StageRecorder()
+    run = vistrain.train(data, out=tmp_path / "run", cache_dir=tmp_path / "cache", image_size=SIZE,
+                         time_budget=600, reporter=recorder)
+    assert run.result.stage == "finetune" and run.result.model_config.backbone == BASE
+    assert not any("probes of" in n for n in run.result.notes)
+    # Lite0's on train and valid (the fine-tuned network answers the test images itself) and the
+    # mirror check's on valid: no partner's.
+    assert recorder.stages["features"] == 27 + 9
+
+
+def test_a_losing_fine_tuning_without_a_budget_tries_no_partner(data, tmp_path, monkeypatch):
+    """No budget, nothing left over to spend: the run is what was asked, Lite0 alone."""
+    _fine_tuning_scores(monkeypatch, -1.0)
+    monkeypatch.setattr(Probe, "beats", lambda self, other: True)
+    run = vistrain.train(data, out=tmp_path / "run", cache_dir=tmp_path / "cache", image_size=SIZE,
+                         time_budget=None, epochs=1)
+    assert run.result.stage == "probe" and run.result.model_config.backbone == BASE
+    assert any(n.startswith("kept the linear probe: fine-tuning reached") for n in run.result.notes)
+
+
+def test_a_resumed_run_whose_fine_tuning_loses_ends_as_the_straight_run(data, tmp_path, monkeypatch):
+    """The checkpoint keeps the probe's head, not its features: the resumed run rebuilds the probe
+    (from the feature cache) to grow the same ensemble an uninterrupted run grows."""
+    monkeypatch.setattr(planning, "plan_epochs", lambda cfg, n, step_s, eval_s: (3, 1.0))
+    _fine_tuning_scores(monkeypatch, -1.0)
+    monkeypatch.setattr(Probe, "beats", lambda self, other: True)
+    opts = {"cache_dir": tmp_path / "cache", "image_size": SIZE, "time_budget": 600}
+    first = vistrain.train(data, out=tmp_path / "run", reporter=InterruptAfterFirstEpoch(), **opts)
+    assert first.result.finetune.interrupted and first.result.model_config.backbone == BASE
+    resumed = vistrain.train(data, out=tmp_path / "run", resume=True, cache_dir=tmp_path / "cache")
+    straight = vistrain.train(data, out=tmp_path / "straight", **opts)
+    assert len(resumed.result.finetune.history) == 3
+    for run in (resumed, straight):
+        assert run.result.stage == "probe" and run.result.model_config.backbone == ALL
+    assert resumed.metrics["valid"] == straight.metrics["valid"] and resumed.metrics["test"] == straight.metrics["test"]
+    np.testing.assert_allclose(resumed.result.valid_logits, straight.result.valid_logits, atol=1e-5)

@@ -25,7 +25,8 @@ def register(sub) -> None:
     t.add_argument("--mode", default="auto", choices=["auto", "probe", "finetune"],
                    help="probe: frozen features + linear head; finetune: whole network; auto: both, keep the better")
     t.add_argument("--ensemble", default="auto", choices=["auto", "off"],
-                   help="auto: when fewer than 3 fine-tuning epochs fit the time budget, spend the rest on linear "
+                   help="auto: when fewer than 3 fine-tuning epochs fit the time budget, or fine-tuning does not "
+                        "beat the probe, spend the rest on linear "
                         "probes of backbones with the same preprocessing and keep their ensemble if it wins on "
                         "validation (predicting then runs one network per member); off: one backbone (default auto)")
     t.add_argument("--epochs", type=int, default=8, help="most fine-tuning epochs (default 8)")
