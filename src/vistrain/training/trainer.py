@@ -414,8 +414,8 @@ def _grow_instead(run: _Run, model: ImageClassifier, probe: _Probe, ft_state: Fi
 
 
 def _finetuning_lost(run: _Run, probe: _Probe, ft_state: FinetuneState | None) -> bool:
-    """Fine-tuning ran to its end (auto mode, one process, a fresh run with a budget) without beating
-    the probe: the budget left can go to probes of partner backbones."""
+    """Fine-tuning ran to its end (auto mode, a time budget, one process, not interrupted; a resumed
+    run counts) without beating the probe: the budget left can go to probes of partner backbones."""
     cfg = run.cfg
     if (cfg.mode != "auto" or cfg.ensemble != "auto" or cfg.time_budget is None or world_size() != 1
             or ft_state is None or ft_state.interrupted or ft_state.best_state is None):
