@@ -140,3 +140,26 @@ def test_ensemble_exports_to_onnx_and_matches_pytorch(ensemble_run, tmp_path):
     torch_preds = Predictor.from_folder(run.path).predict_paths(files)
     for o, t in zip(onnx_preds, torch_preds):
         np.testing.assert_allclose(o.probabilities, t.probabilities, atol=1e-5)
+
+    # int8 keeps every member's stem in float32, not only the first one's: each member reads the
+    # pixels through its own first convolution, with weights of its own.
+    import onnx
+
+    from vistrain.export.quantize import float_nodes
+
+    graph = onnx.load(str(tmp_path / "export" / "model.onnx")).graph
+    by_name = {n.name: n for n in graph.node}
+    made_by = {o: n for n in graph.node for o in n.output}
+    kept = [by_name[name] for name in float_nodes(tmp_path / "export" / "model.onnx")]
+    stems, heads = [n for n in kept if n.op_type == "Conv"], [n for n in kept if n.op_type != "Conv"]
+    assert len(stems) == 2 and len({n.input[1] for n in stems}) == 2
+    assert [n.op_type for n in heads] == ["Gemm"] and heads[0].output == ["logits"]
+    for stem in stems:  # nothing but padding between the pixels and each stem
+        tensor, seen = [stem.input[0]], []
+        while tensor:
+            producer = made_by.get(tensor.pop())
+            if producer is not None:
+                seen.append(producer.op_type)
+                tensor.extend(producer.input)
+        assert "Conv" not in seen, stem.name
+    assert len([n for n in graph.node if n.op_type == "Conv"]) > 2 * 30
