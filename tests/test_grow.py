@@ -341,3 +341,20 @@ def test_a_resumed_run_whose_fine_tuning_loses_ends_as_the_straight_run(data, tm
         assert run.result.stage == "probe" and run.result.model_config.backbone == ALL
     assert resumed.metrics["valid"] == straight.metrics["valid"] and resumed.metrics["test"] == straight.metrics["test"]
     np.testing.assert_allclose(resumed.result.valid_logits, straight.result.valid_logits, atol=1e-5)
+
+
+def test_partners_that_do_not_beat_the_probe_leave_the_single_probe(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(planning, "plan_epochs", lambda cfg, n, step_s, eval_s: (3, 1.0))
+    _fine_tuning_scores(monkeypatch, -1.0)
+    monkeypatch.setattr(Probe, "beats", lambda self, other: False)
+    run = vistrain.train(data, out=tmp_path / "run", cache_dir=tmp_path / "cache", image_size=SIZE, time_budget=600)
+    verdict = next(n for n in run.result.notes if n.startswith("fine-tuning did not beat the probe on validation"))
+    assert verdict.endswith("single probe kept")
+    assert run.result.stage == "probe" and run.result.model_config.backbone == BASE
+    # What is saved is the probe: its validation answers are the ones the probe stage scored.
+    loaded = Predictor.from_folder(run.path)
+    valid = sorted((data / "valid").rglob("*.png"))
+    logits = loaded.logits_from_paths([str(p) for p in valid])[0][:, 0]
+    labels = np.array([run.classes.index(p.parent.name) for p in valid])
+    assert run.metrics["valid"]["accuracy"] == pytest.approx(float((logits.argmax(1) == labels).mean()))
+    assert run.metrics["valid"]["accuracy"] == pytest.approx(run.result.probe_accuracy)
