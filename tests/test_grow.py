@@ -277,6 +277,14 @@ def _fine_tuning_scores(monkeypatch, score: float) -> None:
     monkeypatch.setattr(trainer, "finetune", finetune)
 
 
+def _saved_valid_accuracy(run, data) -> float:
+    """Accuracy on the validation images of the model as saved in the run folder."""
+    valid = sorted((data / "valid").rglob("*.png"))
+    logits = Predictor.from_folder(run.path).logits_from_paths([str(p) for p in valid])[0][:, 0]
+    labels = np.array([run.classes.index(p.parent.name) for p in valid])
+    return float((logits.argmax(1) == labels).mean())
+
+
 def test_fine_tuning_that_loses_to_the_probe_leaves_its_time_to_partner_probes(data, tmp_path, monkeypatch):
     # As on 400 clothing photos: every epoch fits, none beats the probe, most of the budget is left.
     monkeypatch.setattr(planning, "plan_epochs", lambda cfg, n, step_s, eval_s: (3, 1.0))
@@ -292,11 +300,7 @@ def test_fine_tuning_that_loses_to_the_probe_leaves_its_time_to_partner_probes(d
     assert not any(n.startswith("kept the linear probe") for n in run.result.notes)  # said once, in the verdict
     assert run.result.stage == "probe" and run.result.model_config.backbone == ALL
     # The saved run is the ensemble: its answers on validation are the metrics'.
-    loaded = Predictor.from_folder(run.path)
-    valid = sorted((data / "valid").rglob("*.png"))
-    logits = loaded.logits_from_paths([str(p) for p in valid])[0][:, 0]
-    labels = np.array([run.classes.index(p.parent.name) for p in valid])
-    assert run.metrics["valid"]["accuracy"] == pytest.approx(float((logits.argmax(1) == labels).mean()))
+    assert run.metrics["valid"]["accuracy"] == pytest.approx(_saved_valid_accuracy(run, data))
     # The run's file pins what the clock decided: the ensemble, as probes, with no budget.
     saved, _ = _pins(run.path)
     assert (saved["backbone"], saved["mode"], saved["time_budget"]) == (ALL, "probe", None)
@@ -352,9 +356,5 @@ def test_partners_that_do_not_beat_the_probe_leave_the_single_probe(data, tmp_pa
     assert verdict.endswith("single probe kept")
     assert run.result.stage == "probe" and run.result.model_config.backbone == BASE
     # What is saved is the probe: its validation answers are the ones the probe stage scored.
-    loaded = Predictor.from_folder(run.path)
-    valid = sorted((data / "valid").rglob("*.png"))
-    logits = loaded.logits_from_paths([str(p) for p in valid])[0][:, 0]
-    labels = np.array([run.classes.index(p.parent.name) for p in valid])
-    assert run.metrics["valid"]["accuracy"] == pytest.approx(float((logits.argmax(1) == labels).mean()))
+    assert run.metrics["valid"]["accuracy"] == pytest.approx(_saved_valid_accuracy(run, data))
     assert run.metrics["valid"]["accuracy"] == pytest.approx(run.result.probe_accuracy)
