@@ -25,17 +25,31 @@ def register(sub) -> None:
 
 
 def run(args, console, reporter) -> int:
-    from vistrain.export import ExportConfig, ExportError, describe, export_run
+    from vistrain.export import ExportConfig, ExportError, Int8Refused, export_run
 
     cfg = ExportConfig(out=args.out, int8=args.int8, int8_method=args.int8_method,
                        max_accuracy_drop=args.max_accuracy_drop, calibration_images=args.calibration_images)
     try:
         result = export_run(args.run, cfg, reporter)
+    except Int8Refused as exc:
+        # The fp32 files are there and verified: show them, then why int8 is not; the exit code still
+        # fails a script that asked for an int8 file.
+        _print(console, exc.result, leave_out="int8 refused: ")  # the last line says it
+        console.print(f"[bold yellow]int8 refused:[/] {exc}", highlight=False)
+        return 1
     except ExportError as exc:
         console.print(f"[bold red]export failed:[/] {exc}", highlight=False)
         return 1
+    _print(console, result)
+    return 0
+
+
+def _print(console, result, leave_out: str | None = None) -> None:
+    from vistrain.export import describe
+
     for line in describe(result):
         console.print(line, highlight=False)
     for note in result.notes:
+        if leave_out and note.startswith(leave_out):
+            continue
         console.print(f"  note: {note}", highlight=False)
-    return 0

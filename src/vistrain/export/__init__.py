@@ -4,8 +4,9 @@ from vistrain.export.pipeline import (
     ExportConfig,
     ExportError,
     ExportResult,
+    Int8Refused,
     describe,
     export_run,
 )
 
-__all__ = ["ExportConfig", "ExportError", "ExportResult", "describe", "export_run"]
+__all__ = ["ExportConfig", "ExportError", "ExportResult", "Int8Refused", "describe", "export_run"]

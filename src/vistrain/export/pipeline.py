@@ -44,6 +44,15 @@ class ExportError(ValueError):
     """An export that cannot be made or did not pass verification; the message says which check failed."""
 
 
+class Int8Refused(ExportError):
+    """The fp32 export was written and verified, but the int8 model asked for lost too much accuracy and
+    was not kept. ``result`` is the fp32 export, so a caller can still report and use it."""
+
+    def __init__(self, message: str, result: ExportResult):
+        super().__init__(message)
+        self.result = result
+
+
 @dataclass
 class ExportConfig:
     out: Path | None = None  # default: RUN/export
@@ -152,9 +161,10 @@ def export_run(run_dir: Path | str, cfg: ExportConfig | None = None, reporter: R
     info.write(out)
     card, _, card_notes = write_card(run_dir, out, info)
     notes.extend(card_notes)
+    result = ExportResult(out, info, notes, card)
     if rejected:
-        raise ExportError(rejected)
-    return ExportResult(out, info, notes, card)
+        raise Int8Refused(rejected, result)
+    return result
 
 
 def split_images(run_dir: Path, classes: list[str], extra: dict, notes: list[str]):
