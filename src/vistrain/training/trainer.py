@@ -63,6 +63,7 @@ from vistrain.training.finetune import (
 )
 from vistrain.training.grow import (
     Growth,
+    GrowthPlan,
     Probe,
     grow_ensemble,
     plan_growth,
@@ -391,23 +392,34 @@ def _finetune_stage(run: _Run, model: ImageClassifier, probe: _Probe, canvases, 
     return ft_state, growth, check
 
 
+def _plan_growth(run: _Run, model: ImageClassifier, valid_pixels: np.ndarray) -> GrowthPlan | None:
+    """Which partners' probes fit what is left of the time budget now."""
+    cfg = run.cfg
+    return plan_growth(run.ui, cfg.backbone, run.splits, run.prep, cfg.data.cache_dir,
+                       cfg.time_budget - (time.perf_counter() - run.t_start), valid_pixels, model.backbone)
+
+
+def _grow(run: _Run, probe: _Probe, plan: GrowthPlan, valid_pixels: np.ndarray) -> Growth:
+    """The partners' probes of ``plan`` beside ``probe``'s, kept if their ensemble beats it."""
+    cfg = run.cfg
+    return grow_ensemble(run.ui, probe.single, plan, run.splits, {"train": run.y_train, "valid": run.y_valid},
+                         probe.features, run.prep, cfg.data.cache_dir, valid_pixels, len(run.classes),
+                         run.select_by, [*probe.c, cfg.probe_c], cfg.seed, probe.class_weight, run.pixel_cache)
+
+
 def _grow_instead(run: _Run, model: ImageClassifier, probe: _Probe, ft_state: FinetuneState, epoch_s: float,
                   valid_pixels: np.ndarray) -> tuple[FinetuneState, Growth | None]:
     """Probes of partner backbones in place of fine-tuning too short to help, when one fits the rest
     of the budget (or no epoch does): then no epoch is planned. The whole rest of the budget: the
     margin ``plan_finetuning`` kept was for fine-tuning's final evaluation."""
-    cfg = run.cfg
-    plan = plan_growth(run.ui, cfg.backbone, run.splits, run.prep, cfg.data.cache_dir,
-                       cfg.time_budget - (time.perf_counter() - run.t_start), valid_pixels, model.backbone)
+    plan = _plan_growth(run, model, valid_pixels)
     if plan is None or not (plan.fits or ft_state.planned_epochs == 0):
         return ft_state, None
     if ft_state.planned_epochs:
         run.notes.append(f"fine-tuning skipped: {ft_state.planned_epochs} epoch(s) of ~{epoch_s:.0f} s fit "
                          f"the time budget, and one-cycle fine-tuning that short has not beaten the probe "
                          f"in our measurements; the time went to probes of other backbones")
-    growth = grow_ensemble(run.ui, probe.single, plan, run.splits, {"train": run.y_train, "valid": run.y_valid},
-                           probe.features, run.prep, cfg.data.cache_dir, valid_pixels, len(run.classes),
-                           run.select_by, [*probe.c, cfg.probe_c], cfg.seed, probe.class_weight, run.pixel_cache)
+    growth = _grow(run, probe, plan, valid_pixels)
     run.ui.log("  " + growth.note)
     run.notes.append(growth.note)
     return FinetuneState(planned_epochs=0), growth
@@ -430,17 +442,14 @@ def _grow_after(run: _Run, model: ImageClassifier, probe: _Probe, ft_state: Fine
     ensemble must beat the single probe, which beat every fine-tuned epoch (measured on 400 clothing
     photos: fine-tuning 82.5% on validation, the probe 82.5%, Lite0+1+2 85.0%; test 84.4% -> 86.6%)."""
     cfg = run.cfg
-    plan = plan_growth(run.ui, cfg.backbone, run.splits, run.prep, cfg.data.cache_dir,
-                       cfg.time_budget - (time.perf_counter() - run.t_start), valid_pixels, model.backbone)
+    plan = _plan_growth(run, model, valid_pixels)
     if plan is None or not plan.fits:
         return None, probe
     if probe.single is None:
         fresh = build_classifier(ModelConfig(cfg.backbone, run.classes, run.prep, dropout=cfg.dropout))
         probe = _fit_probe(run, fresh.to(run.device, memory_format=torch.channels_last), caches, None,
                            valid_pixels)[0]
-    growth = grow_ensemble(run.ui, probe.single, plan, run.splits, {"train": run.y_train, "valid": run.y_valid},
-                           probe.features, run.prep, cfg.data.cache_dir, valid_pixels, len(run.classes),
-                           run.select_by, [*probe.c, cfg.probe_c], cfg.seed, probe.class_weight, run.pixel_cache)
+    growth = _grow(run, probe, plan, valid_pixels)
     growth.note = (f"fine-tuning did not beat the probe on validation ({ft_state.best_accuracy:.1%}, loss "
                    f"{ft_state.best_loss:.3f}, against {probe.accuracy:.1%}, loss {probe.loss:.3f}), so {growth.note}")
     run.ui.log("  " + growth.note)
