@@ -26,6 +26,7 @@ def register(sub) -> None:
 
 def run(args, console, reporter) -> int:
     from vistrain.export import ExportConfig, ExportError, Int8Refused, export_run
+    from vistrain.export.card import REFUSED_NOTE
 
     cfg = ExportConfig(out=args.out, int8=args.int8, int8_method=args.int8_method,
                        max_accuracy_drop=args.max_accuracy_drop, calibration_images=args.calibration_images)
@@ -34,7 +35,7 @@ def run(args, console, reporter) -> int:
     except Int8Refused as exc:
         # The fp32 files are there and verified: show them, then why int8 is not; the exit code still
         # fails a script that asked for an int8 file.
-        _print(console, exc.result, leave_out="int8 refused: ")  # the last line says it
+        _print(console, exc.result, leave_out=REFUSED_NOTE)  # the last line says it
         console.print(f"[bold yellow]int8 refused:[/] {exc}", highlight=False)
         return 1
     except ExportError as exc:

@@ -15,6 +15,8 @@ from pathlib import Path
 from vistrain.models.registry import BackboneError, ensemble_members, get_backbone
 from vistrain.runtime.bundle import ExportInfo, weights_digest
 
+REFUSED_NOTE = "int8 refused: "  # how export.json's notes say why there is no int8 file
+
 CARD_FILE = "README.md"
 SCRIPT_FILE = "predict_onnx.py"
 # The card's first line: a README.md without it is the user's own and is never overwritten.
@@ -149,8 +151,8 @@ def _quality(info: ExportInfo, metrics: dict, config: dict) -> list[str]:
                  if "int8_right" in agreement else "")
         out += ["", (f"On the {agreement['images']} training photos it was {how} on, int8 gives PyTorch's "
                      f"answer for {agreement['same_answer']} ({share}).{right}")]
-    refused = [n.removeprefix("int8 refused: ") for n in info.extra.get("validation", {}).get("notes", [])
-               if n.startswith("int8 refused: ")]
+    refused = [n.removeprefix(REFUSED_NOTE) for n in info.extra.get("validation", {}).get("notes", [])
+               if n.startswith(REFUSED_NOTE)]
     if refused:
         out += ["", f"There is no int8 file: one was made and refused, because {refused[-1]}."]
     out += [""] + _honesty(info, config)

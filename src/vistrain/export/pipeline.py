@@ -26,7 +26,7 @@ from vistrain.data.transforms import (
     normalize_array,
     to_model_pixels,
 )
-from vistrain.export.card import SCRIPT_FILE, write_card
+from vistrain.export.card import REFUSED_NOTE, SCRIPT_FILE, write_card
 from vistrain.export.graph import export_graph
 from vistrain.export.quantize import METHODS, prepare, quantize, single_image_latency_ms
 from vistrain.familiarity import FAMILIAR_FILE, Familiarity, pooled
@@ -125,7 +125,7 @@ def export_run(run_dir: Path | str, cfg: ExportConfig | None = None, reporter: R
             (out / INT8_FILE).unlink(missing_ok=True)
             if cfg.int8_method == "auto":
                 rejected += f", and it was the better of {' and '.join(METHODS)}"
-            notes.append(f"int8 refused: {rejected}")  # export.json keeps why, not only the exit code
+            notes.append(REFUSED_NOTE + rejected)  # export.json keeps why, not only the exit code
             rejected += f": int8 model not kept; the fp32 export in {out} is verified and usable"
         else:
             models["int8"] = int8

@@ -432,7 +432,12 @@ def _finetuning_lost(run: _Run, probe: _Probe, ft_state: FinetuneState | None) -
     if (cfg.mode != "auto" or cfg.ensemble != "auto" or cfg.time_budget is None or world_size() != 1
             or ft_state is None or ft_state.interrupted or ft_state.best_state is None):
         return False
-    return not (ft_state.best_score, -ft_state.best_loss) > (probe.score, -probe.loss)
+    return not _finetuning_won(probe, ft_state)
+
+
+def _finetuning_won(probe: _Probe, ft_state: FinetuneState) -> bool:
+    """The rule that picks the best epoch: accuracy (macro F1 when imbalanced), then validation loss on ties."""
+    return (ft_state.best_score, -ft_state.best_loss) > (probe.score, -probe.loss)
 
 
 def _grow_after(run: _Run, model: ImageClassifier, probe: _Probe, ft_state: FinetuneState,
@@ -462,8 +467,7 @@ def _keep_better(run: _Run, model: ImageClassifier, probe: _Probe, ft_state: Fin
     """Loads the kept stage's weights into ``model``: the best fine-tuned epoch when it beats the
     probe (or ``--mode finetune``), else the probe. Returns the stage and its validation logits."""
     ft_acc = ft_state.best_accuracy if ft_state and ft_state.best_state is not None else None
-    # The same rule that picks the best epoch: accuracy (macro F1 when imbalanced), then validation loss on ties.
-    ft_better = ft_acc is not None and (ft_state.best_score, -ft_state.best_loss) > (probe.score, -probe.loss)
+    ft_better = ft_acc is not None and _finetuning_won(probe, ft_state)
     if ft_acc is not None and (run.cfg.mode == "finetune" or ft_better):
         model.load_state_dict(ft_state.best_state)
         logits = ft_state.best_logits
