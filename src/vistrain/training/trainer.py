@@ -1,12 +1,13 @@
 """The default recipe: frozen-feature probe first (seconds), then fine-tuning if time allows; keep the better.
 
-:func:`run_training` runs the stages in order, each one function below:
+:func:`run_training` runs the stages in order, each one function:
 
-- ``_start``: input size, labels, class balance and device, printed;
+- ``_start``: input size, labels, class balance and device, printed (a ``RunState`` every stage reads);
 - ``_decode``: training canvases and validation pixels, only when fine-tuning will read them;
-- ``_probe_stage``: frozen features and a logistic-regression head (or what a resumed run recorded);
+- ``probe_stage`` (``training.probe_stage``): frozen features and a logistic-regression head (or what
+  a resumed run recorded);
 - ``_finetune_stage``: the epochs that fit the budget, or probes of partner backbones when too few
-  fit (``training.grow``);
+  fit (``training.growth_stage``), or after fine-tuning lost to the probe;
 - ``_keep_better``: the probe or the best fine-tuned epoch, by the rule that picks epochs;
 - then the kept probe's test logits and the familiarity check.
 """
@@ -34,7 +35,6 @@ from vistrain.progress import Reporter, SilentReporter
 from vistrain.training.balance import (
     IMBALANCED_RATIO,
     imbalance_ratio,
-    probe_class_weight,
     resolve_balance,
 )
 from vistrain.training.checkpoint import (
@@ -61,14 +61,8 @@ from vistrain.training.finetune import (
     micro_batch_size,
     train_preprocessing,
 )
-from vistrain.training.grow import (
-    Growth,
-    GrowthPlan,
-    Probe,
-    grow_ensemble,
-    plan_growth,
-    score_probe,
-)
+from vistrain.training.grow import Growth
+from vistrain.training.growth_stage import finetuning_lost, grow_after, grow_instead
 from vistrain.training.mirror import MirrorCheck, mirror_check, mirrored
 from vistrain.training.pixels import decode_all
 from vistrain.training.planning import (
@@ -77,7 +71,9 @@ from vistrain.training.planning import (
     budget_decisions,
     plan_finetuning,
 )
-from vistrain.training.probe import describe_choice, fit_ensemble_probe, probe_logits
+from vistrain.training.probe import probe_logits
+from vistrain.training.probe_stage import probe_stage
+from vistrain.training.run_state import ProbeState, RunState, finetuning_won, state_copy
 from vistrain.training.settings import MODES, TrainConfig, TrainError
 
 __all__ = ["MODES", "TrainConfig", "TrainError", "TrainResult", "choose_image_size", "run_training"]
@@ -116,53 +112,6 @@ def choose_image_size(index: DatasetIndex, backbone: str) -> int:
     return max([native] + [s for s in (native + 64, native + 128) if s <= median])
 
 
-@dataclass
-class _Run:
-    """What every stage reads, settled before the first image is decoded; and the notes they add."""
-
-    cfg: TrainConfig
-    ui: Reporter
-    t_start: float
-    resumed: Resumable | None
-    prep: Preprocessing
-    classes: list[str]
-    splits: dict[str, list]  # "train", "valid" and "test" records
-    y_train: np.ndarray
-    y_valid: np.ndarray
-    members: list[str]  # the backbones whose features the probe reads (one unless an ensemble)
-    want_finetune: bool
-    ratio: float  # largest class over smallest, in the training split
-    balance: str  # the imbalance correction in use
-    select_by: str  # "accuracy", or "macro_f1" when classes are imbalanced
-    device: torch.device
-    pixel_cache: PixelCache | None
-    notes: list[str] = field(default_factory=list)  # for the summary and metrics.json
-
-    @property
-    def train(self) -> list:
-        return self.splits["train"]
-
-    @property
-    def valid(self) -> list:
-        return self.splits["valid"]
-
-
-@dataclass
-class _Probe:
-    """The linear probe; when resuming, what the checkpoint recorded of it."""
-
-    state: dict[str, torch.Tensor]  # the whole classifier with the probe's head, to go back to
-    accuracy: float
-    loss: float
-    score: float  # accuracy, or macro F1 when classes are imbalanced
-    valid_logits: np.ndarray | None = None  # None when resuming: computed again if the probe is kept
-    # A fresh run's only (partner probes build on them):
-    single: Probe | None = None
-    features: dict[str, np.ndarray] | None = None  # pooled "train" and "valid" features
-    c: list[float] = field(default_factory=list)  # the regularisation chosen per member
-    class_weight: str | None = None
-
-
 def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | None = None,
                  on_epoch: Callable[[int, float], None] | None = None) -> TrainResult:
     """``on_epoch(epoch, validation score)`` after each fine-tuning epoch (a sweep prunes by raising)."""
@@ -190,7 +139,7 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     model_cfg = ModelConfig(cfg.backbone, run.classes, run.prep, dropout=cfg.dropout)
     model = build_classifier(model_cfg).to(run.device, memory_format=torch.channels_last)
     caches = feature_caches(cfg.data.cache_dir, cfg.backbone, run.prep)  # one per member, read from disk once
-    probe = _probe_stage(run, model, caches, train_pixels, valid_pixels)
+    probe = probe_stage(run, model, caches, train_pixels, valid_pixels)
     del train_pixels  # fine-tuning reads the canvases: free the eval views of the training set
     if len(run.members) > 1 and cfg.mode == "auto":
         run.notes.append(f"an ensemble of {len(run.members)} backbones trains linear probes only: no fine-tuning")
@@ -201,15 +150,15 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     ft_state, growth, check = None, None, None
     if run.want_finetune:
         ft_state, growth, check = _finetune_stage(run, model, probe, canvases, valid_pixels, caches, on_epoch)
-        if growth is None and _finetuning_lost(run, probe, ft_state):
-            growth, probe = _grow_after(run, model, probe, ft_state, caches, valid_pixels)
+        if growth is None and finetuning_lost(run, probe, ft_state):
+            growth, probe = grow_after(run, model, probe, ft_state, caches, valid_pixels)
     if growth is not None and growth.kept is not probe.single:  # the ensemble won: it becomes the probe stage's model
         model_cfg = ModelConfig(growth.kept.backbone, run.classes, run.prep, dropout=cfg.dropout)
         model = build_classifier(model_cfg).to(run.device, memory_format=torch.channels_last)
         with torch.no_grad():
             model.head.weight.copy_(growth.kept.weight)
             model.head.bias.copy_(growth.kept.bias)
-        probe = replace(probe, state=_state_copy(model), valid_logits=growth.kept.valid_logits)
+        probe = replace(probe, state=state_copy(model), valid_logits=growth.kept.valid_logits)
         caches = feature_caches(cfg.data.cache_dir, growth.kept.backbone, run.prep)
 
     stage, valid_logits = _keep_better(run, model, probe, ft_state, valid_pixels, said=growth is not None)
@@ -238,11 +187,7 @@ def _restore_split(index: DatasetIndex, run_dir: Path) -> None:
             r.split = saved[r.path]
 
 
-def _state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _start(index: DatasetIndex, cfg: TrainConfig, ui: Reporter, resumed: Resumable | None, t_start: float) -> _Run:
+def _start(index: DatasetIndex, cfg: TrainConfig, ui: Reporter, resumed: Resumable | None, t_start: float) -> RunState:
     """Input size, labels, class balance and device for this run, printed."""
     size = resumed.image_size if resumed else (cfg.image_size or choose_image_size(index, cfg.backbone))
     prep: Preprocessing = get_backbone(cfg.backbone).preprocessing(size, cfg.resize)
@@ -262,13 +207,13 @@ def _start(index: DatasetIndex, cfg: TrainConfig, ui: Reporter, resumed: Resumab
     device = resolve_device(cfg.device)
     if device.type != "cpu":
         ui.log(f"Device {describe(device)}" + (", mixed precision (float16) for fine-tuning" if uses_amp(device) else ""))
-    return _Run(cfg, ui, t_start, resumed, prep, classes, splits, y_train, y_valid, members,
+    return RunState(cfg, ui, t_start, resumed, prep, classes, splits, y_train, y_valid, members,
                 want_finetune=cfg.mode in ("auto", "finetune") and len(members) == 1, ratio=ratio,
                 balance=balance, select_by=select_by, device=device,
                 pixel_cache=PixelCache(cfg.data.cache_dir, prep) if cfg.data.cache_dir else None)
 
 
-def _decode(run: _Run) -> tuple[np.ndarray | None, list | None, np.ndarray | None]:
+def _decode(run: RunState) -> tuple[np.ndarray | None, list | None, np.ndarray | None]:
     """(training images' eval views, training canvases, validation pixels) when fine-tuning will read
     every image; Nones otherwise: the probe alone may need no image decoded (cached features)."""
     if not run.want_finetune:
@@ -286,52 +231,7 @@ def _decode(run: _Run) -> tuple[np.ndarray | None, list | None, np.ndarray | Non
     return train_pixels, canvases, valid_pixels
 
 
-def _probe_stage(run: _Run, model: ImageClassifier, caches: list[FeatureCache], train_pixels: np.ndarray | None,
-                 valid_pixels: np.ndarray | None) -> _Probe:
-    """Frozen features (cached) and a logistic-regression head, copied into ``model.head``; when
-    resuming, the probe head the checkpoint kept."""
-    ui, r, choice = run.ui, run.resumed, None
-    if r is not None:
-        if r.probe_head is not None:
-            model.head.load_state_dict(r.probe_head)
-        probe = _Probe(_state_copy(model), r.probe_accuracy, r.probe_loss,
-                       r.probe_score if r.probe_score is not None else r.probe_accuracy)
-    else:
-        probe, choice = _fit_probe(run, model, caches, train_pixels, valid_pixels)
-    ui.log(f"Linear probe: validation accuracy {probe.accuracy:.1%} ({time.perf_counter() - run.t_start:.0f} s so far)")
-    if choice:
-        ui.log("  " + choice)
-        run.notes.append(choice)
-    return probe
-
-
-def _fit_probe(run: _Run, model: ImageClassifier, caches: list[FeatureCache], train_pixels: np.ndarray | None,
-               valid_pixels: np.ndarray | None) -> tuple[_Probe, str | None]:
-    """The probe on ``model``'s (pretrained) backbone, copied into ``model.head``, and what chose its
-    regularisation. Deterministic: the same features and seed give the same head."""
-    ui = run.ui
-    f_train = backbone_features(ui, model.backbone, run.train, run.prep, caches, train_pixels,
-                                run.pixel_cache, "training")
-    f_valid = backbone_features(ui, model.backbone, run.valid, run.prep, caches, valid_pixels,
-                                run.pixel_cache, "validation")
-    widths = [get_backbone(m).num_features for m in run.members]
-    class_weight = probe_class_weight(run.balance)
-    w, b, heads = fit_ensemble_probe(f_train, run.y_train, len(run.classes), widths, valid=(f_valid, run.y_valid),
-                                     C=run.cfg.probe_c, seed=run.cfg.seed, class_weight=class_weight)
-    single = score_probe(run.cfg.backbone, w, b, f_valid, run.y_valid, len(run.classes), run.select_by)
-    if len(run.members) > 1:
-        ui.log("Ensemble of linear probes (logits averaged); alone on validation: " + ", ".join(
-            f"{m} {_accuracy(probe_logits(f, h.weight, h.bias), run.y_valid):.1%}"
-            for m, f, h in zip(run.members, np.split(f_valid, np.cumsum(widths)[:-1], axis=1), heads)))
-    with torch.no_grad():
-        model.head.weight.copy_(w)
-        model.head.bias.copy_(b)
-    probe = _Probe(_state_copy(model), single.accuracy, single.loss, single.score, single.valid_logits,
-                   single, {"train": f_train, "valid": f_valid}, [h.C for h in heads], class_weight)
-    return probe, describe_choice(heads, run.members)
-
-
-def _finetune_config(run: _Run) -> FinetuneConfig:
+def _finetune_config(run: RunState) -> FinetuneConfig:
     cfg = run.cfg
     ft_cfg = FinetuneConfig(
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, label_smoothing=cfg.label_smoothing,
@@ -348,7 +248,7 @@ def _finetune_config(run: _Run) -> FinetuneConfig:
     return ft_cfg
 
 
-def _finetune_stage(run: _Run, model: ImageClassifier, probe: _Probe, canvases, valid_pixels: np.ndarray,
+def _finetune_stage(run: RunState, model: ImageClassifier, probe: ProbeState, canvases, valid_pixels: np.ndarray,
                     caches: list[FeatureCache], on_epoch: Callable[[int, float], None] | None
                     ) -> tuple[FinetuneState, Growth | None, MirrorCheck | None]:
     """The epochs that fit the budget (or the rest of a resumed run's), trained into ``model``; when
@@ -372,7 +272,7 @@ def _finetune_stage(run: _Run, model: ImageClassifier, probe: _Probe, canvases, 
         if (ft_state.planned_epochs < MIN_FINETUNE_EPOCHS and cfg.mode == "auto" and cfg.ensemble == "auto"
                 and cfg.time_budget is not None and world_size() == 1):
             # Under torchrun each rank would time, and might choose, differently: one process only.
-            ft_state, growth = _grow_instead(run, model, probe, ft_state, epoch_s, valid_pixels)
+            ft_state, growth = grow_instead(run, model, probe, ft_state, epoch_s, valid_pixels)
         if ft_state.planned_epochs > 0 and ft_cfg.augment.flip == "auto":
             # Only now that epochs will run: the check costs a pass over the mirrored validation
             # images (clothing: 18 s), time that otherwise goes to partner probes. The model is
@@ -392,87 +292,17 @@ def _finetune_stage(run: _Run, model: ImageClassifier, probe: _Probe, canvases, 
     return ft_state, growth, check
 
 
-def _plan_growth(run: _Run, model: ImageClassifier, valid_pixels: np.ndarray) -> GrowthPlan | None:
-    """Which partners' probes fit what is left of the time budget now."""
-    cfg = run.cfg
-    return plan_growth(run.ui, cfg.backbone, run.splits, run.prep, cfg.data.cache_dir,
-                       cfg.time_budget - (time.perf_counter() - run.t_start), valid_pixels, model.backbone)
-
-
-def _grow(run: _Run, probe: _Probe, plan: GrowthPlan, valid_pixels: np.ndarray) -> Growth:
-    """The partners' probes of ``plan`` beside ``probe``'s, kept if their ensemble beats it."""
-    cfg = run.cfg
-    return grow_ensemble(run.ui, probe.single, plan, run.splits, {"train": run.y_train, "valid": run.y_valid},
-                         probe.features, run.prep, cfg.data.cache_dir, valid_pixels, len(run.classes),
-                         run.select_by, [*probe.c, cfg.probe_c], cfg.seed, probe.class_weight, run.pixel_cache)
-
-
-def _grow_instead(run: _Run, model: ImageClassifier, probe: _Probe, ft_state: FinetuneState, epoch_s: float,
-                  valid_pixels: np.ndarray) -> tuple[FinetuneState, Growth | None]:
-    """Probes of partner backbones in place of fine-tuning too short to help, when one fits the rest
-    of the budget (or no epoch does): then no epoch is planned. The whole rest of the budget: the
-    margin ``plan_finetuning`` kept was for fine-tuning's final evaluation."""
-    plan = _plan_growth(run, model, valid_pixels)
-    if plan is None or not (plan.fits or ft_state.planned_epochs == 0):
-        return ft_state, None
-    if ft_state.planned_epochs:
-        run.notes.append(f"fine-tuning skipped: {ft_state.planned_epochs} epoch(s) of ~{epoch_s:.0f} s fit "
-                         f"the time budget, and one-cycle fine-tuning that short has not beaten the probe "
-                         f"in our measurements; the time went to probes of other backbones")
-    growth = _grow(run, probe, plan, valid_pixels)
-    run.ui.log("  " + growth.note)
-    run.notes.append(growth.note)
-    return FinetuneState(planned_epochs=0), growth
-
-
-def _finetuning_lost(run: _Run, probe: _Probe, ft_state: FinetuneState | None) -> bool:
-    """Fine-tuning ran to its end (auto mode, a time budget, one process, not interrupted; a resumed
-    run counts) without beating the probe: the budget left can go to probes of partner backbones."""
-    cfg = run.cfg
-    if (cfg.mode != "auto" or cfg.ensemble != "auto" or cfg.time_budget is None or world_size() != 1
-            or ft_state is None or ft_state.interrupted or ft_state.best_state is None):
-        return False
-    return not _finetuning_won(probe, ft_state)
-
-
-def _finetuning_won(probe: _Probe, ft_state: FinetuneState) -> bool:
-    """The rule that picks the best epoch: accuracy (macro F1 when imbalanced), then validation loss on ties."""
-    return (ft_state.best_score, -ft_state.best_loss) > (probe.score, -probe.loss)
-
-
-def _grow_after(run: _Run, model: ImageClassifier, probe: _Probe, ft_state: FinetuneState,
-                caches: list[FeatureCache], valid_pixels: np.ndarray) -> tuple[Growth | None, _Probe]:
-    """Probes of partner backbones once fine-tuning has lost to the probe, in the budget left, and the
-    probe (rebuilt for a resumed run, whose checkpoint kept its head but not its features). The
-    ensemble must beat the single probe, which beat every fine-tuned epoch (measured on 400 clothing
-    photos: fine-tuning 82.5% on validation, the probe 82.5%, Lite0+1+2 85.0%; test 84.4% -> 86.6%)."""
-    cfg = run.cfg
-    plan = _plan_growth(run, model, valid_pixels)
-    if plan is None or not plan.fits:
-        return None, probe
-    if probe.single is None:
-        fresh = build_classifier(ModelConfig(cfg.backbone, run.classes, run.prep, dropout=cfg.dropout))
-        probe = _fit_probe(run, fresh.to(run.device, memory_format=torch.channels_last), caches, None,
-                           valid_pixels)[0]
-    growth = _grow(run, probe, plan, valid_pixels)
-    growth.note = (f"fine-tuning did not beat the probe on validation ({ft_state.best_accuracy:.1%}, loss "
-                   f"{ft_state.best_loss:.3f}, against {probe.accuracy:.1%}, loss {probe.loss:.3f}), so {growth.note}")
-    run.ui.log("  " + growth.note)
-    run.notes.append(growth.note)
-    return growth, probe
-
-
-def _keep_better(run: _Run, model: ImageClassifier, probe: _Probe, ft_state: FinetuneState | None,
+def _keep_better(run: RunState, model: ImageClassifier, probe: ProbeState, ft_state: FinetuneState | None,
                  valid_pixels: np.ndarray | None, said: bool = False) -> tuple[str, np.ndarray]:
     """Loads the kept stage's weights into ``model``: the best fine-tuned epoch when it beats the
     probe (or ``--mode finetune``), else the probe. Returns the stage and its validation logits."""
     ft_acc = ft_state.best_accuracy if ft_state and ft_state.best_state is not None else None
-    ft_better = ft_acc is not None and _finetuning_won(probe, ft_state)
+    ft_better = ft_acc is not None and finetuning_won(probe, ft_state)
     if ft_acc is not None and (run.cfg.mode == "finetune" or ft_better):
         model.load_state_dict(ft_state.best_state)
         logits = ft_state.best_logits
         return "finetune", logits if logits is not None else evaluate_logits(model, valid_pixels, run.prep)
-    if ft_acc is not None and not said:  # said: _grow_after's note gave both figures
+    if ft_acc is not None and not said:  # said: grow_after's note gave both figures
         run.notes.append(f"kept the linear probe: fine-tuning reached {ft_acc:.1%} on validation "
                          f"(loss {ft_state.best_loss:.3f}), the probe {probe.accuracy:.1%} (loss {probe.loss:.3f})")
     model.load_state_dict(probe.state)
@@ -480,7 +310,7 @@ def _keep_better(run: _Run, model: ImageClassifier, probe: _Probe, ft_state: Fin
     return "probe", logits if logits is not None else evaluate_logits(model, valid_pixels, run.prep)
 
 
-def _familiarity(run: _Run, stage: str, model: ImageClassifier, model_cfg: ModelConfig, probe: _Probe,
+def _familiarity(run: RunState, stage: str, model: ImageClassifier, model_cfg: ModelConfig, probe: ProbeState,
                  ft_state: FinetuneState | None, caches: list[FeatureCache], valid_pixels: np.ndarray | None
                  ) -> Familiarity | None:
     """Which photos are unlike the training ones, from the kept model's features; None (with a note
@@ -517,11 +347,7 @@ def _say_trimmed(ui: Reporter, trimmed: Trimmed, limit: float, room: str = "") -
                f"({trimmed.bytes / 1e6:.0f} MB; {trimmed.total / 1e9:.1f} GB left)")
 
 
-def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float((logits.argmax(1) == labels).mean())
-
-
-def _decide_flips(run: _Run, model: ImageClassifier, valid_pixels: np.ndarray, cache: FeatureCache,
+def _decide_flips(run: RunState, model: ImageClassifier, valid_pixels: np.ndarray, cache: FeatureCache,
                   logits: np.ndarray | None, ft_cfg: FinetuneConfig) -> tuple[MirrorCheck, FinetuneConfig]:
     """The mirror check, printed, and ``ft_cfg`` flipping its crops or not accordingly: the probe
     (``model.head``) on the validation images (``logits``, or from the cached features when resuming)
