@@ -49,7 +49,6 @@ def test_an_ensemble_name_is_one_backbone_made_of_its_pretrained_members():
 
 
 @pytest.mark.parametrize("name, message", [
-    ("efficientnet_lite0+mobilenet_v2", "preprocess images differently"),
     ("efficientnet_lite0+efficientnet_lite0", "two or more different backbones"),
     ("efficientnet_lite0+", "two or more different backbones"),
     ("efficientnet_lite0+resnet50", "unknown backbone 'resnet50'"),
@@ -163,3 +162,67 @@ def test_ensemble_exports_to_onnx_and_matches_pytorch(ensemble_run, tmp_path):
                 tensor.extend(producer.input)
         assert "Conv" not in seen, stem.name
     assert len([n for n in graph.node if n.op_type == "Conv"]) > 2 * 30
+
+
+MIXED = "efficientnet_lite0+mobilenet_v2"  # mean = std = 0.5, then ImageNet's mean/std
+
+
+def _normalised(px: torch.Tensor, name: str) -> torch.Tensor:
+    spec = get_backbone(name)
+    return (px - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
+
+
+def test_a_member_normalised_its_own_way_sees_exactly_its_own_input():
+    spec = get_backbone(MIXED)
+    assert spec.preprocessing(96) == get_backbone("efficientnet_lite0").preprocessing(96)  # the first member's
+    both = create_backbone(MIXED).eval()
+    px = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        mixed = both(_normalised(px, "efficientnet_lite0")).numpy()
+        lite0 = create_backbone("efficientnet_lite0").eval()(_normalised(px, "efficientnet_lite0")).numpy()
+        mnv2 = create_backbone("mobilenet_v2").eval()(_normalised(px, "mobilenet_v2")).numpy()
+        fmap = both.forward_features(_normalised(px, "efficientnet_lite0"))
+    np.testing.assert_allclose(mixed, np.hstack([lite0, mnv2]), atol=1e-4)
+    assert fmap.shape[1] == 1280 + 1280 and spec.num_features == 2560
+    # The scale and shift come from the registry: the saved weights are the members' alone.
+    keys = set(both.state_dict())
+    assert not any(k.endswith(("scale", "shift")) for k in keys)
+    assert "members.1.net.features.0.0.weight" in keys
+
+
+def test_onnx_graphs_of_a_backbone_alone_and_as_a_renormalised_member_do_not_mix(tmp_path):
+    from vistrain.training.features import extract_features, onnx_session
+
+    lite_prep = get_backbone(MIXED).preprocessing(64)
+    own_prep = get_backbone("mobilenet_v2").preprocessing(64)
+    member = create_backbone(MIXED).members[1].eval()
+    alone = create_backbone("mobilenet_v2").eval()
+    pixels = np.random.default_rng(0).integers(0, 256, size=(3, 64, 64, 3), dtype=np.uint8)
+    a = extract_features(alone, pixels, own_prep, session=onnx_session(alone, "mobilenet_v2", own_prep, tmp_path))
+    # Same name and size, another graph: a session cached by name and size would give the wrong one.
+    b = extract_features(member, pixels, lite_prep, session=onnx_session(member, "mobilenet_v2", lite_prep, tmp_path))
+    assert len(list((tmp_path / "onnx").glob("mobilenet_v2-64-*.onnx"))) == 2
+    np.testing.assert_allclose(a, b, atol=1e-4)  # the same pixels, the same features
+
+
+def test_mixed_ensemble_trains_saves_and_exports_with_its_pixel_arithmetic_in_float(tmp_path):
+    from vistrain.export import ExportConfig, export_run
+    from vistrain.export.quantize import float_nodes
+    from vistrain.runtime import OnnxPredictor
+
+    data = tmp_path / "data"
+    write_class_folders(data, per_class=8)
+    run = vistrain.train(data, out=tmp_path / "run", cache_dir=tmp_path / "cache", backbone=MIXED, **FAST)
+    assert run.result.stage == "probe" and run.predictor.config.backbone == MIXED
+    files = sorted((data / "circles").iterdir())[:3] + sorted((data / "stripes").iterdir())[:3]
+    saved = Predictor.from_folder(run.path).predict_paths(files)
+    result = export_run(run.path, ExportConfig(out=tmp_path / "export"))  # fails itself if ONNX and PyTorch differ
+    assert result.info.backbone == MIXED
+    for o, t in zip(OnnxPredictor.from_folder(tmp_path / "export", "fp32").predict_paths(files), saved):
+        np.testing.assert_allclose(o.probabilities, t.probabilities, atol=1e-5)
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "export" / "model.onnx")).graph
+    kept = {n.name: n.op_type for n in graph.node if n.name in set(float_nodes(tmp_path / "export" / "model.onnx"))}
+    # Two stems, MobileNetV2's scale and shift before its stem, and the head: int8 leaves them float.
+    assert sorted(kept.values()) == ["Add", "Conv", "Conv", "Gemm", "Mul"]

@@ -4,6 +4,7 @@ features read from, or added to, the feature cache (one per backbone, or per ens
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 import warnings
@@ -36,7 +37,9 @@ def onnx_session(backbone: nn.Module, name: str, prep: Preprocessing, cache_dir:
     except ImportError:
         return None
     folder = Path(cache_dir) if cache_dir else Path(os.environ.get("TMPDIR", "/tmp")) / "vistrain-onnx"
-    path = folder / "onnx" / f"{name}-{prep.size}-vistrain{__version__}-torch{torch.__version__.split('+')[0]}.onnx"
+    # The mean/std too: a member of an ensemble normalised another backbone's way is another graph.
+    norm = hashlib.sha1(repr((prep.mean, prep.std)).encode()).hexdigest()[:8]
+    path = folder / "onnx" / f"{name}-{prep.size}-{norm}-vistrain{__version__}-torch{torch.__version__.split('+')[0]}.onnx"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{uuid.uuid4().hex}.tmp")
