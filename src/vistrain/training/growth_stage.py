@@ -14,7 +14,7 @@ from vistrain.training.distributed import world_size
 from vistrain.training.feature_cache import FeatureCache
 from vistrain.training.finetune import FinetuneState
 from vistrain.training.grow import Growth, GrowthPlan, grow_ensemble, plan_growth
-from vistrain.training.probe_stage import fit_probe
+from vistrain.training.probe_stage import fit_model_probe
 from vistrain.training.run_state import ProbeState, RunState, finetuning_won
 
 
@@ -73,8 +73,8 @@ def grow_after(run: RunState, model: ImageClassifier, probe: ProbeState, ft_stat
         return None, probe
     if probe.single is None:
         fresh = build_classifier(ModelConfig(cfg.backbone, run.classes, run.prep, dropout=cfg.dropout))
-        probe = fit_probe(run, fresh.to(run.device, memory_format=torch.channels_last), caches, None,
-                           valid_pixels)[0]
+        probe = fit_model_probe(run, fresh.to(run.device, memory_format=torch.channels_last), caches, None,
+                                valid_pixels)[0]
     growth = _grow(run, probe, plan, valid_pixels)
     growth.note = (f"fine-tuning did not beat the probe on validation ({ft_state.best_accuracy:.1%}, loss "
                    f"{ft_state.best_loss:.3f}, against {probe.accuracy:.1%}, loss {probe.loss:.3f}), so {growth.note}")

@@ -26,9 +26,9 @@ def probe_stage(run: RunState, model: ImageClassifier, caches: list[FeatureCache
         if r.probe_head is not None:
             model.head.load_state_dict(r.probe_head)
         probe = ProbeState(state_copy(model), r.probe_accuracy, r.probe_loss,
-                       r.probe_score if r.probe_score is not None else r.probe_accuracy)
+                           r.probe_score if r.probe_score is not None else r.probe_accuracy)
     else:
-        probe, choice = fit_probe(run, model, caches, train_pixels, valid_pixels)
+        probe, choice = fit_model_probe(run, model, caches, train_pixels, valid_pixels)
     ui.log(f"Linear probe: validation accuracy {probe.accuracy:.1%} ({time.perf_counter() - run.t_start:.0f} s so far)")
     if choice:
         ui.log("  " + choice)
@@ -36,8 +36,8 @@ def probe_stage(run: RunState, model: ImageClassifier, caches: list[FeatureCache
     return probe
 
 
-def fit_probe(run: RunState, model: ImageClassifier, caches: list[FeatureCache], train_pixels: np.ndarray | None,
-              valid_pixels: np.ndarray | None) -> tuple[ProbeState, str | None]:
+def fit_model_probe(run: RunState, model: ImageClassifier, caches: list[FeatureCache],
+                    train_pixels: np.ndarray | None, valid_pixels: np.ndarray | None) -> tuple[ProbeState, str | None]:
     """The probe on ``model``'s (pretrained) backbone, copied into ``model.head``, and what chose its
     regularisation. Deterministic: the same features and seed give the same head."""
     ui = run.ui
@@ -58,7 +58,7 @@ def fit_probe(run: RunState, model: ImageClassifier, caches: list[FeatureCache],
         model.head.weight.copy_(w)
         model.head.bias.copy_(b)
     probe = ProbeState(state_copy(model), single.accuracy, single.loss, single.score, single.valid_logits,
-                   single, {"train": f_train, "valid": f_valid}, [h.C for h in heads], class_weight)
+                       single, {"train": f_train, "valid": f_valid}, [h.C for h in heads], class_weight)
     return probe, describe_choice(heads, run.members)
 
 

@@ -208,9 +208,9 @@ def _start(index: DatasetIndex, cfg: TrainConfig, ui: Reporter, resumed: Resumab
     if device.type != "cpu":
         ui.log(f"Device {describe(device)}" + (", mixed precision (float16) for fine-tuning" if uses_amp(device) else ""))
     return RunState(cfg, ui, t_start, resumed, prep, classes, splits, y_train, y_valid, members,
-                want_finetune=cfg.mode in ("auto", "finetune") and len(members) == 1, ratio=ratio,
-                balance=balance, select_by=select_by, device=device,
-                pixel_cache=PixelCache(cfg.data.cache_dir, prep) if cfg.data.cache_dir else None)
+                    want_finetune=cfg.mode in ("auto", "finetune") and len(members) == 1, ratio=ratio,
+                    balance=balance, select_by=select_by, device=device,
+                    pixel_cache=PixelCache(cfg.data.cache_dir, prep) if cfg.data.cache_dir else None)
 
 
 def _decode(run: RunState) -> tuple[np.ndarray | None, list | None, np.ndarray | None]:
