@@ -26,7 +26,6 @@ def register(sub) -> None:
 
 def run(args, console, reporter) -> int:
     from vistrain.export import ExportConfig, ExportError, Int8Refused, export_run
-    from vistrain.export.card import REFUSED_NOTE
 
     cfg = ExportConfig(out=args.out, int8=args.int8, int8_method=args.int8_method,
                        max_accuracy_drop=args.max_accuracy_drop, calibration_images=args.calibration_images)
@@ -35,7 +34,7 @@ def run(args, console, reporter) -> int:
     except Int8Refused as exc:
         # The fp32 files are there and verified: show them, then why int8 is not; the exit code still
         # fails a script that asked for an int8 file.
-        _print(console, exc.result, leave_out=REFUSED_NOTE)  # the last line says it
+        _print(console, exc.result)
         console.print(f"[bold yellow]int8 refused:[/] {exc}", highlight=False)
         return 1
     except ExportError as exc:
@@ -45,12 +44,13 @@ def run(args, console, reporter) -> int:
     return 0
 
 
-def _print(console, result, leave_out: str | None = None) -> None:
+def _print(console, result) -> None:
     from vistrain.export import describe
+    from vistrain.export.card import REFUSED_NOTE
 
     for line in describe(result):
         console.print(line, highlight=False)
     for note in result.notes:
-        if leave_out and note.startswith(leave_out):
+        if note.startswith(REFUSED_NOTE):  # only a refused int8 has one: its own last line says why
             continue
         console.print(f"  note: {note}", highlight=False)
