@@ -226,3 +226,8 @@ def test_mixed_ensemble_trains_saves_and_exports_with_its_pixel_arithmetic_in_fl
     kept = {n.name: n.op_type for n in graph.node if n.name in set(float_nodes(tmp_path / "export" / "model.onnx"))}
     # Two stems, MobileNetV2's scale and shift before its stem, and the head: int8 leaves them float.
     assert sorted(kept.values()) == ["Add", "Conv", "Conv", "Gemm", "Mul"]
+    card = (tmp_path / "export" / "README.md").read_text(encoding="utf-8")
+    network = next(line for line in card.splitlines() if line.startswith("| Network |"))
+    # MobileNetV2 sees Lite0's bicubic resize: the card says so for that member alone.
+    lite, mnv2 = network.split(" + ")
+    assert "resizing" not in lite and "expect bilinear resizing, it sees the input's bicubic)" in mnv2

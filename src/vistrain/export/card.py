@@ -81,14 +81,18 @@ def card_text(run_dir: Path, out: Path, info: ExportInfo) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _backbone_line(backbone: str) -> str:
+def _backbone_line(backbone: str, interpolation: str) -> str:
     parts = []
     for member in ensemble_members(backbone):
         try:
             spec = get_backbone(member)
-            parts.append(f"{member} (ImageNet weights from the pip package `{spec.weights_package}`, {spec.license})")
         except BackboneError:
             parts.append(member)
+            continue
+        # An ensemble resizes once, the first member's way: say so where a member's weights expect another.
+        resized = ("" if spec.interpolation == interpolation else
+                   f"; its weights expect {spec.interpolation} resizing, it sees the input's {interpolation}")
+        parts.append(f"{member} (ImageNet weights from the pip package `{spec.weights_package}`, {spec.license}{resized})")
     return " + ".join(parts)
 
 
@@ -99,7 +103,7 @@ def _overview(info: ExportInfo, config: dict, data: dict) -> list[str]:
     n_train = sum(counts.get("train", {}).values())
     stage = {"finetune": "fine-tuned", "probe": "a linear head on frozen features"}.get(config.get("stage", ""), "")
     default = info.models[info.default]
-    rows = [("Network", _backbone_line(info.backbone) + (f", {stage}" if stage else "")),
+    rows = [("Network", _backbone_line(info.backbone, prep.interpolation) + (f", {stage}" if stage else "")),
             ("Input", _RESIZE[prep.resize].format(s=prep.size, i=prep.interpolation)
              + f"; RGB / 255, minus {_seq(prep.mean)}, divided by {_seq(prep.std)}"),
             ("Trained", (f"{config.get('created', '?')[:10]} by vistrain {config.get('vistrain_version', '?')}, on "
