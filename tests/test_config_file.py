@@ -62,19 +62,22 @@ def test_resume_reads_the_runs_own_settings_and_typed_flags_win(tmp_path):
     assert args.lr == 1e-4 and args.epochs == 8
 
 
-def test_resolved_config_in_the_run_reproduces_it(class_folders, tmp_path, cache_dir):
+def test_resolved_config_in_the_run_reproduces_it(class_folders, tmp_path, cache_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # DATA typed relative to here; the second run starts elsewhere
     cfg = tmp_path / "base.yaml"
     cfg.write_text(yaml.safe_dump({"mode": "probe", "image_size": 64, "time_budget": None, "seed": 4,
                                    "probe_c": 0.05, "resize": "squish", "familiarity": False}))
     first, second = tmp_path / "first", tmp_path / "second"
-    assert main(["train", str(class_folders), "--config", str(cfg), "--seed", "2", "--out", str(first),
+    assert main(["train", class_folders.name, "--config", str(cfg), "--seed", "2", "--out", str(first),
                  "--cache-dir", str(cache_dir)]) == 0
     resolved = yaml.safe_load((first / "train_config.yaml").read_text())
     assert resolved["seed"] == 2 and resolved["probe_c"] == 0.05 and resolved["resize"] == "squish"
-    assert resolved["data"] == str(class_folders) and resolved["time_budget"] is None
+    assert resolved["data"] == str(class_folders.resolve()) and resolved["time_budget"] is None
     assert resolved["familiarity"] is False and not (first / FAMILIAR_FILE).exists()  # a config-file-only setting
     assert json.loads((first / "config.json").read_text())["preprocessing"]["resize"] == "squish"
-    # The resolved file alone (no DATA argument) trains the same model on the same split.
+    # The resolved file alone (no DATA argument) trains the same model on the same split, from any folder.
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     assert main(["train", "--config", str(first / "train_config.yaml"), "--out", str(second),
                  "--cache-dir", str(cache_dir)]) == 0
     assert (first / "split.csv").read_text() == (second / "split.csv").read_text()

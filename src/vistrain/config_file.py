@@ -117,7 +117,7 @@ def resolved_config(cfg: TrainConfig) -> dict:
     """Every setting of a run as plain YAML-ready values; ``train --config`` accepts it as is."""
     d = {k: v for k, v in asdict(cfg).items() if k not in ("data", "out", "resume")}
     d["augment"] = {k: list(v) if isinstance(v, tuple) else v for k, v in d["augment"].items()}
-    d["data"] = str(cfg.data.root)
+    d["data"] = str(Path(cfg.data.root).resolve())  # the file must work from any folder, as its header says
     d["label_from_name"] = cfg.data.label_from_name
     d["valid_fraction"] = cfg.data.valid_fraction
     return d
