@@ -57,7 +57,7 @@ def test_resume_reads_the_runs_own_settings_and_typed_flags_win(tmp_path):
     (run / "train_config.yaml").write_text("data: photos\nlr: 0.0003\nepochs: 5\ntime_budget: 1200\n")
     args, _ = _resolve(["photos", "--out", str(run), "--resume", "--epochs", "3"])
     assert args.lr == 0.0003 and args.time_budget == 1200  # from the interrupted run, not the defaults
-    assert args.epochs == 3  # typed now
+    assert args.epochs == 3  # typed now: passed on, for vistrain.train to refuse (see test_resume_after_a_crash)
     args, _ = _resolve(["photos", "--out", str(run)])  # not resuming: the file is not read
     assert args.lr == 1e-4 and args.epochs == 8
 

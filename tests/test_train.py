@@ -138,7 +138,11 @@ def test_resume_after_a_crash(split_folders, tmp_path, cache_dir):
     with pytest.raises(RuntimeError, match="killed"):
         vistrain.train(split_folders, out=out, reporter=CrashAfterFirstEpoch(), **opts)
     assert not (out / "model.safetensors").exists() and (out / "checkpoint" / "state.json").exists()
-    resumed = vistrain.train(split_folders, out=out, resume=True, cache_dir=cache_dir)
+    # The interrupted schedule is not re-planned halfway: a new length or rate is refused, naming both.
+    with pytest.raises(TrainError, match=r"cannot change halfway: epochs 2 \(now 5\), lr 0.0001 \(now 0.001\)"):
+        vistrain.train(split_folders, out=out, resume=True, cache_dir=cache_dir, epochs=5, lr=1e-3)
+    # Limits may change (here the same values, typed again); the checkpoint is still there to resume.
+    resumed = vistrain.train(split_folders, out=out, resume=True, cache_dir=cache_dir, time_budget=None, epochs=2)
     straight = vistrain.train(split_folders, out=tmp_path / "straight", **opts)
     assert [round(h.valid_loss, 4) for h in resumed.result.finetune.history] == \
         [round(h.valid_loss, 4) for h in straight.result.finetune.history]

@@ -12,7 +12,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +187,19 @@ def find_lr(data: str | Path, reporter: Reporter | None = None, label_from_name:
     return lr_range_test(build_index(data_cfg, reporter=ui), cfg, ui, steps, start, end)
 
 
+# What a resumed run may change: its limits and where it runs, not how it trains.
+CHANGEABLE_ON_RESUME = frozenset({"time_budget", "device", "max_memory", "patience", "familiarity"})
+
+
+def _plain(value):
+    """A setting as train_config.yaml holds it (dataclasses as dicts, tuples as lists), to compare."""
+    if is_dataclass(value):
+        value = asdict(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return list(value) if isinstance(value, tuple) else value
+
+
 def _resume_settings(data: Path, out: Path, options: dict, label_from_name: str | None) -> tuple[dict, str | None]:
     """The interrupted run's settings (its train_config.yaml), overridden by the options given now."""
     saved_path = in_progress_file(out, CONFIG_NAME)
@@ -196,6 +209,14 @@ def _resume_settings(data: Path, out: Path, options: dict, label_from_name: str 
     if "data" in saved and Path(saved["data"]).resolve() != data.resolve():
         raise TrainError(f"{out}: cannot resume on {data}: the run was trained on {saved['data']}")
     known = {f.name for f in fields(TrainConfig)} - {"data", "out", "resume"}
+    # The rest shaped the interrupted epochs (schedule, batches, augmentation, split): taking a new
+    # value halfway would splice two different runs, so a differing one is refused, not ignored.
+    changed = [f"{k} {_plain(saved[k])} (now {_plain(v)})" for k, v in options.items()
+               if k in known - CHANGEABLE_ON_RESUME and k in saved and _plain(v) != _plain(saved[k])]
+    if changed:
+        raise TrainError(f"{out}: --resume continues the interrupted run as it was set up, and these settings "
+                         f"cannot change halfway: {', '.join(changed)}. Resume without them, or train into a "
+                         "new --out.")
     merged = {**{k: v for k, v in saved.items() if k in known}, **options}
     return merged, label_from_name if label_from_name is not None else saved.get("label_from_name")
 
