@@ -326,6 +326,8 @@ def test_predict_json_to_stdout(trained, capsys):
     (["train", "/nonexistent/photos"], "/nonexistent/photos: no such file or folder"),
     (["predict", "/nonexistent/run", "x.jpg"], "/nonexistent/run"),
     (["train", ".", "--backbone", "vgg16"], "unknown backbone 'vgg16'"),
+    # Brackets in a path are text, not a console style tag to swallow.
+    (["train", "/nonexistent/photos [old]"], "/nonexistent/photos [old]: no such file or folder"),
 ])
 def test_errors_are_one_clear_line_and_exit_2(argv, fragment, capsys):
     assert main(argv) == 2
@@ -384,3 +386,14 @@ def test_a_bug_still_shows_its_traceback(trained, tmp_path, monkeypatch):
     monkeypatch.setattr(vistrain.api, "train", fails)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["train", str(trained[0]), "--out", str(tmp_path / "r")])
+
+
+def test_file_names_with_brackets_print_whole(trained, tmp_path, capsys):
+    data, run = trained
+    photos = tmp_path / "photos [old]"
+    shutil.copytree(data, photos)
+    (photos / "stripes" / "scan [edited].png").write_bytes(b"not a png")
+    assert main(["evaluate", str(run), str(photos)]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "skipped " + str(photos / "stripes" / "scan [edited].png") in said
+    assert "[old]: per class" in said  # the table title (wrapped where the path is long)

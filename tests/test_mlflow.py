@@ -11,7 +11,7 @@ from conftest import write_class_folders
 
 from vistrain.cli import main
 
-mlflow = pytest.importorskip("mlflow", reason="MLflow not installed: pip install 'vistrain[tracking]'")
+mlflow = pytest.importorskip("mlflow", reason="MLflow not installed: pip install -e '.[tracking]'")
 
 
 def test_train_logs_params_epochs_report_and_model(tmp_path, cache_dir):
@@ -40,3 +40,15 @@ def test_train_logs_params_epochs_report_and_model(tmp_path, cache_dir):
     assert model == {"model/model.safetensors", "model/config.json", "model/familiar.safetensors"}
     local = client.download_artifacts(logged.info.run_id, "model/model.safetensors", str(tmp_path / "dl"))
     assert Path(local).read_bytes() == (run / "model.safetensors").read_bytes()
+
+
+def test_mlflow_missing_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    data = write_class_folders(tmp_path / "photos", per_class=6)
+    assert main(["train", str(data), "--out", str(tmp_path / "run"), "--mlflow", str(tmp_path / "mlruns")]) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--mlflow needs MLflow" in out and "pip install -e '.[tracking]'" in out
+    assert not (tmp_path / "run").exists()  # nothing trained: the refusal came first

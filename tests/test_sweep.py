@@ -183,3 +183,17 @@ def test_best_yaml_pins_what_the_best_trials_time_budget_decided(tmp_path):
     best = load_config(cfg.out / "best.yaml")
     assert best["lr"] == pytest.approx(3e-4) and best["epochs"] == 3 and best["time_budget"] is None
     assert "# Pinned as the trial's time budget decided: time_budget: null, epochs: 3" in text
+
+
+@pytest.mark.parametrize("missing, storage", [("optuna", None), ("pg8000", "postgresql://me@127.0.0.1:5432/db")])
+def test_a_missing_sweep_dependency_is_refused_before_any_trial(tmp_path, monkeypatch, missing, storage):
+    import importlib.util
+
+    from vistrain.sweep.runner import SweepConfig
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else real(name, *a))
+    with pytest.raises(ConfigError, match=rf"needs .*{'Optuna' if missing == 'optuna' else 'pg8000'}.*\.\[sweep\]"):
+        SweepConfig(data=tmp_path, space={}, trials=2, out=tmp_path / "sweep", storage=storage)
+    monkeypatch.undo()
+    SweepConfig(data=tmp_path, space={}, trials=2, out=tmp_path / "sweep", storage=storage)  # installed: accepted

@@ -132,7 +132,7 @@ def train(
     if index.from_cache:
         ui.log(f"  scan: {index.from_cache} of {len(index.records) + len(index.skipped)} file(s) known from the cache")
     for r in index.skipped:
-        ui.log(f"  [yellow]skipped[/yellow] {r.path}: {r.reason}")
+        ui.log(f"  skipped {r.path}: {r.reason}")
     audit = quick_audit(index)  # duplicates, conflicts, leaks, shortcuts: from the scan alone, no decoding
     ui.log(f"  {summary_line(audit)}" + (f" (details: vistrain audit {data})" if audit.findings else ""))
     earlier = [] if cfg.resume else _earlier_outputs(out)

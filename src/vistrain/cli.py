@@ -9,6 +9,8 @@ import importlib
 import pkgutil
 import sys
 
+from rich.markup import escape
+
 from vistrain import __version__, commands
 
 
@@ -43,13 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (ValueError, FileNotFoundError) as exc:
         # Our errors (DataError, TrainError, BackboneError, ModelError...) say what is wrong and where.
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         return 2
     except Exception as exc:
         said = disk_error(exc)
         if said is None:
             raise  # a bug: the traceback is what a report of it needs
-        console.print(f"[bold red]error:[/] {said}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(said)}", highlight=False)
         return 2
 
 

@@ -65,4 +65,5 @@ class RichReporter:
             yield advance
 
     def log(self, message: str) -> None:
-        self.console.print(message)
+        # Messages carry paths and class names: a '[old]' in one is text, not a rich style tag.
+        self.console.print(message, markup=False)

@@ -9,10 +9,13 @@ in DIR, and ``--mlflow URI`` (``http://host:5000``, ``sqlite:///...``, ``postgre
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 from pathlib import Path
 
 import yaml
+
+from vistrain.extras import EXTRA_HINT
 
 REPORT_FILES = ("metrics.json", "history.csv", "config.json", "train_config.yaml", "data_report.json", "split.csv",
                 "report.html")
@@ -42,12 +45,17 @@ def _flat(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def require_mlflow() -> None:
+    """Refuse --mlflow before training when MLflow is missing, not after the run it was to log."""
+    if importlib.util.find_spec("mlflow") is None:
+        raise TrackingError(f"--mlflow needs MLflow (mlflow-skinny), which is not installed: {EXTRA_HINT.format('tracking')}")
+
+
 def log_run(run_dir: Path | str, target: str = "mlruns", experiment: str = "vistrain") -> str:
     """Log a finished run folder to MLflow; returns the MLflow run id."""
-    try:
-        from mlflow.tracking import MlflowClient
-    except ImportError:
-        raise TrackingError("--mlflow needs MLflow: pip install 'vistrain[tracking]' (mlflow-skinny)") from None
+    require_mlflow()
+    from mlflow.tracking import MlflowClient
+
     run_dir = Path(run_dir)
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.exists():

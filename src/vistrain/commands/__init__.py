@@ -43,7 +43,7 @@ def export_folder(args, console) -> Path | None:
     if args.device == "cuda":
         raise ValueError(f"{args.run}: an export folder runs on the CPU (ONNX Runtime); --device cuda needs the run folder")
     if export != args.run:
-        console.print(f"PyTorch is not installed: running {export} (ONNX Runtime)", highlight=False)
+        console.print(f"PyTorch is not installed: running {export} (ONNX Runtime)", highlight=False, markup=False)
     return export
 
 

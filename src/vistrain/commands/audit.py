@@ -46,6 +46,6 @@ def run(args, console, reporter) -> int:
     else:
         console.print(audit_table(result, ROWS_PER_KIND))
         for note in result.notes:
-            console.print(f"note: {note}", highlight=False)
-    console.print(summary_line(result) + (f"; written to {args.out}" if args.out else ""), highlight=False)
+            console.print(f"note: {note}", highlight=False, markup=False)
+    console.print(summary_line(result) + (f"; written to {args.out}" if args.out else ""), highlight=False, markup=False)
     return 0

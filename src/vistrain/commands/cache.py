@@ -32,7 +32,7 @@ def run(args, console, reporter) -> int:
     if args.clear:
         parts = list(PARTS) if "all" in args.clear else args.clear
         freed = clear_cache(root, parts)
-        console.print(f"cleared {', '.join(parts)} in {root}: {freed / 1e6:.1f} MB freed")
+        console.print(f"cleared {', '.join(parts)} in {root}: {freed / 1e6:.1f} MB freed", markup=False)
         return 0
     table = Table(title=f"vistrain cache: {root}")
     for col in ("part", "files", "size", "path"):

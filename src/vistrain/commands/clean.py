@@ -29,7 +29,7 @@ def run(args, console, reporter) -> int:
 
     journal = Journal(args.data)
     for note in journal.recovered:
-        console.print(f"recovered: {note}", highlight=False)
+        console.print(f"recovered: {note}", highlight=False, markup=False)
     if args.undo is not None:
         if args.undo < 1:
             raise ValueError(f"--undo {args.undo} must be at least 1")
@@ -38,7 +38,7 @@ def run(args, console, reporter) -> int:
             if done is None:
                 console.print("nothing (more) to undo")
                 break
-            console.print(f"undone: {done['undoes_action']} of {done['dst']} (it was at {done['src']})", highlight=False)
+            console.print(f"undone: {done['undoes_action']} of {done['dst']} (it was at {done['src']})", highlight=False, markup=False)
         return 0
     check_address(args.host, args.port)  # before the audit, which can take minutes
     import uvicorn
@@ -49,6 +49,6 @@ def run(args, console, reporter) -> int:
     result = audit(audit_config(args), reporter)
     app = create_app(args.data, result, journal, host=args.host)
     console.print(f"{len(suspects(result))} suspect(s) to review at http://{args.host}:{args.port}/ "
-                  f"(Ctrl+C to stop; `vistrain clean {args.data} --undo` reverses the last action)", highlight=False)
+                  f"(Ctrl+C to stop; `vistrain clean {args.data} --undo` reverses the last action)", highlight=False, markup=False)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

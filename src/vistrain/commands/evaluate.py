@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rich.markup import escape
+
 from vistrain.commands import (
     add_data_flags,
     add_device_flag,
@@ -48,19 +50,19 @@ def run(args, console, reporter) -> int:
         print(json.dumps(m, indent=2))
         return 0
     for note in m["notes"]:
-        console.print(f"note: {note}")
+        console.print(f"note: {note}", markup=False)
     for s in m["skipped"]:
-        console.print(f"[yellow]skipped[/] {s['path']}: {s['reason']}")
+        console.print(f"[yellow]skipped[/] {escape(s['path'])}: {escape(s['reason'])}")
     console.print(per_class_table(m, f"{args.data}: per class"))
     console.print(confusion_table(m, width=console.width, full_at="the same command with --json"))
     console.print(f"[bold]accuracy {m['accuracy']:.1%}[/] ({m['n'] - m['errors']} of {m['n']} right{ci_text(m)})")
     if "overlap_with_run" in m:
         run = m["model"]["source_run"] if "model" in m else args.run  # an export's: the run it came from
         said = describe_overlap(m["overlap_with_run"], m["n"], f"{run}/split.csv")
-        console.print(f"[yellow]{said}[/]")
+        console.print(f"[yellow]{escape(said)}[/]")
     odd = describe_unfamiliar(m.get("unfamiliar"), m["n"])
     if odd:
-        console.print(f"[magenta]{odd}[/]")
+        console.print(f"[magenta]{escape(odd)}[/]")
     if "tta" in m:
         t = m["tta"]
         console.print(f"test-time augmentation (mirror averaging): {t['accuracy_plain']:.1%} -> {t['accuracy_tta']:.1%} "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
+
 NAME = "export"
 ORDER = 50
 
@@ -35,10 +37,10 @@ def run(args, console, reporter) -> int:
         # The fp32 files are there and verified: show them, then why int8 is not; the exit code still
         # fails a script that asked for an int8 file.
         _print(console, exc.result)
-        console.print(f"[bold yellow]int8 refused:[/] {exc}", highlight=False)
+        console.print(f"[bold yellow]int8 refused:[/] {escape(str(exc))}", highlight=False)
         return 1
     except ExportError as exc:
-        console.print(f"[bold red]export failed:[/] {exc}", highlight=False)
+        console.print(f"[bold red]export failed:[/] {escape(str(exc))}", highlight=False)
         return 1
     _print(console, result)
     return 0
@@ -49,8 +51,8 @@ def _print(console, result) -> None:
     from vistrain.export.card import REFUSED_NOTE
 
     for line in describe(result):
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)
     for note in result.notes:
         if note.startswith(REFUSED_NOTE):  # only a refused int8 has one: its own last line says why
             continue
-        console.print(f"  note: {note}", highlight=False)
+        console.print(f"  note: {note}", highlight=False, markup=False)

@@ -51,5 +51,5 @@ def run(args, console, reporter) -> int:
                   + (f"; steepest descent at {res.steepest:.2g}" if res.steepest else "; the loss never fell"))
     console.print(f"  {len(res.lrs)} steps in {res.seconds:.0f} s"
                   + (" (stopped: the loss diverged)" if res.stopped_early else "") + f"; plot saved to {args.out}")
-    console.print(f"  use it: vistrain train {args.data} --lr {res.suggestion:.2g}   (or --lr auto)")
+    console.print(f"  use it: vistrain train {args.data} --lr {res.suggestion:.2g}   (or --lr auto)", markup=False)
     return 0

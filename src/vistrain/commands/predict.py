@@ -57,9 +57,9 @@ def run(args, console, reporter) -> int:
         console.print(predictions_table(shown, top_k, width=console.width))
         if len(shown) < len(rows):
             console.print(f"… {len(rows) - len(shown)} more row(s): all {len(rows)} are in "
-                          + (f"{args.csv}" if args.csv else f"{args.into}/"), highlight=False)
+                          + (f"{args.csv}" if args.csv else f"{args.into}/"), highlight=False, markup=False)
         if len(rows) > 1:
-            console.print(f"answers: {answer_counts(rows)}", highlight=False)
+            console.print(f"answers: {answer_counts(rows)}", highlight=False, markup=False)
     failed = sum(1 for r in rows if r["error"])
     unsure = sum(1 for r in rows if r["unsure"])
     unfamiliar = sum(1 for r in rows if r.get("familiar") is False)

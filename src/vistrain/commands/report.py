@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
+
 from vistrain.commands import add_data_flags, add_device_flag, cache_dir
 
 NAME = "report"
@@ -35,14 +37,14 @@ def run(args, console, reporter) -> int:
     path, a = write_report(args.run, args.data, args.label_from_name, args.target_precision, args.tta,
                            args.top_losses, args.per_class, reporter, cache_dir(args), args.device)
     m, c, s = a.metrics, a.calibration, a.abstention
-    console.print(f"[bold]Report written:[/] {path}")
-    console.print(f"  {a.source}: accuracy {m['accuracy']:.1%} (95% CI {m['accuracy_ci'][0]:.1%}–{m['accuracy_ci'][1]:.1%}), "
-                  f"{m['errors']} error(s) copied into {Path(args.run) / 'errors'}/")
+    console.print(f"[bold]Report written:[/] {escape(str(path))}")
+    console.print(f"  {escape(str(a.source))}: accuracy {m['accuracy']:.1%} (95% CI {m['accuracy_ci'][0]:.1%}–{m['accuracy_ci'][1]:.1%}), "
+                  f"{m['errors']} error(s) copied into {escape(str(Path(args.run) / 'errors'))}/")
     if a.overlap:
-        console.print(f"  [yellow]{describe_overlap(a.overlap, m['n'], f'{args.run}/split.csv')}[/]")
+        console.print(f"  [yellow]{escape(describe_overlap(a.overlap, m['n'], f'{args.run}/split.csv'))}[/]")
     odd = describe_unfamiliar(a.unfamiliar, m["n"])
     if odd:
-        console.print(f"  [magenta]{odd}[/]")
+        console.print(f"  [magenta]{escape(odd)}[/]")
     console.print(f"  calibration error {c['ece_before']:.1%} -> {c['ece_after']:.1%} with temperature {a.temperature:.2f}"
                   + (" (fitted here and stored in the run)" if a.fitted_here else " (the run's, fitted on validation)")
                   + (f"; {c['fitted_temperature']:.2f} fitted, not applied: it did not help held-out images"
@@ -55,5 +57,5 @@ def run(args, console, reporter) -> int:
     if a.tta:
         console.print(f"  mirror TTA: {a.tta['accuracy_plain']:.1%} -> {a.tta['accuracy_tta']:.1%}")
     for sk in a.skipped:
-        console.print(f"  [yellow]left out[/] {sk['path']}: {sk['reason']}")
+        console.print(f"  [yellow]left out[/] {escape(sk['path'])}: {escape(sk['reason'])}")
     return 0

@@ -39,6 +39,6 @@ def run(args, console, reporter) -> int:
                          f"run `vistrain export RUN --int8` for one")
     check_address(args.host, args.port)
     console.print(f"Serving {folder} ({variant}, {len(info.classes)} classes) on http://{args.host}:{args.port}/ "
-                  f"(API docs at /docs); Ctrl+C stops", highlight=False)
+                  f"(API docs at /docs); Ctrl+C stops", highlight=False, markup=False)
     uvicorn.run(create_app(cfg), host=args.host, port=args.port, log_level="warning")
     return 0

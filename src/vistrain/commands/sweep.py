@@ -69,11 +69,11 @@ def run(args, console, reporter) -> int:
     console.print(f"{states.count('complete')} complete, {states.count('pruned')} pruned, {states.count('fail')} failed")
     for r in rows:
         if r["error"]:
-            console.print(f"  trial {r['trial']} failed: {r['error']}")
+            console.print(f"  trial {r['trial']} failed: {r['error']}", markup=False)
     if "best" in files:
         b = st.best_trial
         console.print(f"[bold green]Best[/]: trial {b.number}, validation {args.metric.replace('_', ' ')} {b.value:.1%}"
                       + (f", test accuracy {b.user_attrs['test_accuracy']:.1%}" if "test_accuracy" in b.user_attrs else ""))
-        console.print(f"  settings: {files['best']}  (vistrain train --config {files['best']} --out runs/best)")
-    console.print(f"  trials table: {files['trials']}; plots: {files['html']}")
+        console.print(f"  settings: {files['best']}  (vistrain train --config {files['best']} --out runs/best)", markup=False)
+    console.print(f"  trials table: {files['trials']}; plots: {files['html']}", markup=False)
     return 0

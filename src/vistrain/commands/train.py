@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
+
 from vistrain.commands import add_data_flags, add_device_flag, cache_dir
 from vistrain.commands.lr_find import learning_rate
 from vistrain.config_file import resolve_train_args, track_explicit_flags
@@ -74,6 +76,10 @@ def run(args, console, reporter) -> int:
     from vistrain.models.registry import ensemble_members
 
     args, extra = resolve_train_args(args)
+    if args.mlflow:
+        from vistrain.tracking import require_mlflow
+
+        require_mlflow()
     trained = train(
         args.data, out=args.out, reporter=reporter, label_from_name=args.label_from_name,
         valid_fraction=args.valid_fraction, cache_dir=cache_dir(args),
@@ -101,7 +107,7 @@ def run(args, console, reporter) -> int:
     console.print(f"  validation accuracy {m['valid']['accuracy']:.1%} ({m['valid']['errors']} of {m['valid']['n']} wrong"
                   f"{ci_text(m['valid'])}); linear probe alone {res.probe_accuracy:.1%}")
     if m["valid"].get("note", "").endswith(OPTIMISTIC):
-        console.print(f"  [dim]{m['valid']['note']}"
+        console.print(f"  [dim]{escape(m['valid']['note'])}"
                       + ("; the test images were used for nothing[/]" if "test" in m else
                          "; a test/ folder (or `vistrain evaluate` on new photos) gives an unbiased figure[/]"))
     if "test" in m:
@@ -109,22 +115,22 @@ def run(args, console, reporter) -> int:
                       f"{m['test']['n']} right{ci_text(m['test'])})")
     console.print(f"  confidence: {describe(trained.predictor.config)}")
     if res.familiarity is not None:
-        console.print(f"  familiarity: {res.familiarity.describe()}")
+        console.print(f"  familiarity: {res.familiarity.describe()}", markup=False)
     for note in res.notes:
-        console.print(f"  note: {note}")
+        console.print(f"  note: {note}", markup=False)
     weak = worst_classes(m["valid"])
     if weak:
-        console.print(f"  weakest classes: {', '.join(weak)}")
+        console.print(f"  weakest classes: {', '.join(weak)}", markup=False)
     for a, b, n in top_confusions(m["valid"]):
-        console.print(f"  {n} × actual {a} predicted as {b}")
-    console.print(f"  run saved in {trained.path}/ (model.safetensors, config.json, metrics.json, history.csv, split.csv)")
+        console.print(f"  {n} × actual {a} predicted as {b}", markup=False)
+    console.print(f"  run saved in {trained.path}/ (model.safetensors, config.json, metrics.json, history.csv, split.csv)", markup=False)
     if not (res.finetune and res.finetune.interrupted):
-        console.print(f"  repeat it on any machine: vistrain train --config {trained.path}/train_config.yaml --out NEW_RUN")
-    console.print(f"  next: vistrain predict {trained.path} NEW_PHOTOS/ --csv predictions.csv")
+        console.print(f"  repeat it on any machine: vistrain train --config {trained.path}/train_config.yaml --out NEW_RUN", markup=False)
+    console.print(f"  next: vistrain predict {trained.path} NEW_PHOTOS/ --csv predictions.csv", markup=False)
     if args.mlflow:
         from vistrain.tracking import log_run
 
-        console.print(f"  MLflow: run {log_run(trained.path, args.mlflow)} logged to {args.mlflow}")
+        console.print(f"  MLflow: run {log_run(trained.path, args.mlflow)} logged to {args.mlflow}", markup=False)
     return 0
 
 

