@@ -116,10 +116,15 @@ def main(args, folder=None):
     folder = Path(folder or Path(__file__).resolve().parent)
     info = json.loads((folder / "export.json").read_text(encoding="utf-8"))
     prep = info["preprocessing"]
+    if "-h" in args or "--help" in args:
+        print(__doc__.strip())
+        return 0
     variant = "fp32" if "--fp32" in args else info["default"]
     paths = [a for a in args if a != "--fp32"]
-    if not paths:
-        print("\n".join(line.strip() for line in __doc__.strip().splitlines()[2:4]), file=sys.stderr)  # the usage
+    unknown = [a for a in paths if a.startswith("-")]
+    if unknown or not paths:
+        usage = "\n".join(line.strip() for line in __doc__.strip().splitlines()[2:4])
+        print((f"unknown option {unknown[0]}\n" if unknown else "") + usage, file=sys.stderr)
         return 2
     session = ort.InferenceSession(str(folder / info["models"][variant]["file"]), providers=["CPUExecutionProvider"])
     classes, threshold, failed = info["classes"], info["unsure_threshold"], 0
