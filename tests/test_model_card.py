@@ -184,3 +184,16 @@ def test_card_never_overwrites_a_users_readme(exported_run, trained_run, tmp_pat
     card, _, notes = write_card(run, out, info)
     assert card == out / CARD_FILE and "stale" not in card.read_text() and not notes
     assert script.read_text() == (Path(load.__code__.co_filename)).read_text()
+
+
+@pytest.mark.parametrize("cal, said", [
+    ({"temperature": 1.0, "fitted_temperature": 1.0, "n": 6}, "No temperature was fitted: every validation image"),
+    ({"temperature": 1.0, "fitted_temperature": 0.62, "n": 8, "heldout_nll_raw": None},
+     "(0.62) was set aside: with 8 validation images (fewer than 10) it could not be checked"),
+    ({"temperature": 1.0, "fitted_temperature": 1.7, "n": 80, "heldout_nll_raw": 0.3, "heldout_nll_scaled": 0.31},
+     "(1.7) was set aside: it did not lower the log-loss of held-out images"),
+])
+def test_card_says_why_the_raw_softmax_was_kept(cal, said):
+    from vistrain.export.card import _raw_softmax_why
+
+    assert said in _raw_softmax_why(cal)

@@ -12,6 +12,7 @@ import csv
 import json
 from pathlib import Path
 
+from vistrain.evaluation.calibration import set_aside
 from vistrain.models.registry import BackboneError, ensemble_members, get_backbone
 from vistrain.runtime.bundle import ExportInfo, weights_digest
 
@@ -176,6 +177,14 @@ def _confusions(m: dict, top: int = 3) -> list[str]:
     return [f"{n} {_code(a)} taken for {_code(b)}" for n, a, b in sorted(pairs, key=lambda p: -p[0])[:top]]
 
 
+def _raw_softmax_why(cal: dict) -> str:
+    if not set_aside(cal):  # every validation image right: no error to fit a temperature to
+        return "No temperature was fitted: every validation image was answered right, so nothing measured one."
+    why = ("it did not lower the log-loss of held-out images" if cal.get("heldout_nll_raw") is not None
+           else f"with {cal.get('n', '?')} validation images (fewer than 10) it could not be checked on held-out ones")
+    return f"A fitted temperature ({cal['fitted_temperature']:g}) was set aside: {why}."
+
+
 def _honesty(info: ExportInfo, config: dict) -> list[str]:
     cal = config.get("calibration", {})
     out = ["### Probabilities, \"unsure\" and \"unfamiliar\"", ""]
@@ -184,8 +193,7 @@ def _honesty(info: ExportInfo, config: dict) -> list[str]:
         out.append(f"- Probabilities are softmax(logits / {info.temperature:g}). "
                    + (f"The temperature was fitted on the validation images and kept because it helped held-out "
                       f"ones: expected calibration error {_pct(cal['ece_before'])} → {_pct(cal['ece_after'])}."
-                      if kept else f"A fitted temperature ({cal.get('fitted_temperature', 1.0):g}) was set aside: it "
-                      f"did not help held-out images. Expected calibration error {_pct(cal.get('ece_before', 0))}."))
+                      if kept else _raw_softmax_why(cal) + f" Expected calibration error {_pct(cal.get('ece_before', 0))}."))
     if info.unsure_threshold is not None:
         line = f"- \"unsure\": the top probability is below {_pct(info.unsure_threshold)}."
         if "coverage" in cal:
