@@ -16,6 +16,23 @@ from vistrain.progress import SilentReporter
 from vistrain.training.lr_find import smooth, suggest
 
 
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory):
+    """Class folders where every third photo is filed under the next class: labels the probe head
+    cannot fit, so fine-tuning has a loss to bring down and the range test a curve to read."""
+    import shutil
+
+    from conftest import write_class_folders
+
+    base = tmp_path_factory.mktemp("noisy")
+    data = write_class_folders(base / "photos", per_class=10)
+    classes = sorted(p.name for p in data.iterdir())
+    for i, c in enumerate(classes):
+        for f in sorted((data / c).iterdir())[::3]:
+            shutil.move(f, data / classes[(i + 1) % len(classes)] / f"moved_{f.name}")
+    return data, base / "cache"
+
+
 def test_suggestion_is_a_tenth_of_the_minimum_and_steepest_is_before_it():
     lrs = np.logspace(-7, 0, 100)
     x = np.log10(lrs)
@@ -27,14 +44,14 @@ def test_suggestion_is_a_tenth_of_the_minimum_and_steepest_is_before_it():
     np.testing.assert_allclose(smooth(np.full(20, 0.7)), 0.7)  # bias-corrected: no warm-up dip
 
 
-def test_lr_find_command_plots_and_suggests(trained_run, tmp_path, capsys):
-    _, data = trained_run
-    cache = trained_run[0].parent / "cache"  # the shared run's features: no backbone export here
+def test_lr_find_command_plots_and_suggests(noisy, tmp_path, capsys):
+    data, cache = noisy
     png = tmp_path / "plots" / "lr.png"
     assert main(["lr-find", str(data), "--out", str(png), "--steps", "12", "--image-size", "64",
                  "--batch-size", "8", "--cache-dir", str(cache)]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "Suggested learning rate" in out and ("12 steps" in out or "stopped" in out)
+    assert "Suggested learning rate" in out and "steepest descent at" in out and ("12 steps" in out or "stopped" in out)
+    assert "use it: vistrain train" in out
     with Image.open(png) as im:
         assert im.size[0] > 300 and np.asarray(im.convert("L")).std() > 5
     assert main(["lr-find", str(data), "--steps", "3", "--cache-dir", str(cache)]) == 2
@@ -43,8 +60,8 @@ def test_lr_find_command_plots_and_suggests(trained_run, tmp_path, capsys):
     assert "is an ensemble of linear probes" in " ".join(capsys.readouterr().out.split())
 
 
-def test_train_lr_auto_uses_the_suggestion(trained_run, tmp_path):
-    _, data = trained_run
+def test_train_lr_auto_uses_the_suggestion(noisy, tmp_path):
+    data, cache = noisy
     logs = []
 
     class Log(SilentReporter):
@@ -52,8 +69,7 @@ def test_train_lr_auto_uses_the_suggestion(trained_run, tmp_path):
             logs.append(message)
 
     run = vistrain.train(data, out=tmp_path / "run", mode="finetune", epochs=1, lr="auto", lr_find_steps=10,
-                         image_size=64, batch_size=8, time_budget=None, cache_dir=trained_run[0].parent / "cache",
-                         reporter=Log())
+                         image_size=64, batch_size=8, time_budget=None, cache_dir=cache, reporter=Log())
     lr = json.loads((run.path / "config.json").read_text())["training"]["lr"]
     assert isinstance(lr, float) and lr != 1e-4 and 0 < lr < 0.1
     assert any(f"lr-find: learning rate {lr:.2g}" in m for m in logs)
@@ -89,3 +105,25 @@ def test_lr_find_starts_from_the_class_weighted_probe_training_would_start_from(
         assert seen[-1] == expected
         assert len(result.losses) == 10 or result.stopped
 
+
+
+def test_a_loss_that_never_falls_suggests_nothing(trained_run, tmp_path, capsys):
+    """Cleanly separable photos: the probe head fits them from the first step (loss ~0.001), so the
+    lowest loss is noise at the first rates, and a tenth of it (1e-8) would freeze fine-tuning."""
+    _, data = trained_run
+    cache = trained_run[0].parent / "cache"  # the shared run's features: no backbone export here
+    assert main(["lr-find", str(data), "--out", str(tmp_path / "lr.png"), "--steps", "12", "--image-size", "64",
+                 "--batch-size", "8", "--cache-dir", str(cache)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "No suggestion: the loss never fell from 1e-07 to 1" in out
+    assert "Suggested learning rate" not in out and "use it:" not in out
+    logs = []
+
+    class Log(SilentReporter):
+        def log(self, message):
+            logs.append(message)
+
+    run = vistrain.train(data, out=tmp_path / "run", mode="finetune", epochs=1, lr="auto", lr_find_steps=12,
+                         image_size=64, batch_size=8, time_budget=None, cache_dir=cache, reporter=Log())
+    assert json.loads((run.path / "config.json").read_text())["training"]["lr"] == 1e-4  # the default, said so
+    assert any("lr-find: the loss never fell" in m and "default learning rate 0.0001 is kept" in m for m in logs)

@@ -124,8 +124,12 @@ def train(
         from vistrain.training.lr_find import lr_range_test
 
         found = lr_range_test(index, cfg, ui, steps=lr_find_steps)
-        cfg.lr = found.suggestion
-        ui.log(f"lr-find: learning rate {found.suggestion:.2g} (a tenth of {found.min_loss_lr:.2g}, the lowest loss)")
+        if found.informative:
+            cfg.lr = found.suggestion
+            ui.log(f"lr-find: learning rate {found.suggestion:.2g} (a tenth of {found.min_loss_lr:.2g}, the lowest loss)")
+        else:
+            ui.log(f"lr-find: the loss never fell (the probe already fits these photos), so it suggests nothing: "
+                   f"the default learning rate {cfg.lr:g} is kept")
     ui.log(f"Layout: {index.layout.describe()} ({index.layout.root})")
     for note in index.layout.notes:
         ui.log(f"  note: {note}")

@@ -52,8 +52,15 @@ class LRFindResult:
     stopped_early: bool  # the loss diverged before the last step
     seconds: float
 
+    @property
+    def informative(self) -> bool:
+        """Whether the loss fell anywhere before its lowest point. When it never did (a probe head
+        that already fits the photos: loss ~0 from the first step), its lowest point is noise
+        at the first rates tried, and a tenth of it (1e-8) would freeze training."""
+        return self.steepest is not None
+
     def to_dict(self) -> dict:
-        return {"suggestion": self.suggestion, "steepest": self.steepest, "min_loss_lr": self.min_loss_lr,
+        return {"suggestion": self.suggestion, "informative": self.informative, "steepest": self.steepest, "min_loss_lr": self.min_loss_lr,
                 "steps": len(self.lrs), "stopped_early": self.stopped_early, "seconds": round(self.seconds, 1),
                 "lrs": [float(v) for v in self.lrs], "losses": [float(v) for v in self.smoothed]}
 
