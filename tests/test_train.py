@@ -141,8 +141,12 @@ def test_resume_after_a_crash(split_folders, tmp_path, cache_dir):
     # The interrupted schedule is not re-planned halfway: a new length or rate is refused, naming both.
     with pytest.raises(TrainError, match=r"cannot change halfway: epochs 2 \(now 5\), lr 0.0001 \(now 0.001\)"):
         vistrain.train(split_folders, out=out, resume=True, cache_dir=cache_dir, epochs=5, lr=1e-3)
-    # Limits may change (here the same values, typed again); the checkpoint is still there to resume.
-    resumed = vistrain.train(split_folders, out=out, resume=True, cache_dir=cache_dir, time_budget=None, epochs=2)
+    with pytest.raises(TrainError, match=r"image_size 64 \(now 96\)"):
+        vistrain.train(split_folders, out=out, resume=True, cache_dir=cache_dir, image_size=96)
+    # Limits may change, the same values may be typed again, and --lr auto keeps the run's rate (the one
+    # found at its start, when it was auto then); the checkpoint is still there to resume.
+    resumed = vistrain.train(split_folders, out=out, resume=True, cache_dir=cache_dir, time_budget=None, epochs=2,
+                             lr="auto")
     straight = vistrain.train(split_folders, out=tmp_path / "straight", **opts)
     assert [round(h.valid_loss, 4) for h in resumed.result.finetune.history] == \
         [round(h.valid_loss, 4) for h in straight.result.finetune.history]

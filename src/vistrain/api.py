@@ -204,6 +204,10 @@ def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
+def _shown(value) -> str:
+    return "auto" if value is None else str(_plain(value))  # None: chosen by the run (image size, probe C)
+
+
 def _resume_settings(data: Path, out: Path, options: dict, label_from_name: str | None) -> tuple[dict, str | None]:
     """The interrupted run's settings (its train_config.yaml), overridden by the options given now."""
     saved_path = in_progress_file(out, CONFIG_NAME)
@@ -213,9 +217,11 @@ def _resume_settings(data: Path, out: Path, options: dict, label_from_name: str 
     if "data" in saved and Path(saved["data"]).resolve() != data.resolve():
         raise TrainError(f"{out}: cannot resume on {data}: the run was trained on {saved['data']}")
     known = {f.name for f in fields(TrainConfig)} - {"data", "out", "resume"}
+    if options.get("lr") == "auto" and "lr" in saved:  # the run's own rate: found at its start, if auto then too
+        options = {k: v for k, v in options.items() if k != "lr"}
     # The rest shaped the interrupted epochs (schedule, batches, augmentation, split): taking a new
     # value halfway would splice two different runs, so a differing one is refused, not ignored.
-    changed = [f"{k} {_plain(saved[k])} (now {_plain(v)})" for k, v in options.items()
+    changed = [f"{k} {_shown(saved[k])} (now {_shown(v)})" for k, v in options.items()
                if k in known - CHANGEABLE_ON_RESUME and k in saved and _plain(v) != _plain(saved[k])]
     if changed:
         raise TrainError(f"{out}: --resume continues the interrupted run as it was set up, and these settings "
