@@ -11,6 +11,7 @@ import vistrain
 ROOT = Path(vistrain.__file__).parent
 # Lowest first; a part may import only parts of a lower rank (and itself).
 RANKS = [
+    {"extras"},  # words only: how to install an optional extra
     {"progress", "thresholds", "memory", "cache", "tracking", "__init__"},
     {"data"},
     {"prediction", "heatmap", "familiarity"},  # torch-free, shared by every predictor
