@@ -47,7 +47,9 @@ def run(args, console, reporter) -> int:
         console.print(f"  [magenta]{escape(odd)}[/]")
     console.print(f"  calibration error {c['ece_before']:.1%} -> {c['ece_after']:.1%} with temperature {a.temperature:.2f}"
                   + (" (fitted here and stored in the run)" if a.fitted_here else " (the run's, fitted on validation)")
-                  + (f"; {c['fitted_temperature']:.2f} fitted, not applied: it did not help held-out images"
+                  + (f"; {c['fitted_temperature']:.2f} fitted, not applied: "
+                     + ("it did not lower the held-out log-loss" if c.get("heldout_nll_raw") is not None
+                        else "too few images (fewer than 10) to check it on held-out ones")
                      if set_aside(c) else ""))
     if s["threshold"] is None:
         console.print(f"  no 'unsure' threshold reaches {s['target_precision']:.0%} precision on these images")
