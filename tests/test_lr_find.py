@@ -60,17 +60,22 @@ def test_lr_find_command_plots_and_suggests(noisy, tmp_path, capsys):
     assert "is an ensemble of linear probes" in " ".join(capsys.readouterr().out.split())
 
 
-def test_train_lr_auto_uses_the_suggestion(noisy, tmp_path):
-    data, cache = noisy
+def _train_lr_auto(data, out, cache, steps: int) -> tuple[float, list[str]]:
+    """One fine-tuning epoch with --lr auto: the rate it trained with and what it logged."""
     logs = []
 
     class Log(SilentReporter):
         def log(self, message):
             logs.append(message)
 
-    run = vistrain.train(data, out=tmp_path / "run", mode="finetune", epochs=1, lr="auto", lr_find_steps=10,
+    run = vistrain.train(data, out=out, mode="finetune", epochs=1, lr="auto", lr_find_steps=steps,
                          image_size=64, batch_size=8, time_budget=None, cache_dir=cache, reporter=Log())
-    lr = json.loads((run.path / "config.json").read_text())["training"]["lr"]
+    return json.loads((run.path / "config.json").read_text())["training"]["lr"], logs
+
+
+def test_train_lr_auto_uses_the_suggestion(noisy, tmp_path):
+    data, cache = noisy
+    lr, logs = _train_lr_auto(data, tmp_path / "run", cache, steps=10)
     assert isinstance(lr, float) and lr != 1e-4 and 0 < lr < 0.1
     assert any(f"lr-find: learning rate {lr:.2g}" in m for m in logs)
     assert learning_rate("auto") == "auto" and learning_rate("3e-4") == 3e-4
@@ -117,13 +122,6 @@ def test_a_loss_that_never_falls_suggests_nothing(trained_run, tmp_path, capsys)
     out = " ".join(capsys.readouterr().out.split())
     assert "No suggestion: the loss never fell from 1e-07 to 1" in out
     assert "Suggested learning rate" not in out and "use it:" not in out
-    logs = []
-
-    class Log(SilentReporter):
-        def log(self, message):
-            logs.append(message)
-
-    run = vistrain.train(data, out=tmp_path / "run", mode="finetune", epochs=1, lr="auto", lr_find_steps=12,
-                         image_size=64, batch_size=8, time_budget=None, cache_dir=cache, reporter=Log())
-    assert json.loads((run.path / "config.json").read_text())["training"]["lr"] == 1e-4  # the default, said so
+    lr, logs = _train_lr_auto(data, tmp_path / "run", cache, steps=12)
+    assert lr == 1e-4  # the default, said so
     assert any("lr-find: the loss never fell" in m and "default learning rate 0.0001 is kept" in m for m in logs)
