@@ -15,7 +15,7 @@ def register(sub) -> None:
     pr = sub.add_parser(NAME, help="classify image files and folders")
     pr.add_argument("run", type=Path, help="run folder, or an export folder (ONNX Runtime, no PyTorch needed)")
     pr.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders (searched recursively)")
-    pr.add_argument("--top-k", type=int, default=3)
+    pr.add_argument("--top-k", type=int, default=3, help="classes shown per photo, best first (default 3)")
     pr.add_argument("--csv", type=Path, help="write predictions to this CSV file")
     pr.add_argument("--into", type=Path, help="copy each image into DIR/<predicted class>/ (or DIR/unsure/, or DIR/unfamiliar/ "
                     "when it is unlike the training photos)")
