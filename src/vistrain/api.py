@@ -12,7 +12,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import numpy as np
 from vistrain import __version__
 from vistrain.clean.audit import quick_audit
 from vistrain.clean.render import summary_line
-from vistrain.config_file import CONFIG_NAME, load_config, save_config
+from vistrain.config_file import CONFIG_NAME, load_config, normalise, save_config
 from vistrain.data.dataset import (
     DataConfig,
     DatasetIndex,
@@ -195,17 +195,8 @@ def find_lr(data: str | Path, reporter: Reporter | None = None, label_from_name:
 CHANGEABLE_ON_RESUME = frozenset({"time_budget", "device", "max_memory", "patience", "familiarity"})
 
 
-def _plain(value):
-    """A setting as train_config.yaml holds it (dataclasses as dicts, tuples as lists), to compare."""
-    if is_dataclass(value):
-        value = asdict(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return list(value) if isinstance(value, tuple) else value
-
-
 def _shown(value) -> str:
-    return "auto" if value is None else str(_plain(value))  # None: chosen by the run (image size, probe C)
+    return "auto" if value is None else str(value)  # None: chosen by the run (image size, probe C)
 
 
 def _resume_settings(data: Path, out: Path, options: dict, label_from_name: str | None) -> tuple[dict, str | None]:
@@ -221,8 +212,10 @@ def _resume_settings(data: Path, out: Path, options: dict, label_from_name: str 
         options = {k: v for k, v in options.items() if k != "lr"}
     # The rest shaped the interrupted epochs (schedule, batches, augmentation, split): taking a new
     # value halfway would splice two different runs, so a differing one is refused, not ignored.
-    changed = [f"{k} {_shown(saved[k])} (now {_shown(v)})" for k, v in options.items()
-               if k in known - CHANGEABLE_ON_RESUME and k in saved and _plain(v) != _plain(saved[k])]
+    # Typed as load_config typed the saved file (floats, AugmentConfig), so equal settings compare equal.
+    now = normalise({k: v for k, v in options.items() if k in known - CHANGEABLE_ON_RESUME and k in saved},
+                    "the settings given with --resume")
+    changed = [f"{k} {_shown(saved[k])} (now {_shown(v)})" for k, v in now.items() if v != saved[k]]
     if changed:
         raise TrainError(f"{out}: --resume continues the interrupted run as it was set up, and these settings "
                          f"cannot change halfway: {', '.join(changed)}. Resume without them, or train into a "
