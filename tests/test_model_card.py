@@ -131,6 +131,9 @@ def test_standalone_script_reads_folders_as_vistrain_predict_does(exported_run, 
     assert usage.returncode == 2 and f"python {SCRIPT_FILE} photo.jpg" in usage.stderr
     helped = _run_script(exported_run, "--help")  # help, not a file named --help
     assert helped.returncode == 0 and "Classify photos with the model in this folder" in helped.stdout
+    (alone := tmp_path / "alone").mkdir()  # the script mailed on its own: help still reads
+    shutil.copy(exported_run / SCRIPT_FILE, alone / SCRIPT_FILE)
+    assert _run_script(alone, "-h").stdout == helped.stdout
     odd = _run_script(exported_run, "--int8", str(photos))
     assert odd.returncode == 2 and "unknown option --int8" in odd.stderr and not odd.stdout
 

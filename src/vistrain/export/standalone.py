@@ -113,12 +113,12 @@ def similarity(features, blocks, bank):
 
 
 def main(args, folder=None):
-    folder = Path(folder or Path(__file__).resolve().parent)
-    info = json.loads((folder / "export.json").read_text(encoding="utf-8"))
-    prep = info["preprocessing"]
     if "-h" in args or "--help" in args:
         print(__doc__.strip())
         return 0
+    folder = Path(folder or Path(__file__).resolve().parent)
+    info = json.loads((folder / "export.json").read_text(encoding="utf-8"))
+    prep = info["preprocessing"]
     variant = "fp32" if "--fp32" in args else info["default"]
     paths = [a for a in args if a != "--fp32"]
     unknown = [a for a in paths if a.startswith("-")]
