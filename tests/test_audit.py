@@ -231,3 +231,17 @@ def test_duplicate_findings_do_not_chain_look_alikes_into_one_photo():
     found = hash_findings(Path("/d"), records, [], near_bits=-1, extra_pairs=chain)
     conflicts = [f for f in found if f.kind == "conflict"]
     assert conflicts and all(len(f.files) <= 3 for f in conflicts)
+
+
+def test_audit_table_prints_paths_with_brackets_whole():
+    from rich.console import Console
+
+    from vistrain.clean.audit import AuditResult, Finding
+    from vistrain.clean.render import audit_table
+
+    files = ["a[/]x.png", "a[/[red]y.png"]  # a closing tag rich raised on; an opening one it swallowed
+    result = AuditResult(Path("photos [old]"), [Finding("exact_duplicate", f"2 copies: {files[1]}", files)])
+    console = Console(record=True, width=200)
+    console.print(audit_table(result))
+    text = console.export_text()
+    assert "Audit of photos [old]" in text and files[0] in text and text.count(files[1]) == 2

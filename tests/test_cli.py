@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -397,3 +398,22 @@ def test_file_names_with_brackets_print_whole(trained, tmp_path, capsys):
     said = " ".join(capsys.readouterr().out.split())
     assert "skipped " + str(photos / "stripes" / "scan [edited].png") in said
     assert "[old]: per class" in said  # the table title (wrapped where the path is long)
+
+
+def test_predict_names_its_csv_whole_and_answers_for_a_file_whose_name_is_not_utf8(trained, tmp_path, capsys):
+    data, run = trained
+    photos = tmp_path / "new"
+    photos.mkdir()
+    good = min((data / "stripes").glob("*.png"))
+    shutil.copy(good, photos / good.name)
+    odd = os.fsencode(photos) + b"/caf\xe9.png"  # a name from an old Windows zip: Latin-1, not UTF-8
+    shutil.copy(good, odd)
+    out = tmp_path / "out[/]x.csv"  # "[/]" is a closing tag to rich: it raised after writing the CSV
+    assert main(["predict", str(run), str(photos), "--csv", str(out)]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"CSV written to {out}" in said
+    with out.open(encoding="utf-8", newline="") as f:
+        rows = {r["path"]: r for r in csv.DictReader(f)}
+    assert rows[str(photos / good.name)]["label"] == "stripes"
+    named = rows[str(photos) + "/caf\\udce9.png"]  # as the screen shows it, so the CSV stays UTF-8
+    assert named["label"] == "" and named["error"] == "file name is not valid UTF-8 (rename the file)"

@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):
+        # A file name that is not UTF-8 (kept by Python as surrogate escapes) prints as its escapes,
+        # as the CSV and JSON outputs write it, instead of raising UnicodeEncodeError mid-report.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     from rich.console import Console
 
     from vistrain.progress import RichReporter

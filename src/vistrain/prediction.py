@@ -170,7 +170,8 @@ def prediction_row(p: Prediction, classes: list[str], top_k: int, unsure: float 
 
 def write_predictions_csv(rows: list[dict], path: Path, top_k: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
+    # A file name that is not UTF-8 (old zips) is written as its escapes, as the screen shows it.
+    with path.open("w", newline="", encoding="utf-8", errors="backslashreplace") as f:
         w = csv.writer(f)
         header = ["path", "label", "probability", "unsure", "familiar", "similarity"]
         for i in range(1, top_k + 1):

@@ -10,8 +10,10 @@ COLOURS = {"error": "red", "warning": "yellow", "info": "cyan"}
 
 def audit_table(result: AuditResult, rows_per_kind: int = 8):
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"Audit of {result.data}", show_lines=False)
+    # Paths and messages as Text: a file named "a[/]b.png" is not read as rich markup.
+    table = Table(title=Text(f"Audit of {result.data}"), show_lines=False)
     for col in ("kind", "severity", "files", "finding"):
         table.add_column(col, overflow="fold")
     by_kind: dict[str, list] = {}
@@ -21,7 +23,7 @@ def audit_table(result: AuditResult, rows_per_kind: int = 8):
         items = by_kind[kind]
         for f in items[:rows_per_kind]:
             files = "\n".join(f.files[:3]) + (f"\n(+{len(f.files) - 3} more)" if len(f.files) > 3 else "")
-            table.add_row(kind, f"[{COLOURS[f.severity]}]{f.severity}[/]", files, f.message)
+            table.add_row(kind, f"[{COLOURS[f.severity]}]{f.severity}[/]", Text(files), Text(f.message))
         if len(items) > rows_per_kind:
             table.add_row(kind, "", f"... {len(items) - rows_per_kind} more", "see --json or --out")
     return table

@@ -18,6 +18,7 @@ def register(sub) -> None:
 
 def run(args, console, reporter) -> int:
     from rich.table import Table
+    from rich.text import Text
 
     from vistrain.cache import (
         PARTS,
@@ -34,12 +35,12 @@ def run(args, console, reporter) -> int:
         freed = clear_cache(root, parts)
         console.print(f"cleared {', '.join(parts)} in {root}: {freed / 1e6:.1f} MB freed", markup=False)
         return 0
-    table = Table(title=f"vistrain cache: {root}")
+    table = Table(title=Text(f"vistrain cache: {root}"))
     for col in ("part", "files", "size", "path"):
         table.add_column(col, justify="right" if col in ("files", "size") else "left")
     usage = cache_usage(root)
     for u in usage:
-        table.add_row(u.part, str(u.files), f"{u.bytes / 1e6:.1f} MB", str(u.path))
+        table.add_row(u.part, str(u.files), f"{u.bytes / 1e6:.1f} MB", Text(str(u.path)))
     console.print(table)
     limit = pixel_cache_limit()
     console.print(f"total {sum(u.bytes for u in usage) / 1e6:.1f} MB; "

@@ -67,10 +67,10 @@ def run(args, console, reporter) -> int:
                   + (f", {unfamiliar} unlike the training photos" if unfamiliar else "") + f"), {failed} failed"
                   + (f"; CSV written to {args.csv}" if args.csv else "")
                   + (f"; copies sorted into {args.into}/" if args.into else "")
-                  + (f"; heat maps in {args.heatmap}/" if args.heatmap else ""))
+                  + (f"; heat maps in {args.heatmap}/" if args.heatmap else ""), highlight=False, markup=False)
     hint = faster_export(args.run) if export is None and not _on_gpu(args.device) else None
     if hint:
-        console.print(hint, highlight=False)
+        console.print(hint, highlight=False, markup=False)
     return 0
 
 

@@ -33,6 +33,7 @@ def register(sub) -> None:
 
 def run(args, console, reporter) -> int:
     from rich.table import Table
+    from rich.text import Text
 
     from vistrain.config_file import load_config
     from vistrain.sweep.report import trial_rows, write_outputs
@@ -57,7 +58,7 @@ def run(args, console, reporter) -> int:
     st = run_sweep(cfg, reporter)
     files = write_outputs(st, cfg)
     rows = trial_rows(st, cfg)
-    table = Table(title=f"Sweep {study}: {len(rows)} trial(s)")
+    table = Table(title=Text(f"Sweep {study}: {len(rows)} trial(s)"))
     hidden = ("worker", "error", "valid_accuracy", "valid_macro_f1", "stage")  # in trials.csv; "value" is the score
     cols = [c for c in rows[0] if c not in hidden and any(r[c] is not None for r in rows)] if rows else []
     for c in cols:

@@ -77,6 +77,12 @@ def decode_with_header(
     """
     path = Path(path)
     try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # Names from old Windows zips or cameras: the CSV and JSON files vistrain writes are UTF-8,
+        # so such a file could be trained on but never named in them.
+        raise ImageError(path, "file name is not valid UTF-8 (rename the file)") from exc
+    try:
         size = len(data) if data is not None else path.stat().st_size
     except OSError as exc:
         raise ImageError(path, f"cannot read file ({exc.strerror or exc})") from exc
@@ -109,7 +115,7 @@ def decode_with_header(
         raise ImageError(path, _heif_reason(path, data) or "not an image (unrecognised format)") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         text = str(exc)
-        if "truncated" in text:
+        if "truncated" in text.lower():
             raise ImageError(path, "truncated file (image data ends early)") from exc
         raise ImageError(path, f"corrupt image ({text or type(exc).__name__})") from exc
 
