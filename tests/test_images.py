@@ -59,11 +59,11 @@ def test_draft_mode_decodes_big_jpeg_smaller_but_enough(tmp_path):
     assert min(out.size) >= 200 and out.size[0] < 1600
 
 
-def _truncated_jpeg(tmp_path):
+def _truncated_jpeg(tmp_path, keep=None):
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(buf, "JPEG")
     data = buf.getvalue()
-    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "cut.jpg").write_bytes(data[: keep or len(data) // 2])
     return tmp_path / "cut.jpg"
 
 
@@ -73,6 +73,7 @@ def _truncated_jpeg(tmp_path):
         (lambda p: (p / "empty.jpg").write_bytes(b"") and None or p / "empty.jpg", "empty file"),
         (lambda p: (p / "notes.jpg").write_text("not a picture") and None or p / "notes.jpg", "not an image"),
         (_truncated_jpeg, "truncated"),
+        (lambda p: _truncated_jpeg(p, keep=400), "truncated"),  # cut in its header: Pillow says "Truncated File Read"
     ],
 )
 def test_bad_files_raise_with_path_and_reason(tmp_path, make, reason):
