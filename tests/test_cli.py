@@ -417,3 +417,26 @@ def test_predict_names_its_csv_whole_and_answers_for_a_file_whose_name_is_not_ut
     assert rows[str(photos / good.name)]["label"] == "stripes"
     named = rows[str(photos) + "/caf\\udce9.png"]  # as the screen shows it, so the CSV stays UTF-8
     assert named["label"] == "" and named["error"] == "file name is not valid UTF-8 (rename the file)"
+
+
+@pytest.mark.parametrize("top_k, unsure, said", [
+    (0, None, "top_k 0 must be a whole number, at least 1"),  # raised IndexError from inside numpy
+    (-2, None, "top_k -2 must be"),  # silently sliced from the end: all but two classes
+    (3, 1.5, "unsure 1.5 must be a probability"),  # silently made every answer unsure
+    (3, -1.0, "unsure -1.0 must be a probability"),  # silently turned the threshold off
+])
+def test_the_python_api_refuses_answer_options_the_cli_refuses(trained, top_k, unsure, said):
+    import vistrain
+
+    data, run = trained
+    with pytest.raises(ValueError, match=said):
+        vistrain.load(run).predict(data, top_k=top_k, unsure=unsure)
+
+
+@pytest.mark.parametrize("flag, value, said", [
+    ("--unsure", "1", "--unsure 1.0 must be a probability from 0 (never unsure) to below 1"),
+    ("--top-k", "0", "--top-k 0 must be a whole number, at least 1"),
+])
+def test_predict_flags_out_of_range_are_one_clear_line(trained, capsys, flag, value, said):
+    assert main(["predict", str(trained[1]), str(trained[0]), flag, value]) == 2
+    assert said in " ".join(capsys.readouterr().out.split())

@@ -37,6 +37,7 @@ from vistrain.models.classifier import save_model
 from vistrain.models.registry import ensemble_members
 from vistrain.prediction import (  # rows, CSV and --into sorting: shared with the torch-free export path
     answer_kind,  # noqa: F401 -- part of this module's interface
+    check_answer_options,
     classify_files,
     sort_into,
     write_predictions_csv,
@@ -334,6 +335,7 @@ def predict(run: str | Path | Run, inputs: list[str | Path], top_k: int = 3, uns
     """Classify files and folders; optionally write a CSV, sort copies into class folders and write
     Grad-CAM heat maps (``heatmap``). ``unsure`` defaults to the run's stored threshold (0: never).
     ``device``: where a run given as a folder is loaded (a :class:`Run` stays where it is)."""
+    check_answer_options(top_k, unsure)
     ui = reporter or SilentReporter()
     run = run if isinstance(run, Run) else load(run, device)
     threshold = unsure if unsure is not None else run.predictor.config.unsure_threshold

@@ -135,10 +135,21 @@ def collect_images(inputs: list[str | Path], skipped: list[tuple[Path, str]] | N
     return files
 
 
+def check_answer_options(top_k: int, unsure: float | None, names: tuple[str, str] = ("top_k", "unsure")) -> None:
+    """Refuse, by name, a ``top_k`` below 1 (no answer at all; a negative one would slice from the
+    end) or an ``unsure`` outside [0, 1) (at 1 every answer would be unsure). ``names``: the
+    caller's own words for them (the CLI's flags)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ValueError(f"{names[0]} {top_k!r} must be a whole number, at least 1")
+    if unsure is not None and not 0 <= unsure < 1:
+        raise ValueError(f"{names[1]} {unsure!r} must be a probability from 0 (never unsure) to below 1")
+
+
 def classify_files(predict_paths: Callable, classes: list[str], inputs: list[str | Path], top_k: int,
                    threshold: float | None, ui) -> list[dict]:
     """Rows (:func:`prediction_row`) for the files and folders ``inputs``, read as
     :func:`collect_images` reads them; ``predict_paths(paths, advance)`` is any predictor's."""
+    check_answer_options(top_k, None)  # the caller checks a user's unsure; a stored threshold is the run's
     skipped: list[tuple[Path, str]] = []
     paths = collect_images(inputs, skipped)
     for folder, what in skipped:

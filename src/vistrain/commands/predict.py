@@ -30,11 +30,9 @@ def register(sub) -> None:
 
 def run(args, console, reporter) -> int:
     from vistrain.evaluation.render import predictions_table
+    from vistrain.prediction import check_answer_options
 
-    if args.unsure is not None and not 0 <= args.unsure < 1:
-        raise ValueError(f"--unsure {args.unsure} must be a probability from 0 (never unsure) up to 1")
-    if args.top_k < 1:
-        raise ValueError(f"--top-k {args.top_k} must be at least 1")
+    check_answer_options(args.top_k, args.unsure, ("--top-k", "--unsure"))
     export = export_folder(args, console)
     if export is not None:
         from vistrain.runtime.files import predict_export

@@ -10,7 +10,12 @@ import numpy as np
 
 from vistrain.evaluation.labelled import labelled_index, labelled_metrics, tta_gain
 from vistrain.heatmap import save_heatmap
-from vistrain.prediction import classify_files, sort_into, write_predictions_csv
+from vistrain.prediction import (
+    check_answer_options,
+    classify_files,
+    sort_into,
+    write_predictions_csv,
+)
 from vistrain.progress import Reporter, SilentReporter
 from vistrain.runtime.predictor import OnnxPredictor
 
@@ -41,6 +46,7 @@ def predict_export(folder: Path | str, inputs: list[str | Path], top_k: int = 3,
     (0: never). ``tta``: average each image with its mirror image. ``heatmap``: a folder for each
     answer's class activation map, from the exported features and head (the same map as the run's
     Grad-CAM, see :mod:`vistrain.heatmap`)."""
+    check_answer_options(top_k, unsure)
     ui = reporter or SilentReporter()
     predictor = OnnxPredictor.from_folder(folder, variant)
     threshold = unsure if unsure is not None else predictor.unsure_threshold
