@@ -38,6 +38,8 @@ def test_export_folder_describes_itself(exported_run, trained_run):
     assert info["validation"]["images"] == sum(1 for r in csv.DictReader((run / "split.csv").open())
                                                if r["split"] == "valid")
     assert (exported_run / "head.safetensors").is_file()
+    mode = (exported_run / "head.safetensors").stat().st_mode & 0o777  # readable by a server of another user
+    assert mode == (exported_run / "export.json").stat().st_mode & 0o777
 
 
 def test_onnx_graph_is_checked_with_dynamic_batch_and_two_outputs(exported_run):

@@ -50,6 +50,8 @@ def test_probe_run_writes_every_artifact_and_learns(split_folders, tmp_path, cac
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         assert "head.weight" in f.keys()  # noqa: SIM118 (safe_open is not a dict)
     assert (out / "model.safetensors").read_bytes()[:8] != b"\x80\x02\x8a\x0a"  # not a pickle
+    # As readable as config.json beside it (safetensors alone writes owner-only files).
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == (out / "config.json").stat().st_mode & 0o777
 
 
 def test_loaded_run_predicts_exactly_like_the_trained_one(class_folders, tmp_path, cache_dir):

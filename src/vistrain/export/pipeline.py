@@ -264,8 +264,11 @@ def _entry(path: Path, logits: np.ndarray, torch_logits: np.ndarray, labels: np.
 def _save_head(model, path: Path) -> None:
     from safetensors.numpy import save_file
 
+    from vistrain.models.classifier import permit_as_umask
+
     save_file({"weight": model.head.weight.detach().float().numpy().copy(),
                "bias": model.head.bias.detach().float().numpy().copy()}, str(path), metadata={"format": "vistrain-head"})
+    permit_as_umask(path)
 
 
 def _calibration_pixels(train, x_valid, y_valid, cfg: ExportConfig, prep, ui, notes) -> tuple[np.ndarray, np.ndarray]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,7 +84,17 @@ def save_model(folder: Path, model: ImageClassifier, cfg: ModelConfig) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # loads on any device
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "vistrain-model"})
+    permit_as_umask(folder / WEIGHTS_FILE)
     (folder / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+
+def permit_as_umask(path: Path) -> None:
+    """Give a weights file the permissions any new file gets (the umask's), as config.json beside it
+    has: safetensors writes owner-only (0600) files, which a server running as another user (the
+    Docker image's) cannot read from a mounted run or export."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def read_model_config(folder: Path) -> ModelConfig:
