@@ -208,3 +208,67 @@ def test_cli_undo_reverses_the_last_actions(tmp_path, capsys):
     assert main(["clean", str(tmp_path), "--undo", "5"]) == 0
     assert "nothing (more) to undo" in capsys.readouterr().out
     assert _on_disk(tmp_path) == originals
+
+
+def _ids(root: Path) -> list[int]:
+    lines = (root / QUARANTINE / "journal.jsonl").read_text().splitlines()
+    return [json.loads(x)["id"] for x in lines if json.loads(x)["op"] == "intent"]
+
+
+def test_two_journals_on_one_folder_follow_the_file(tmp_path):
+    """The page and `clean --undo` at once: each decides from the journal file, not from what it
+    remembers, so ids stay unique and each undo reverses the latest action still in effect."""
+    originals = _make_data(tmp_path)
+    page, cli = Journal(tmp_path), Journal(tmp_path)
+    page.quarantine("cats/img_0.jpg")
+    assert cli.undo()["undoes"] == 1  # the page's action, though cli opened before it
+    assert (tmp_path / "cats/img_0.jpg").exists()
+    assert page.undo() is None  # was: "cannot undo the quarantine ...: ... is gone"
+    assert page.relabel("dogs/img_1.jpg", "birds", CLASSES)["id"] == 3  # was 2, the cli's undo's id
+    assert cli.keep("birds/img_2.jpg")["id"] == 4
+    assert page.quarantine("cats/img_3.jpg")["id"] == 5
+    assert cli.undo()["undoes"] == 5
+    assert page.undo()["undoes"] == 4
+    assert cli.undo()["undoes"] == 3
+    assert page.undo() is None and cli.undo() is None
+    assert sorted(_ids(tmp_path)) == list(range(1, 9)) == sorted(set(_ids(tmp_path)))
+    assert _on_disk(tmp_path) == originals
+    assert json.loads((tmp_path / QUARANTINE / "manifest.json").read_text())["files"] == {}
+
+
+def test_a_move_in_progress_elsewhere_is_waited_for_not_recovered(tmp_path):
+    """While one process is between intent and done, another one waits for the lock: it neither
+    takes the move for a crashed one (and aborts it) nor gives its own action the same id."""
+    import threading
+
+    _make_data(tmp_path)
+    in_move, go_on = threading.Event(), threading.Event()
+
+    def pause(point):
+        if point == "intent":
+            in_move.set()
+            assert go_on.wait(10)
+
+    slow = threading.Thread(target=Journal(tmp_path, fault=pause).quarantine, args=("cats/img_1.jpg",))
+    slow.start()
+    assert in_move.wait(10)
+    other: dict = {}
+
+    def keep_meanwhile():
+        other["journal"] = j = Journal(tmp_path)
+        other["kept"] = j.keep("dogs/img_1.jpg")
+
+    second = threading.Thread(target=keep_meanwhile)
+    second.start()
+    second.join(0.5)
+    waited = second.is_alive()  # it must wait: the journal holds a move that is still going on
+    go_on.set()
+    slow.join(10)
+    second.join(10)
+    assert waited
+    assert other["journal"].recovered == []  # was: "quarantine of cats/img_1.jpg: not applied"
+    assert other["kept"]["id"] == 2
+    assert (tmp_path / QUARANTINE / "cats/img_1.jpg").exists()
+    assert other["journal"].undo()["undoes"] == 2 and other["journal"].undo()["undoes"] == 1
+    assert sorted(_ids(tmp_path)) == [1, 2, 3, 4]
+    assert (tmp_path / "cats/img_1.jpg").exists()

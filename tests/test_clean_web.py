@@ -152,3 +152,80 @@ def test_class_names_are_text_and_p_accepts_the_prediction(browser, tmp_path):
         assert (root / "circles/squares_1.png").read_bytes() == original and not (root / wrong).exists()
         assert card.locator("button.accept").is_hidden()  # nothing left to accept
         page.close()
+
+
+@pytest.fixture
+def client(tmp_path):
+    """The app in-process (no server, no browser), addressed as the page would be: 127.0.0.1:8765."""
+    from fastapi.testclient import TestClient
+
+    root = write_class_folders(tmp_path / "photos", per_class=2, classes=("circles", "squares"))
+    shutil.copy(root / "circles/circles_0.png", root / "squares/circle_copy.png")  # a conflict to review
+    result = audit(AuditConfig(DataConfig(root, cache_dir=tmp_path / "cache"), features=False))
+    with TestClient(create_app(root, result), base_url="http://127.0.0.1:8765") as c:
+        yield root, c
+
+
+FOREIGN = [{"Origin": "http://127.0.0.1:9999"},  # another local server's page (the attack in the audit)
+           {"Origin": "http://localhost:8765"},  # same port, another host name: another origin
+           {"Origin": "https://127.0.0.1:8765"},
+           {"Origin": "null"},  # a sandboxed frame or a file:// page
+           {"Sec-Fetch-Site": "same-site"},  # another port of localhost, Origin stripped
+           {"Sec-Fetch-Site": "cross-site"},
+           {"Origin": "http://127.0.0.1:8765", "Sec-Fetch-Site": "cross-site"}]
+
+
+@pytest.mark.parametrize("headers", FOREIGN)
+def test_another_page_cannot_drive_the_server(client, headers):
+    """A cross-origin POST without a body needs no CORS preflight: a page on another port could
+    undo the user's work with fetch(..., {method: 'POST', mode: 'no-cors'}). Every request that
+    changes something is refused when the browser says another page sent it."""
+    root, c = client
+    assert c.post("/api/quarantine", json={"path": "squares/circle_copy.png"}).status_code == 200  # curl-like
+    moved = root / QUARANTINE / "squares/circle_copy.png"
+    for endpoint in ("undo", "keep", "quarantine", "relabel"):
+        r = c.post(f"/api/{endpoint}", json={"path": "circles/circles_1.png", "label": "squares"}, headers=headers)
+        assert r.status_code == 403 and "refused" in r.json()["detail"], (endpoint, r.text)
+    assert moved.exists() and (root / "circles/circles_1.png").exists()
+    assert c.get("/api/state", headers=headers).json()["undo"] == "quarantine squares/circle_copy.png"
+    assert c.get("/api/state").json()["suspects"][1]["status"] == "quarantine"
+
+
+def test_the_page_itself_still_drives_the_server(client):
+    """The page's own fetches carry Origin (its own) and Sec-Fetch-Site: same-origin."""
+    root, c = client
+    own = {"Origin": "http://127.0.0.1:8765", "Sec-Fetch-Site": "same-origin"}
+    assert c.post("/api/quarantine", json={"path": "squares/circle_copy.png"}, headers=own).status_code == 200
+    r = c.post("/api/undo", json={}, headers=own)
+    assert r.status_code == 200 and r.json()["done"]["undoes_action"] == "quarantine"
+    assert (root / "squares/circle_copy.png").exists()
+
+
+@pytest.mark.parametrize("size", [0, -1, 15, 1025, 100000])
+def test_thumbnail_sizes_out_of_bounds_are_refused_not_a_crash(client, size):
+    _, c = client
+    r = c.get("/api/thumb", params={"path": "circles/circles_0.png", "size": size})
+    assert r.status_code == 422, r.text  # was 500: Pillow's "scale must be > 0", or a huge decode
+
+
+def test_thumbnail_sizes_within_bounds_and_no_favicon_request(client):
+    _, c = client
+    for size in (16, 224, 1024):
+        assert c.get("/api/thumb", params={"path": "circles/circles_0.png", "size": size}).status_code == 200
+    assert '<link rel="icon" href="data:,">' in c.get("/").text  # the browser asks for /favicon.ico otherwise
+
+
+def test_page_shows_what_the_command_line_undid(client):
+    """`clean --undo` while the page is open: the page's state and its Undo follow the journal file."""
+    from vistrain.cli import main
+
+    root, c = client
+    c.post("/api/quarantine", json={"path": "squares/circle_copy.png"})
+    assert main(["clean", str(root), "--undo"]) == 0
+    assert (root / "squares/circle_copy.png").exists()
+    state = c.get("/api/state").json()
+    assert state["undo"] is None and state["suspects"][1]["status"] == "open"
+    r = c.post("/api/undo")
+    assert r.status_code == 200 and r.json()["done"] is None  # was 400: "... is gone"
+    kept = c.post("/api/keep", json={"path": "circles/circles_0.png"}).json()["done"]
+    assert kept["id"] == 3  # after the page's quarantine (1) and the command line's undo (2)

@@ -2,7 +2,9 @@
 
 Every action goes through the :class:`Journal` (journal first, then the move). Paths from the
 browser are resolved against the data folder and refused when they could leave it; requests whose
-Host is not this machine are refused too (a web page elsewhere cannot drive the server).
+Host is not this machine are refused too (no DNS rebinding), and so is every request that changes
+something when the browser says it comes from another page (another site, or another port of this
+machine): a web page elsewhere cannot drive the server.
 """
 
 from __future__ import annotations
@@ -16,9 +18,16 @@ from vistrain.clean.audit import AuditResult
 from vistrain.clean.journal import QUARANTINE, CleanError, Journal, safe_path
 from vistrain.data.layout import label_folder
 
+# The page asks for the default; the bounds keep Pillow from a zero scale and the server from
+# decoding a photo at 100000 px.
+THUMB = 224
 # Suspect kinds in review order; the score ranks within a kind.
 PRIORITY = {"conflict": 0, "label_error": 1, "exact_duplicate": 2, "near_duplicate": 3, "outlier": 4}
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+SAFE_METHODS = {"GET", "HEAD"}
+# Sec-Fetch-Site values of requests made by another page; "same-site" includes any other port of
+# localhost, so only "same-origin" (this page) and "none" (typed by the user) pass.
+FOREIGN_SITES = {"cross-site", "same-site"}
 
 
 class Target(BaseModel):
@@ -44,6 +53,26 @@ def suspects(result: AuditResult) -> list[dict]:
     return sorted(rows.values(), key=lambda r: (PRIORITY[r["kind"]], -(r["score"] or 0), r["path"]))
 
 
+def foreign_page(method: str, scheme: str, headers) -> str | None:
+    """Why a request that changes something comes from another page, or None when it does not.
+
+    A cross-origin "simple" POST (no body, or a form) reaches the server without a CORS preflight,
+    so the Host check alone cannot stop another local page from clicking undo. Browsers name the
+    page that sent a request (Origin, Sec-Fetch-Site); requests without them (curl, scripts) do not
+    come from a page and pass.
+    """
+    if method.upper() in SAFE_METHODS:
+        return None
+    origin = headers.get("origin")
+    own = f"{scheme}://{headers.get('host', '')}".lower()
+    if origin is not None and origin.lower() != own:
+        return f"origin {origin!r} is not this page ({own})"
+    site = headers.get("sec-fetch-site")
+    if site is not None and site.lower() in FOREIGN_SITES:
+        return f"Sec-Fetch-Site {site!r}: sent by another page"
+    return None
+
+
 def _labels(result: AuditResult, path: str) -> dict:
     p = result.predictions.get(path, {})
     found = label_folder(Path(path), result.classes)  # cats/2019/x.jpg is a cat, not a "2019"
@@ -52,7 +81,7 @@ def _labels(result: AuditResult, path: str) -> dict:
 
 
 def create_app(root: Path, result: AuditResult, journal: Journal | None = None, host: str = "127.0.0.1"):
-    from fastapi import FastAPI, HTTPException, Request
+    from fastapi import FastAPI, HTTPException, Query, Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     root = Path(root).resolve()
@@ -66,9 +95,13 @@ def create_app(root: Path, result: AuditResult, journal: Journal | None = None, 
         name = (request.headers.get("host") or "").rsplit(":", 1)[0]
         if name not in allowed:
             return JSONResponse({"detail": f"refused: host {name!r} is not this machine"}, status_code=403)
+        why = foreign_page(request.method, request.url.scheme, request.headers)
+        if why:
+            return JSONResponse({"detail": f"refused: {why}"}, status_code=403)
         return await call_next(request)
 
     def state() -> dict:
+        journal.refresh()  # `clean --undo` may have changed it meanwhile: show the file, not memory
         reviewed = journal.reviewed()
         out = []
         for r in rows:
@@ -97,7 +130,7 @@ def create_app(root: Path, result: AuditResult, journal: Journal | None = None, 
         return state()
 
     @app.get("/api/thumb")
-    def thumb(path: str, size: int = 224) -> Response:
+    def thumb(path: str, size: int = Query(THUMB, ge=16, le=1024)) -> Response:
         from vistrain.data.images import ImageError, load_rgb
 
         try:
@@ -137,6 +170,7 @@ def create_app(root: Path, result: AuditResult, journal: Journal | None = None, 
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>vistrain clean</title>
+<link rel="icon" href="data:,">
 <style>
  body { font: 14px system-ui, sans-serif; margin: 0; background: #f4f4f4; }
  header { position: sticky; top: 0; background: #222; color: #eee; padding: 8px 14px; display: flex; gap: 14px; align-items: center; z-index: 1; }

@@ -6,20 +6,28 @@ outcome; opening the journal again looks at the disk and records whether the mov
 not (abort), so each file is in exactly one place. Moves never overwrite: destinations get a free name
 (``name_1.jpg``...), and the no-replace move is a hard link then unlink. ``undo`` moves the file of the
 latest action back (to a free name if its old place was taken meanwhile).
+
+The page and ``clean --undo`` may run at once on the same folder: each action holds an exclusive lock
+(``journal.lock``, next to the journal) from reading the journal to its done record, and decides from
+what the file says then, never from what this process remembers.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from vistrain.data.layout import label_folder
 
 QUARANTINE = ".vistrain-quarantine"
 JOURNAL = "journal.jsonl"
+LOCK = "journal.lock"
 MANIFEST = "manifest.json"
 
 
@@ -100,22 +108,52 @@ class Journal:
         self.fault = fault
         self.recovered: list[str] = []
         self._entries: list[dict] = []
-        self._read()
-        self._recover()
+        # The page's requests run on worker threads that share this object's entries.
+        self._mutex = threading.Lock()
+        self.refresh()
 
     # -- the log ---------------------------------------------------------------------------------
+    @contextmanager
+    def _locked(self, write: bool) -> Iterator[None]:
+        """Exclusive use of the journal, with the entries re-read from the file: another process
+        (the page, ``clean --undo``) may have written since this one last looked."""
+        with self._mutex:
+            if not write and not self.folder.is_dir():
+                # Nothing reviewed yet; a mere look should not create the quarantine folder.
+                self._entries = []
+                yield
+                return
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._read()
+                # Under the lock no live process is halfway through a move, so an intent without
+                # an outcome is one whose process died: settle it now, not only at the next start.
+                self._recover()
+                yield
+            finally:
+                os.close(fd)  # releases the lock
+
+    def refresh(self) -> None:
+        """Re-read the journal from the file (what another process did shows from now on)."""
+        with self._locked(write=False):
+            pass
+
     def _read(self) -> None:
         if not self.path.exists():
+            self._entries = []
             return
         text = self.path.read_text()
-        lines = text.split("\n")
-        for line in lines:
+        entries = []
+        for line in text.split("\n"):
             if not line.strip():
                 continue
             try:
-                self._entries.append(json.loads(line))
+                entries.append(json.loads(line))
             except ValueError:
                 continue  # a record cut short by a crash: its move never started
+        self._entries = entries  # whole, so a thread reading meanwhile never sees half a journal
         if text and not text.endswith("\n"):
             with self.path.open("a") as f:
                 f.write("\n")  # so the next record starts on a line of its own
@@ -155,6 +193,7 @@ class Journal:
 
     def _recover(self) -> None:
         outcome = self._outcomes()
+        before = len(self.recovered)
         for e in [e for e in self._entries if e["op"] == "intent" and e["id"] not in outcome]:
             src, dst = self.root / e["src"], self.root / e["dst"]
             if src == dst:  # a keep: nothing moved, so nothing to finish
@@ -170,7 +209,7 @@ class Journal:
             else:
                 self._append({"op": "abort", "id": e["id"], "recovered": True})
                 self.recovered.append(f"{e['action']} of {e['src']}: not applied (it had not moved before the stop)")
-        if self.recovered:
+        if len(self.recovered) > before:
             self._write_manifest()
 
     # -- actions ---------------------------------------------------------------------------------
@@ -212,6 +251,16 @@ class Journal:
         a cat) moves to ``dogs/x.jpg``: moved to ``cats/dogs/`` it would still read as a cat. Undo
         puts it back in its sub-folder.
         """
+        # Checked before the lock as well, so a refused request leaves no quarantine folder behind;
+        # checked again under it, where another process can no longer move the file.
+        self._class_folder(rel, label, classes)
+        with self._locked(write=True):
+            src, folder = self._class_folder(rel, label, classes)
+            return self._move("relabel", src, free_name(folder.parent / label / src.name),
+                              label_from=folder.name, label_to=label)
+
+    def _class_folder(self, rel: str, label: str, classes: list[str] | None) -> tuple[Path, Path]:
+        """``rel`` as a path, and the class folder it leaves; refused as in :meth:`relabel`."""
         src = self._dataset_file(rel)
         if classes is not None and label not in classes:
             raise CleanError(f"{label!r} is not one of the classes: {', '.join(classes)}")
@@ -225,21 +274,31 @@ class Journal:
             raise CleanError(f"{rel}: not in a class folder, so it cannot be relabelled by moving it")
         if folder.name == label:
             raise CleanError(f"{rel} is labelled {label!r} already")
-        return self._move("relabel", src, free_name(folder.parent / label / src.name),
-                          label_from=folder.name, label_to=label)
+        return src, folder
 
     def keep(self, rel: str) -> dict:
         """Record that ``rel`` was reviewed and is right as it is (moves nothing; undo forgets it)."""
-        src = self._dataset_file(rel)
-        return self._move("keep", src, src)
+        self._dataset_file(rel)  # a refused path leaves no quarantine folder behind
+        with self._locked(write=True):
+            src = self._dataset_file(rel)
+            return self._move("keep", src, src)
 
     def quarantine(self, rel: str) -> dict:
         """Move ``rel`` to ``DATA/.vistrain-quarantine/<same relative path>``."""
-        src = self._dataset_file(rel)
-        return self._move("quarantine", src, free_name(self.folder / src.relative_to(self.root)))
+        self._dataset_file(rel)  # a refused path leaves no quarantine folder behind
+        with self._locked(write=True):
+            src = self._dataset_file(rel)
+            return self._move("quarantine", src, free_name(self.folder / src.relative_to(self.root)))
 
     def undo(self) -> dict | None:
-        """Reverse the latest action still in effect; None when there is nothing to undo."""
+        """Reverse the latest action still in effect, as the journal file records it (another process
+        may have undone or added actions since); None when there is nothing to undo."""
+        if not self.folder.is_dir():
+            return None  # nothing was ever done here; no need to create the folder to say so
+        with self._locked(write=True):
+            return self._undo()
+
+    def _undo(self) -> dict | None:
         stack = self.undoable()
         if not stack:
             return None
