@@ -186,3 +186,15 @@ def test_many_classes_get_one_smaller_correct_example_each_unless_asked():
     assert correct_examples(MANY_CLASSES, None) == (2, TILE)
     assert correct_examples(MANY_CLASSES + 1, None) == (1, SMALL_TILE)  # 150 classes: 13.8 MB of tiles before
     assert correct_examples(150, 3) == (3, SMALL_TILE) and correct_examples(5, 0) == (0, TILE)
+
+
+def test_charts_of_class_names_the_font_lacks_raise_no_warnings():
+    import warnings
+
+    from vistrain.evaluation import plots
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        png = plots.confusion(np.array([[3, 1], [0, 4]]), ["日本", "café"])  # no CJK font on these machines
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [w for w in caught if "missing from font" in str(w.message)]
