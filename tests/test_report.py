@@ -191,6 +191,8 @@ def test_many_classes_get_one_smaller_correct_example_each_unless_asked():
 def test_charts_of_class_names_the_font_lacks_raise_no_warnings():
     import warnings
 
+    import numpy as np
+
     from vistrain.evaluation import plots
 
     with warnings.catch_warnings(record=True) as caught:
