@@ -142,3 +142,25 @@ def test_avif_and_webp_decode(tmp_path):
         px = np.asarray(load_rgb(tmp_path / f"x.{fmt.lower()}"))
         assert px.shape == (40, 64, 3), fmt
         assert px[20, 4, 0] > 150 > px[20, 4, 2] and px[20, 60, 2] > 150 > px[20, 60, 0], fmt
+
+
+def test_a_broken_heic_is_called_corrupt_when_pi_heif_is_there(tmp_path):
+    data = (DATA / "two_colours.heic").read_bytes()
+    (tmp_path / "cut.heic").write_bytes(data[:40])  # the brand survives, the picture does not
+    with pytest.raises(ImageError) as info:
+        load_rgb(tmp_path / "cut.heic")
+    assert info.value.reason == "corrupt HEIC/HEIF photo (pi-heif cannot read it)"  # not "pip install pi-heif"
+
+
+def test_a_bomb_beyond_pillows_own_refusal_names_vistrains_limit(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)  # 900 Mpx claimed in a 60-byte file
+    (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    with pytest.raises(ImageError) as info:
+        load_rgb(tmp_path / "bomb.png", max_pixels=1_000_000)
+    assert info.value.reason == "decompression bomb: 900,000,000 pixels exceeds the limit of 1,000,000"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def _heif_reason(path: Path, data: bytes | None) -> str | None:
     except OSError:
         return None
     if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        if heif_support():
+            return "corrupt HEIC/HEIF photo (pi-heif cannot read it)"
         return "HEIC/HEIF photo, which needs pi-heif to read (pip install pi-heif)"
     return None
 
@@ -110,7 +113,10 @@ def decode_with_header(
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(path, f"decompression bomb: {exc}") from exc
+        # Pillow refuses beyond twice its own limit before we see the size: say it in our terms.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size_said = f"{int(found.group(1)):,} pixels" if found else "the image's size"
+        raise ImageError(path, f"decompression bomb: {size_said} exceeds the limit of {max_pixels:,}") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(path, _heif_reason(path, data) or "not an image (unrecognised format)") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
