@@ -135,8 +135,9 @@ def test_predict_csv_into_and_unsure(trained, tmp_path):
     csv_path = tmp_path / "preds.csv"
     sorted_dir = tmp_path / "sorted"
     # --unsure 0 turns off the run's stored threshold: every answer is sorted into its class.
+    # Exit 1: broken.jpg was not answered (every other file was, and is in the CSV and folders).
     assert main(["predict", str(run), str(new), "--csv", str(csv_path), "--into", str(sorted_dir), "--top-k", "2",
-                 "--unsure", "0"]) == 0
+                 "--unsure", "0"]) == 1
     with csv_path.open() as f:
         rows = {r["path"].split("/")[-1]: r for r in csv.DictReader(f)}
     assert rows["photo0.png"]["label"] == "circles" and rows["photo1.png"]["label"] == "squares"
@@ -147,6 +148,7 @@ def test_predict_csv_into_and_unsure(trained, tmp_path):
     assert _digest(new) == before
 
     # A threshold above every probability makes every answer "unsure".
+    (new / "broken.jpg").unlink()
     assert main(["predict", str(run), str(new), "--unsure", "0.999999", "--csv", str(csv_path), "--into", str(sorted_dir)]) == 0
     with csv_path.open() as f:
         good = [r for r in csv.DictReader(f) if not r["error"]]
@@ -278,7 +280,7 @@ def test_predict_into_a_csv_shows_a_few_rows_and_the_counts(trained, tmp_path, c
     _, run = trained
     many = write_class_folders(tmp_path / "many", per_class=12, start=300)  # 36 images
     (many / "notes.txt").write_text("not an image")
-    assert main(["predict", str(run), str(many), "--csv", str(tmp_path / "p.csv")]) == 0
+    assert main(["predict", str(run), str(many), "--csv", str(tmp_path / "p.csv")]) == 1  # one broken file
     out = capsys.readouterr().out
     with (tmp_path / "p.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -289,7 +291,7 @@ def test_predict_into_a_csv_shows_a_few_rows_and_the_counts(trained, tmp_path, c
     top = max(set(labels), key=lambda c: (labels.count(c), [-ord(ch) for ch in c]))
     assert answers.startswith(f"answers: {top} {labels.count(top)}") and answers.endswith("failed 1")
     # Without --csv or --into the screen is the only output: every row is shown.
-    assert main(["predict", str(run), str(many)]) == 0
+    assert main(["predict", str(run), str(many)]) == 1
     assert sum(1 for line in capsys.readouterr().out.splitlines() if ".png" in line) == 36
 
 
@@ -409,7 +411,7 @@ def test_predict_names_its_csv_whole_and_answers_for_a_file_whose_name_is_not_ut
     odd = os.fsencode(photos) + b"/caf\xe9.png"  # a name from an old Windows zip: Latin-1, not UTF-8
     shutil.copy(good, odd)
     out = tmp_path / "out[/]x.csv"  # "[/]" is a closing tag to rich: it raised after writing the CSV
-    assert main(["predict", str(run), str(photos), "--csv", str(out)]) == 0
+    assert main(["predict", str(run), str(photos), "--csv", str(out)]) == 1  # one file not answered
     said = " ".join(capsys.readouterr().out.split())
     assert f"CSV written to {out}" in said
     with out.open(encoding="utf-8", newline="") as f:

@@ -69,7 +69,7 @@ def run(args, console, reporter) -> int:
     hint = faster_export(args.run) if export is None and not _on_gpu(args.device) else None
     if hint:
         console.print(hint, highlight=False, markup=False)
-    return 0
+    return 1 if failed else 0  # as cp does (and predict_onnx.py): a script sees that a file was not answered
 
 
 def _on_gpu(device: str) -> bool:
