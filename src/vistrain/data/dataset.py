@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vistrain.data.images import DEFAULT_MAX_PIXELS
-from vistrain.data.layout import DataError, Layout, discover
+from vistrain.data.layout import DataError, Layout, discover, label_folder
 from vistrain.data.scan import Record, scan
 from vistrain.data.split import stratified_split
 from vistrain.progress import Reporter, SilentReporter
@@ -88,6 +88,29 @@ def scan_entries(cfg: DataConfig, layout: Layout, reporter: Reporter | None):
     return ok, bad, hits
 
 
+def unusable_classes(layout: Layout, ok: list[Record], bad: list[Record]) -> list[str]:
+    """Notes for the labels (per split) whose files were all skipped: a class folder holding only
+    ``Thumbs.db`` and a broken photo would otherwise vanish from the classes without a word."""
+    usable = {(r.split, r.label) for r in ok}
+    lost = Counter((r.split, r.label) for r in bad if r.label is not None and (r.split, r.label) not in usable)
+    return [f"{_where(layout, r_split, label)} has no usable image ({n} skipped): not a class"
+            for (r_split, label), n in sorted(lost.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))]
+
+
+def _where(layout: Layout, split: str | None, label: str) -> str:
+    """The class's folder relative to the root, or the label itself where no folder gives it (CSV, flat)."""
+    if layout.kind in ("class-folders", "split-folders"):
+        for e in layout.entries:
+            if e.label == label and e.split == split:
+                rel = e.path.relative_to(layout.root)
+                # Past the split folder, so that a class named train is found in train/train/.
+                top = Path(*rel.parts[:1]) if layout.kind == "split-folders" else Path()
+                folder = label_folder(rel.relative_to(top), {label})
+                if folder is not None:
+                    return f"{top / folder}/"
+    return f"class {label!r}" + (f" ({split})" if split else "")
+
+
 def build_index(
     cfg: DataConfig,
     reporter: Reporter | None = None,
@@ -100,6 +123,8 @@ def build_index(
     ok, bad, hits = scan_entries(cfg, layout, reporter)
     if not ok:
         raise DataError(f"{layout.root}: none of the {len(layout.entries)} file(s) is a usable image")
+    # On the layout's notes, which are printed and kept in data_report.json.
+    layout.notes += unusable_classes(layout, ok, bad)
     classes = sorted({r.label for r in ok if r.split != "test"})
     if require_train:
         if len(classes) < 2:
@@ -136,5 +161,6 @@ def build_eval_index(cfg: DataConfig, reporter: Reporter | None = None, classes:
     ok, bad, hits = scan_entries(cfg, layout, reporter)
     if not ok:
         raise DataError(f"{layout.root}: none of the {len(layout.entries)} file(s) is a usable image")
+    layout.notes += unusable_classes(layout, ok, bad)
     classes = sorted({r.label for r in ok})
     return DatasetIndex(layout, ok, bad, classes, from_cache=hits)

@@ -36,7 +36,8 @@ def heif_support() -> bool:
     return True
 
 
-def _heif_reason(path: Path, data: bytes | None) -> str | None:
+def heif_reason(path: Path, data: bytes | None) -> str | None:
+    """Why a file Pillow cannot identify is unreadable when its header says HEIC/HEIF; else None."""
     try:
         if data is not None:
             head = data[:12]
@@ -118,7 +119,7 @@ def decode_with_header(
         size_said = f"{int(found.group(1)):,} pixels" if found else "the image's size"
         raise ImageError(path, f"decompression bomb: {size_said} exceeds the limit of {max_pixels:,}") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(path, _heif_reason(path, data) or "not an image (unrecognised format)") from exc
+        raise ImageError(path, heif_reason(path, data) or "not an image (unrecognised format)") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         text = str(exc)
         if "truncated" in text.lower():

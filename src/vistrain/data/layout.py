@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vistrain.data.images import is_candidate
+from PIL import Image
+
+from vistrain.data.images import heif_reason, heif_support, is_candidate
 
 TRAIN_NAMES = ("train", "training")
 VALID_NAMES = ("valid", "val", "validation")
@@ -48,16 +51,54 @@ class Layout:
 IGNORED_DIRS = ("__MACOSX",)
 
 
+def nfc(text: str) -> str:
+    """``text`` in Unicode NFC. macOS and many zip tools write names decomposed (NFD: "e" + a combining
+    accent), most other sources composed: without this, one class "café" would be two, or unknown to a model."""
+    return unicodedata.normalize("NFC", text)
+
+
+def check_label(label: str) -> str | None:
+    """Why ``label`` cannot be a class name, or None. Labels become folder names (``predict --into
+    DIR/<label>/``, the report's ``errors/<actual>/<predicted>/``), so a label must be one safe folder name."""
+    if not label:
+        return "is empty"
+    if label in (".", ".."):
+        return "is '.' or '..', a path rather than a name"
+    if "/" in label or "\\" in label:
+        return "contains a path separator ('/' or '\\')"
+    if any(unicodedata.category(ch) == "Cc" for ch in label):
+        return "contains a control character"
+    if label.startswith("."):
+        return "starts with '.': it would be a hidden folder, which vistrain's own scans skip"
+    return None
+
+
 def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_candidate(p))
 
 
-def _class_dirs(folder: Path) -> list[Path]:
+def _sub_dirs(folder: Path) -> list[Path]:
+    """Sub-folders that may hold photos: not hidden, not archive metadata."""
     return sorted(p for p in folder.iterdir() if p.is_dir() and _wanted_dir(p))
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    # vistrain's own outputs inside the photos are never classes, whatever the layout.
+    return [d for d in _sub_dirs(folder) if vistrain_output(d) is None]
 
 
 def _wanted_dir(d: Path) -> bool:
     return not d.name.startswith(".") and d.name not in IGNORED_DIRS
+
+
+def _looks_like_image(path: Path) -> bool:
+    """Whether Pillow recognises ``path``'s header (no decoding): tells a photo from ``notes.txt``."""
+    heif_support()
+    try:
+        with Image.open(path):
+            return True
+    except Exception:  # noqa: BLE001 -- any failure to recognise the header means "not an image" here
+        return heif_reason(path, None) is not None
 
 
 # Left by ``predict --into DIR`` in DIR: copies sorted by a model, not labelled by a person.
@@ -79,8 +120,9 @@ def vistrain_output(d: Path) -> str | None:
 def label_folder(rel: Path, classes) -> Path | None:
     """The folder that gives the file ``rel`` (relative to the data root) its label, relative too:
     the outermost one named like a class (``train/cats/2019/dogs/b.jpg`` -> ``train/cats``)."""
+    wanted = {nfc(c) for c in classes}
     for i, part in enumerate(rel.parts[:-1]):
-        if part in classes:
+        if nfc(part) in wanted:
             return Path(*rel.parts[: i + 1])
     return None
 
@@ -104,20 +146,28 @@ def tree_files(folder: Path, skipped: list[tuple[Path, str]], given: bool = Fals
     return sorted(found)
 
 
-def _find(root: Path, names: tuple[str, ...]) -> Path | None:
-    by_lower = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
-    for n in names:
-        if n in by_lower:
-            return by_lower[n]
-    return None
+def _find_all(root: Path, names: tuple[str, ...]) -> list[Path]:
+    """Every folder of ``root`` named (in any case) one of ``names``: more than one is ambiguous."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() in names)
+
+
+def _find_one(root: Path, names: tuple[str, ...], what: str) -> Path | None:
+    found = _find_all(root, names)
+    if len(found) > 1:
+        # Using one silently would train or validate on the wrong photos.
+        raise DataError(f"{root}: {len(found)} {what} folders ({', '.join(f'{p.name}/' for p in found)}); "
+                        f"keep one, or move the others out of {root}")
+    return found[0] if found else None
 
 
 def label_from_name(path: Path, pattern: re.Pattern[str]) -> str | None:
-    """The first group of ``pattern`` (or the whole match) against the file name without suffix."""
-    m = pattern.fullmatch(path.stem) or pattern.match(path.stem)
+    """The first group of ``pattern`` (or the whole match) against the file name without suffix, in NFC
+    (a pattern typed on a keyboard is composed; names from a Mac or a zip may not be)."""
+    stem = nfc(path.stem)
+    m = pattern.fullmatch(stem) or pattern.match(stem)
     if not m:
         return None
-    return m.group(1) if m.groups() else m.group(0)
+    return nfc(m.group(1) if m.groups() else m.group(0))
 
 
 def compile_label_pattern(text: str | None) -> re.Pattern[str] | None:
@@ -129,28 +179,62 @@ def compile_label_pattern(text: str | None) -> re.Pattern[str] | None:
         raise DataError(f"--label-from-name {text!r} is not a valid regular expression: {exc}") from exc
 
 
+def _regex_label(path: Path, pattern: re.Pattern[str]) -> str | None:
+    label = label_from_name(path, pattern)
+    reason = None if label is None else check_label(label)
+    if reason:
+        raise DataError(f"{path}: --label-from-name '{pattern.pattern}' gives the label {label!r}, which {reason}")
+    return label
+
+
+def _regex_entries(folder: Path, split: str | None, pattern: re.Pattern[str]) -> list[Entry]:
+    """Files labelled by ``pattern``. A non-image that does not match (``notes.txt``, ``Thumbs.db``) keeps
+    no label and is listed by the scan as not an image, as in class folders; a photo that does not match
+    is an error, since training without it would silently drop it."""
+    entries = [Entry(p, _regex_label(p, pattern), split) for p in _files(folder)]
+    unmatched = [e.path.name for e in entries if e.label is None and _looks_like_image(e.path)]
+    if unmatched:
+        matched = sum(e.label is not None for e in entries)
+        raise DataError(
+            f"{folder}: {len(unmatched)} image file name(s) do not match --label-from-name "
+            f"{pattern.pattern!r} ({matched} matched), e.g. {unmatched[0]!r}"
+        )
+    return entries
+
+
+def _prefix_label(stem: str, by_length: list[str]) -> str | None:
+    """The longest class name ``stem`` starts with, followed by a non-alphanumeric or nothing; compared in
+    NFC, the class returned as given (a model knows its classes in its own spelling)."""
+    stem = nfc(stem)
+    for c in by_length:
+        n = nfc(c)
+        if stem.startswith(n) and (len(stem) == len(n) or not stem[len(n)].isalnum()):
+            return c
+    return None
+
+
 def _flat_entries(folder: Path, split: str | None, pattern: re.Pattern[str] | None, classes: list[str] | None) -> tuple[list[Entry], str]:
-    files = _files(folder)
     if pattern is not None:
-        entries = [Entry(p, label_from_name(p, pattern), split) for p in files]
-        unmatched = [e.path.name for e in entries if e.label is None]
-        if unmatched:
-            raise DataError(
-                f"{folder}: {len(unmatched)} file name(s) do not match --label-from-name "
-                f"{pattern.pattern!r}, e.g. {unmatched[0]!r}"
-            )
-        return entries, f"labels of {folder.name}/ from file names by '{pattern.pattern}'"
+        return _regex_entries(folder, split, pattern), f"labels of {folder.name}/ from file names by '{pattern.pattern}'"
     if classes:
         # Names like `outdoor_bouldering_2.jpg`: the longest class name the stem starts with.
-        by_length = sorted(classes, key=len, reverse=True)
+        by_length = sorted(classes, key=lambda c: len(nfc(c)), reverse=True)
         entries = []
-        for p in files:
-            label = next((c for c in by_length if p.stem.startswith(c) and (len(p.stem) == len(c) or not p.stem[len(c)].isalnum())), None)
+        for p in _files(folder):
+            label = _prefix_label(p.stem, by_length)
             if label is None:
                 return [], f"{folder.name}/ is flat and its file names do not start with class names: ignored"
             entries.append(Entry(p, label, split))
         return entries, f"labels of {folder.name}/ from file names (each starts with a class name)"
     return [], f"{folder.name}/ is flat and no --label-from-name was given: ignored"
+
+
+def _folder_label(d: Path) -> str:
+    label = nfc(d.name)
+    reason = check_label(label)
+    if reason:
+        raise DataError(f"{d}: the class folder's name {label!r} {reason}; rename the folder")
+    return label
 
 
 def _class_entries(folder: Path, split: str | None, notes: list[str], root: Path) -> list[Entry]:
@@ -164,10 +248,15 @@ def _class_entries(folder: Path, split: str | None, notes: list[str], root: Path
         where = folder if folder == root else f"{folder.relative_to(root)}/"
         notes.append(f"{len(stray)} file(s) directly in {where} (outside class folders) ignored")
     nested: dict[str, int] = {}
-    for d in _class_dirs(folder):
+    for d in _sub_dirs(folder):
+        what = vistrain_output(d)
+        if what:
+            skipped.append((d, what))
+            continue
+        label = _folder_label(d)
         before = len(entries), len(skipped)
         for p in tree_files(d, skipped):
-            entries.append(Entry(p, d.name, split))
+            entries.append(Entry(p, label, split))
             if p.parent != d:
                 sub = str(p.parent.relative_to(root))
                 nested[sub] = nested.get(sub, 0) + 1
@@ -202,49 +291,111 @@ def discover(root: Path | str, label_pattern: str | None = None, classes: list[s
         return _from_csv(root)
     root = root.resolve()
 
-    train, valid = _find(root, TRAIN_NAMES), _find(root, VALID_NAMES)
-    if train is not None:
-        if valid is None:
-            raise DataError(
-                f"{root}: has {train.name}/ but no validation folder (one of {', '.join(VALID_NAMES)}); "
-                f"add one, or put the class folders directly under {root} to let vistrain split"
-            )
-        notes: list[str] = []
-        entries = _class_entries(train, "train", notes, root) + _class_entries(valid, "valid", notes, root)
-        _check_same_classes(train, valid)
-        test = _find(root, TEST_NAMES)
-        if test is not None:
-            if _class_dirs(test):
-                entries += _class_entries(test, "test", notes, root)
-            else:
-                classes = [d.name for d in _class_dirs(train)]
-                test_entries, note = _flat_entries(test, "test", pattern, classes)
-                entries += test_entries
-                notes.append(note)
-        return Layout("split-folders", root, entries, notes)
-
+    files = _files(root)
+    # The user said labels are in the file names: sub-folders (thumbnails, an older output) are not classes.
+    by_name = pattern is not None and any(_looks_like_image(p) for p in files)
+    split = _split_folders(root, pattern, strict=not by_name)
+    if split is not None:
+        return split
+    if by_name:
+        return _flat_layout(root, pattern, classes)
     if _class_dirs(root):
-        notes = []
+        notes: list[str] = []
         entries = _class_entries(root, None, notes, root)
-        return Layout("class-folders", root, entries, notes)
+        if entries or not files:
+            return Layout("class-folders", root, entries, notes)
+    if not files:
+        raise DataError(f"no images found in {root}")
+    return _flat_layout(root, pattern, classes)
 
+
+def _flat_layout(root: Path, pattern: re.Pattern[str] | None, classes: list[str] | None) -> Layout:
+    notes = _ignored_sub_dirs(root)
     if pattern is None:
-        if classes:
-            entries, note = _flat_entries(root, None, None, classes)
-            if entries:
-                return Layout("flat", root, entries, [note])
+        entries, note = _flat_entries(root, None, None, classes) if classes else ([], "")
+        if entries:
+            return Layout("flat", root, entries, [note, *notes])
         raise DataError(
             f"{root}: a flat folder with no class sub-folders; give --label-from-name REGEX "
             f"to read labels from file names (e.g. '(.+)_\\d+' for 'cat_12.jpg')"
             + (", or name each file after its class (e.g. 'cat_12.jpg' for class cat)" if classes else "")
         )
     entries, note = _flat_entries(root, None, pattern, None)
-    return Layout("flat", root, entries, [note])
+    return Layout("flat", root, entries, [note, *notes])
+
+
+def _ignored_sub_dirs(root: Path) -> list[str]:
+    """Notes for the sub-folders a flat layout does not read, so that a user who meant them as classes sees it."""
+    notes, plain = [], []
+    for d in _sub_dirs(root):
+        what = vistrain_output(d)
+        if what:
+            notes.append(f"{d.name}/ ({what}) ignored")
+        else:
+            plain.append(f"{d.name}/")
+    if plain:
+        notes.insert(0, f"sub-folder(s) {', '.join(plain)} ignored: labels come from the file names in {root}")
+    return notes
+
+
+def _split_folders(root: Path, pattern: re.Pattern[str] | None, strict: bool = True) -> Layout | None:
+    """The split layout, or None when ``root`` is not one. ``train/`` alone is not enough: a class may be
+    called train (vehicles: train, bus, car); it takes class sub-folders and a validation folder.
+    ``strict``: an incomplete split layout is an error rather than None (nothing else would read ``root``)."""
+    trains = _find_all(root, TRAIN_NAMES)
+    if not trains:
+        return None
+    valid = _find_one(root, VALID_NAMES, "validation")
+    if valid is None or not any(_class_dirs(t) for t in trains):
+        split_names = set(TRAIN_NAMES + VALID_NAMES + TEST_NAMES)
+        if not strict or any(d.name.lower() not in split_names for d in _class_dirs(root)):
+            return None  # train/ is one class among others, or a sub-folder of a flat folder
+        if valid is None:
+            raise DataError(
+                f"{root}: has {trains[0].name}/ but no validation folder (one of {', '.join(VALID_NAMES)}); "
+                f"add one, or put the class folders directly under {root} to let vistrain split"
+            )
+        raise DataError(f"{root}: {trains[0].name}/ has no class sub-folders; put each class's photos in "
+                        f"{trains[0].name}/<class>/ and {valid.name}/<class>/")
+    train = _find_one(root, TRAIN_NAMES, "training")
+    notes: list[str] = []
+    entries = _class_entries(train, "train", notes, root) + _class_entries(valid, "valid", notes, root)
+    _check_same_classes(train, valid)
+    test = _find_one(root, TEST_NAMES, "test")
+    if test is not None:
+        if _class_dirs(test):
+            entries += _class_entries(test, "test", notes, root)
+        else:
+            classes = [nfc(d.name) for d in _class_dirs(train)]
+            test_entries, note = _flat_entries(test, "test", pattern, classes)
+            entries += test_entries
+            notes.append(note)
+    notes += _outside_splits(root, {train, valid, test})
+    return Layout("split-folders", root, entries, notes)
+
+
+def _outside_splits(root: Path, used: set[Path | None]) -> list[str]:
+    """A note for what the split layout does not read at the top level (``holdout/``, ``notes.txt``):
+    photos there are neither trained nor validated on, and a user should know."""
+    notes, plain = [], []
+    for d in _sub_dirs(root):
+        if d in used:
+            continue
+        what = vistrain_output(d)
+        if what:
+            notes.append(f"{d.name}/ ({what}) ignored")
+        else:
+            plain.append(f"{d.name}/")
+    plain += [p.name for p in _files(root)]
+    if plain:
+        shown = ", ".join(plain[:5]) + (f" and {len(plain) - 5} more" if len(plain) > 5 else "")
+        notes.insert(0, f"{shown} in {root} (outside train/valid/test) ignored")
+    return notes
 
 
 def _check_same_classes(train: Path, valid: Path) -> None:
-    a = {d.name for d in _class_dirs(train)}
-    b = {d.name for d in _class_dirs(valid)}
+    a = {nfc(d.name) for d in _class_dirs(train)}
+    b = {nfc(d.name) for d in _class_dirs(valid)}
     if a != b:
         parts = []
         if b - a:
@@ -255,6 +406,17 @@ def _check_same_classes(train: Path, valid: Path) -> None:
 
 
 def _from_csv(path: Path) -> Layout:
+    try:
+        entries = _csv_entries(path)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the CSV as UTF-8") from exc
+    has_split = {e.split is not None for e in entries}
+    if len(has_split) > 1:
+        raise DataError(f"{path}: the 'split' column must be filled on every row or on none")
+    return Layout("csv", path.resolve().parent, entries)
+
+
+def _csv_entries(path: Path) -> list[Entry]:
     base = path.resolve().parent
     entries = []
     with path.open(newline="", encoding="utf-8-sig") as f:
@@ -266,16 +428,17 @@ def _from_csv(path: Path) -> Layout:
             row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
             if not row.get("path") or not row.get("label"):
                 raise DataError(f"{path}, line {lineno}: empty path or label")
+            label = nfc(row["label"])
+            reason = check_label(label)
+            if reason:
+                raise DataError(f"{path}, line {lineno}: label {label!r} {reason}")
             p = Path(row["path"])
             p = p if p.is_absolute() else base / p
             split = row.get("split") or None
             if split is not None:
                 split = _normalise_split(split, path, lineno)
-            entries.append(Entry(p.resolve(), row["label"], split))
-    has_split = {e.split is not None for e in entries}
-    if len(has_split) > 1:
-        raise DataError(f"{path}: the 'split' column must be filled on every row or on none")
-    return Layout("csv", base, entries)
+            entries.append(Entry(p.resolve(), label, split))
+    return entries
 
 
 def _normalise_split(text: str, path: Path, lineno: int) -> str:

@@ -31,7 +31,7 @@ def stratified_split(records: list[Record], valid_fraction: float, seed: int) ->
         by_class[r.label].append(r)
     too_few = {c: len(rs) for c, rs in by_class.items() if len(rs) < 2}
     if too_few:
-        listing = ", ".join(f"{c!r} ({n} image)" for c, n in sorted(too_few.items()))
+        listing = ", ".join(f"{c!r} ({n} image) in {Path(by_class[c][0].path).parent}/" for c, n in sorted(too_few.items()))
         raise DataError(
             f"class(es) with too few images to split into train and valid: {listing}; "
             "each class needs at least 2 usable images (more is much better)"
@@ -48,10 +48,7 @@ def stratified_split(records: list[Record], valid_fraction: float, seed: int) ->
     for label in sorted(by_class):
         group = sorted(units[label], key=lambda u: u[0].path)
         if len(group) < 2:
-            raise DataError(
-                f"class {label!r}: all {len(by_class[label])} images are copies of one photo "
-                f"(e.g. {by_class[label][0].path}); add different photos or split into train/valid folders yourself"
-            )
+            raise DataError(_unsplittable(label, by_class[label], units))
         order = rng.permutation(len(group))
         n_images = sum(len(u) for u in group)
         n_valid = min(n_images - 1, max(1, round(n_images * valid_fraction)))
@@ -68,6 +65,25 @@ def stratified_split(records: list[Record], valid_fraction: float, seed: int) ->
         for idx in range(len(group)):
             for r in group[idx]:
                 r.split = "valid" if idx in chosen else "train"
+
+
+def _unsplittable(label: str, mine: list[Record], units: dict[str, list[list[Record]]]) -> str:
+    """Why ``label`` has fewer than two units. Its images may be copies of photos filed under another
+    label (a duplicate group goes to its most common label, ties to the first by name): then the truth
+    is a label conflict, not "copies of one photo"."""
+    for other in sorted(units):
+        if other == label:
+            continue
+        for unit in units[other]:
+            ours = [r for r in unit if r.label == label]
+            if ours:
+                theirs = next(r for r in unit if r.label == other)
+                n = sum(r.label == label for u in units[other] for r in u)
+                return (f"class {label!r}: {n} of its {len(mine)} images are copies of photos labelled {other!r} too "
+                        f"(a label conflict: e.g. {ours[0].path} is a copy of {theirs.path}); give each photo one "
+                        f"label, or split into train/valid folders yourself")
+    return (f"class {label!r}: all {len(mine)} images are copies of one photo "
+            f"(e.g. {mine[0].path}); add different photos or split into train/valid folders yourself")
 
 
 def write_split(records: list[Record], path: Path) -> None:
