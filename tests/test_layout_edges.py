@@ -212,3 +212,24 @@ def test_non_utf8_csv_names_the_file(tmp_path):
     with pytest.raises(DataError) as info:
         discover(csv_path)
     assert str(csv_path) in str(info.value) and "UTF-8" in str(info.value)
+
+
+@pytest.mark.parametrize("label", ["../escape", "a/b", ".."])
+def test_a_run_with_an_unsafe_class_writes_nothing_outside_its_folders(tmp_path, label):
+    """Runs trained before labels were checked may still carry such a class: --into and heat maps
+    refuse it rather than write outside the folder they were given."""
+    import numpy as np
+
+    from vistrain.heatmap import save_heatmap
+    from vistrain.prediction import sort_into
+
+    photos = _images(tmp_path / "photos", ["a.png", "b.png"])
+    rows = [{"path": str(photos / "a.png"), "label": "plain", "unsure": False, "familiar": True},
+            {"path": str(photos / "b.png"), "label": label, "unsure": False, "familiar": True}]
+    out = tmp_path / "out" / "sorted"
+    with pytest.raises(DataError, match="cannot name a folder"):
+        sort_into(rows, out, ["plain", label])
+    assert not (tmp_path / "out").exists()  # refused before the first copy
+    with pytest.raises(DataError, match="cannot name a folder"):
+        save_heatmap(tmp_path / "heat", photos / "b.png", label, np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from vistrain.data.images import ImageError, load_rgb
+from vistrain.data.layout import label_as_name
 from vistrain.data.transforms import Preprocessing, to_model_pixels
 
 
@@ -105,8 +106,8 @@ def write_heatmap_files(rows: list[dict], folder: Path, prep: Preprocessing, cla
 def save_heatmap(folder: Path, path: str | Path, label: str, pixels: np.ndarray, cam: np.ndarray) -> Path:
     """``folder/<file stem>.<label>.png``: ``cam`` over the model's view of the photo; an existing
     file is never overwritten (``_1``, ``_2``... instead)."""
+    stem = f"{Path(path).stem}.{label_as_name(label)}"
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"{Path(path).stem}.{label}"
     dest, n = folder / f"{stem}.png", 1
     while dest.exists():
         dest, n = folder / f"{stem}_{n}.png", n + 1

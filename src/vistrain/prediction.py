@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vistrain.data.images import ImageError
-from vistrain.data.layout import SORTED_MARKER, DataError, tree_files
+from vistrain.data.layout import SORTED_MARKER, DataError, label_as_name, tree_files
 
 
 @dataclass
@@ -221,6 +221,9 @@ def sort_into(rows: list[dict], folder: Path, classes: list[str] = ()) -> list[P
     ``folder`` gets a hidden marker (data.layout.SORTED_MARKER): if it lies inside a training folder,
     its copies, sorted by prediction, are not read as photos labelled by hand.
     """
+    for r in rows:  # all refused before any copy is made, not halfway through
+        if answer_kind(r) == "class":
+            label_as_name(r["label"])
     written = []
     folder.mkdir(parents=True, exist_ok=True)
     (folder / SORTED_MARKER).write_text(json.dumps({

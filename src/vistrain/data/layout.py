@@ -73,6 +73,16 @@ def check_label(label: str) -> str | None:
     return None
 
 
+def label_as_name(label: str) -> str:
+    """``label`` itself, to name a folder or file with; a label :func:`check_label` refuses (a run
+    trained before labels were checked) is refused here too, rather than written outside the folder."""
+    reason = check_label(label)
+    if reason:
+        raise DataError(f"class {label!r} {reason}, so it cannot name a folder or file; "
+                        f"retrain with that label renamed")
+    return label
+
+
 def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_candidate(p))
 

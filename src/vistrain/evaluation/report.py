@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from vistrain.data.images import ImageError, load_rgb
+from vistrain.data.layout import label_as_name
 from vistrain.data.transforms import to_model_pixels
 from vistrain.evaluation import plots
 from vistrain.evaluation.analysis import Analysis, reliability_pair
@@ -101,6 +102,8 @@ def copy_errors(a: Analysis, folder: Path) -> int:
     copied are removed (same size and modification time): anything else found there is kept, and a
     new copy of the same name gets a numbered suffix.
     """
+    for label in a.classes:  # before anything is removed or copied
+        label_as_name(label)
     _remove_earlier_copies(folder)
     written: dict[str, list[int]] = {}
     for i in np.flatnonzero(a.y_pred != a.y_true):
