@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import shutil
 import unicodedata
+from pathlib import Path
 
 import pytest
 from conftest import make_image, write_class_folders
@@ -233,3 +234,15 @@ def test_a_run_with_an_unsafe_class_writes_nothing_outside_its_folders(tmp_path,
     with pytest.raises(DataError, match="cannot name a folder"):
         save_heatmap(tmp_path / "heat", photos / "b.png", label, np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
+def test_links_leading_nowhere_are_listed_and_linked_sub_folders_noted(tmp_path):
+    root = write_class_folders(tmp_path / "d", per_class=3, classes=("circles", "squares"))
+    (root / "circles" / "moved.png").symlink_to(tmp_path / "nowhere.png")  # its target was moved
+    (root / "squares" / "loop").symlink_to("loop")
+    elsewhere = _images(tmp_path / "elsewhere", ["x.png"])
+    (root / "circles" / "more").symlink_to(elsewhere, target_is_directory=True)
+    idx = build_index(DataConfig(root))
+    reasons = {Path(r.path).name: r.reason for r in idx.skipped}
+    assert reasons["moved.png"].startswith("cannot read file") and reasons["loop"].startswith("cannot read file")
+    assert "circles/more/ (a link to a folder, not followed) ignored" in idx.layout.notes

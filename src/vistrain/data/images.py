@@ -156,5 +156,8 @@ def _to_upright_rgb(img: Image.Image) -> Image.Image:
 
 
 def is_candidate(path: Path) -> bool:
-    """Files the scan looks at: anything not hidden. Non-images are reported, not silently dropped."""
-    return path.is_file() and not path.name.startswith(".")
+    """Files the scan looks at: anything not hidden. Non-images are reported, not silently dropped, and
+    so are links leading nowhere (a moved target, a loop): the scan says it cannot read them."""
+    if path.name.startswith("."):
+        return False
+    return path.is_file() or (path.is_symlink() and not path.is_dir())

@@ -144,7 +144,11 @@ def tree_files(folder: Path, skipped: list[tuple[Path, str]], given: bool = Fals
     on the way are left out and added to ``skipped``. ``given``: ``folder`` was named by the user, so it is read
     even when vistrain wrote it (``predict`` over a ``--into`` folder)."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+
+    def unreadable(exc: OSError) -> None:
+        skipped.append((Path(exc.filename), f"cannot read folder: {exc.strerror or exc}"))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
         here = Path(dirpath)
         what = None if given and here == folder else vistrain_output(here)
         if what:
@@ -152,6 +156,9 @@ def tree_files(folder: Path, skipped: list[tuple[Path, str]], given: bool = Fals
             dirnames[:] = []
             continue
         dirnames[:] = sorted(n for n in dirnames if _wanted_dir(here / n))
+        for n in dirnames:
+            if (here / n).is_symlink():  # os.walk does not follow it; say so rather than lose its photos
+                skipped.append((here / n, "a link to a folder, not followed"))
         found.extend(here / n for n in filenames if is_candidate(here / n))
     return sorted(found)
 
