@@ -246,3 +246,14 @@ def test_links_leading_nowhere_are_listed_and_linked_sub_folders_noted(tmp_path)
     reasons = {Path(r.path).name: r.reason for r in idx.skipped}
     assert reasons["moved.png"].startswith("cannot read file") and reasons["loop"].startswith("cannot read file")
     assert "circles/more/ (a link to a folder, not followed) ignored" in idx.layout.notes
+
+
+def test_an_error_about_what_is_left_says_what_was_skipped(tmp_path):
+    root = write_class_folders(tmp_path / "d", per_class=3, classes=("circles", "squares"))
+    write_class_folders(root, per_class=1, classes=("stripes",))
+    (root / "stripes" / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0broken")  # its second photo, unreadable
+    with pytest.raises(DataError, match=r"'stripes' \(1 image\).*\(1 file\(s\) skipped: 1 x .*; e\.g\. .*cut\.jpg\)"):
+        build_index(DataConfig(root))
+    (tmp_path / "labels.csv").write_text("path,label\nnowhere/a.png,cat\nnowhere/b.png,dog\n")
+    with pytest.raises(DataError, match=r"none of the 2 file\(s\).*2 x cannot read file \(No such file"):
+        build_index(DataConfig(tmp_path / "labels.csv"))

@@ -121,6 +121,27 @@ def build_index(
     if not layout.entries:
         raise DataError(f"{layout.root}: no files found")
     ok, bad, hits = scan_entries(cfg, layout, reporter)
+    try:
+        classes = _check_training_data(cfg, layout, ok, bad, require_train)
+    except DataError as exc:
+        # The skipped files are listed only once the index exists: an error about what is left must
+        # say what was taken away (a CSV's paths that do not exist, a class's corrupt photos).
+        raise DataError(f"{exc}{skipped_said(bad)}") from exc
+    return DatasetIndex(layout, ok, bad, classes, from_cache=hits)
+
+
+def skipped_said(bad: list[Record]) -> str:
+    """`` (3 file(s) skipped: 2 x truncated file...; e.g. PATH)``, or nothing when none was."""
+    if not bad:
+        return ""
+    reasons = Counter(r.reason for r in bad).most_common()
+    said = "; ".join(f"{n} x {reason}" for reason, n in reasons[:3]) + ("; ..." if len(reasons) > 3 else "")
+    return f" ({len(bad)} file(s) skipped: {said}; e.g. {bad[0].path})"
+
+
+def _check_training_data(cfg: DataConfig, layout: Layout, ok: list[Record], bad: list[Record],
+                         require_train: bool) -> list[str]:
+    """The classes, once the scanned files are known to make a training set (split here if needed)."""
     if not ok:
         raise DataError(f"{layout.root}: none of the {len(layout.entries)} file(s) is a usable image")
     # On the layout's notes, which are printed and kept in data_report.json.
@@ -139,7 +160,7 @@ def build_index(
             empty = [c for c in classes if not any(r.label == c and r.split == name for r in ok)]
             if empty:
                 raise DataError(f"{layout.root}: no usable {name} images for class(es) {', '.join(empty)}")
-    return DatasetIndex(layout, ok, bad, classes, from_cache=hits)
+    return classes
 
 
 def build_eval_index(cfg: DataConfig, reporter: Reporter | None = None, classes: list[str] | None = None
@@ -160,7 +181,7 @@ def build_eval_index(cfg: DataConfig, reporter: Reporter | None = None, classes:
         layout.notes.append(f"evaluating on the {keep} images of {layout.root}")
     ok, bad, hits = scan_entries(cfg, layout, reporter)
     if not ok:
-        raise DataError(f"{layout.root}: none of the {len(layout.entries)} file(s) is a usable image")
+        raise DataError(f"{layout.root}: none of the {len(layout.entries)} file(s) is a usable image{skipped_said(bad)}")
     layout.notes += unusable_classes(layout, ok, bad)
     classes = sorted({r.label for r in ok})
     return DatasetIndex(layout, ok, bad, classes, from_cache=hits)
