@@ -126,7 +126,8 @@ def test_standalone_script_reads_folders_as_vistrain_predict_does(exported_run, 
     assert done.returncode == 0, done.stderr
     read = [line.split("\t")[0] for line in done.stdout.strip().splitlines()]
     want = collect_images([photos, photos / "circles" / "circles_1.png"])
-    assert read == [str(p) for p in want] and len(want) == len(list(trained_run[1].rglob("*.png"))) + 1
+    # circles_1.png, named again after its folder, is answered once, as vistrain predict answers it.
+    assert read == [str(p) for p in want] and len(want) == len(list(trained_run[1].rglob("*.png")))
     usage = _run_script(exported_run)
     assert usage.returncode == 2 and f"python {SCRIPT_FILE} photo.jpg" in usage.stderr
     helped = _run_script(exported_run, "--help")  # help, not a file named --help

@@ -69,7 +69,15 @@ def pixels(img, prep):
 
 
 def photos(args):
-    """The files given, and every file under the folders given (sorted)."""
+    """The files given, and every file under the folders given (sorted), each once."""
+    seen = set()
+    for path in _listed(args):
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            yield path
+
+
+def _listed(args):
     for arg in args:
         top = Path(arg)
         if not top.is_dir():
@@ -83,7 +91,9 @@ def photos(args):
                 dirs[:] = []  # a vistrain run, or copies sorted by `vistrain predict --into`
                 continue
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
-            found += [here / n for n in names if not n.startswith(".") and (here / n).is_file()]
+            # Links leading nowhere too: they are answered with their error, as vistrain does.
+            found += [here / n for n in names if not n.startswith(".")
+                      and ((here / n).is_file() or ((here / n).is_symlink() and not (here / n).is_dir()))]
         yield from sorted(found)
 
 
