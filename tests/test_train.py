@@ -217,6 +217,13 @@ def test_bad_settings_name_the_value(class_folders, tmp_path, option, value, mes
         vistrain.train(class_folders, out=tmp_path / "r", **{option: value})
 
 
+def test_a_run_is_not_written_into_the_data_folder_itself(class_folders):
+    before = sorted(p.name for p in class_folders.iterdir())
+    with pytest.raises(ValueError, match="is the data folder itself"):
+        vistrain.train(class_folders, out=class_folders / ".", mode="probe")
+    assert sorted(p.name for p in class_folders.iterdir()) == before
+
+
 class StageRecorder(SilentReporter):
     def __init__(self):
         self.stages: dict[str, int] = {}

@@ -90,6 +90,12 @@ class TrainConfig:
             raise TrainError(f"weight decay {self.weight_decay} must be within [0, 1)")
         if not 0 <= self.dropout < 1:
             raise TrainError(f"dropout {self.dropout} must be within [0, 1)")
+        data = Path(self.data.root)
+        if data.is_dir() and Path(self.out).resolve() == data.resolve():
+            # The run's files and the report's error copies would land among the photos, and the next
+            # train would read errors/ as a class.
+            raise TrainError(f"--out {self.out} is the data folder itself; give the run a folder of its own "
+                             f"(e.g. runs/NAME)")
         try:
             resolve_balance(self.balance, 1.0)
             check_schedule(self.schedule)
