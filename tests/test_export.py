@@ -192,6 +192,8 @@ def test_an_export_inside_a_run_trained_again_is_refused_not_served_stale(traine
     run = _copy_run(trained_run[0], tmp_path / "run")
     assert main(["export", str(run)]) == 0
     shutil.copytree(run / "export", tmp_path / "deployed")  # a copy elsewhere: complete in itself
+    shutil.copytree(run, tmp_path / "copied")  # cp -r runs/a runs/b: b's export/ is current for now
+    assert OnnxPredictor.from_folder(tmp_path / "copied").info.extra["source_run"] == str(run.resolve())
     before = OnnxPredictor.from_folder(run).info.extra["source_weights_sha256"]
 
     again = vistrain.train(trained_run[1], out=run, mode="probe", seed=1, cache_dir=False, **FAST)
@@ -199,6 +201,9 @@ def test_an_export_inside_a_run_trained_again_is_refused_not_served_stale(traine
                for n in again.result.notes)
     with pytest.raises(ExportFolderError, match="an export of an earlier model"):
         OnnxPredictor.from_folder(run)
+    shutil.copy(run / "model.safetensors", tmp_path / "copied")  # the copy trained again too
+    with pytest.raises(ExportFolderError, match="an export of an earlier model"):  # was served stale
+        OnnxPredictor.from_folder(tmp_path / "copied")
     capsys.readouterr()
     assert main(["serve", str(run), "--port", "0"]) == 2  # refused before the server starts
     assert f"vistrain export {run}" in " ".join(capsys.readouterr().out.split())

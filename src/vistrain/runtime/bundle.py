@@ -112,14 +112,15 @@ def weights_digest(path: Path) -> str:
 
 
 def _check_fresh(folder: Path, info: ExportInfo) -> None:
-    """An export inside the run it came from must be of that run's current model: after training
-    again into the same run folder, ``vistrain serve RUN`` would otherwise serve the old model's
-    ONNX file (with the old temperature and threshold) without a word. An export elsewhere is a
-    deployed copy, complete in itself, and is not checked."""
-    digest, source = info.extra.get("source_weights_sha256"), info.extra.get("source_run")
+    """An export inside a run folder must be of that run's current model: after training again into
+    the same run folder, ``vistrain serve RUN`` would otherwise serve the old model's ONNX file (with
+    the old temperature and threshold) without a word. A copied run (``cp -r runs/a runs/b``, then
+    b trained again) is checked the same way, by the weights' digest rather than the path it was
+    exported from. An export outside any run is a deployed copy, complete in itself, and is not checked."""
+    digest = info.extra.get("source_weights_sha256")
     run = folder.parent
     weights = run / "model.safetensors"
-    if not digest or not source or not weights.is_file() or run.resolve() != Path(source).resolve():
+    if not digest or not weights.is_file() or not (run / "config.json").is_file():
         return
     if weights_digest(weights) != digest:
         raise ExportFolderError(f"{folder}: an export of an earlier model of {run} ({weights} has changed since: "
