@@ -257,3 +257,36 @@ def test_an_error_about_what_is_left_says_what_was_skipped(tmp_path):
     (tmp_path / "labels.csv").write_text("path,label\nnowhere/a.png,cat\nnowhere/b.png,dog\n")
     with pytest.raises(DataError, match=r"none of the 2 file\(s\).*2 x cannot read file \(No such file"):
         build_index(DataConfig(tmp_path / "labels.csv"))
+
+
+def test_sorting_into_a_folder_twice_copies_each_photo_once(tmp_path):
+    from vistrain.prediction import sort_into
+
+    photos = _images(tmp_path / "photos", ["a.png", "b.png"])
+    other = _images(tmp_path / "other", ["a.png"], seed=7)  # another photo with the same name
+    rows = [{"path": str(p), "label": "plain", "unsure": False, "familiar": True}
+            for p in (photos / "a.png", photos / "b.png")]
+    out = tmp_path / "sorted"
+    first = sort_into(rows, out, ["plain"])
+    again = sort_into(rows, out, ["plain"])  # the same photos, predicted again
+    assert again == first and sorted(p.name for p in (out / "plain").iterdir()) == ["a.png", "b.png"]
+    (clash,) = sort_into([{**rows[0], "path": str(other / "a.png")}], out, ["plain"])
+    assert clash.name == "a_1.png" and clash.read_bytes() == (other / "a.png").read_bytes()
+
+
+def test_a_csv_row_repeated_is_read_once_and_two_labels_for_one_photo_are_refused(tmp_path):
+    _images(tmp_path / "img", ["a.png", "b.png", "c.png"])
+    (tmp_path / "twice.csv").write_text("path,label\nimg/a.png,cat\nimg/b.png,dog\nimg/a.png,cat\nimg/c.png,dog\n")
+    layout = discover(tmp_path / "twice.csv")
+    assert [e.path.name for e in layout.entries] == ["a.png", "b.png", "c.png"]
+    assert layout.notes == ["1 row(s) of twice.csv repeat a row above (same path, label and split): read once"]
+    # A quoted note spanning two lines: line numbers are the file's, not the rows'.
+    (tmp_path / "both.csv").write_text('path,label,note\nimg/a.png,cat,"two\nlines"\nimg/./a.png,dog,\n')
+    with pytest.raises(DataError, match=r"both\.csv, lines 3 and 4: img/\./a\.png is listed twice, as 'cat'"):
+        discover(tmp_path / "both.csv")
+
+
+def test_a_csv_separated_by_semicolons_says_so(tmp_path):
+    (tmp_path / "semi.csv").write_text("path;label\nimg/a.png;cat\n")
+    with pytest.raises(DataError, match="separate the columns with commas"):
+        discover(tmp_path / "semi.csv")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import filecmp
 import json
 import os
 import shutil
@@ -218,7 +219,8 @@ def flag_folder(name: str, classes: list[str]) -> str:
 def sort_into(rows: list[dict], folder: Path, classes: list[str] = ()) -> list[Path]:
     """Copy (never move) each image into ``folder/<label>/``, or ``unfamiliar/`` when it is unlike the
     training photos, or ``unsure/`` when the model is not confident (``unsure (vistrain)/`` and so on
-    when a class has that name); names never collide.
+    when a class has that name); names never collide, and a photo already there from an earlier run
+    (the same bytes) is not copied again.
 
     ``folder`` gets a hidden marker (data.layout.SORTED_MARKER): if it lies inside a training folder,
     its copies, sorted by prediction, are not read as photos labelled by hand.
@@ -242,8 +244,11 @@ def sort_into(rows: list[dict], folder: Path, classes: list[str] = ()) -> list[P
         dest = dest_dir / src.name
         n = 1
         while dest.exists():
+            if filecmp.cmp(src, dest, shallow=False):
+                break  # sorted there by an earlier run: one copy of a photo is enough
             dest = dest_dir / f"{src.stem}_{n}{src.suffix}"
             n += 1
-        shutil.copy2(src, dest)
+        else:
+            shutil.copy2(src, dest)
         written.append(dest)
     return written
