@@ -116,13 +116,13 @@ def test_budget_decisions_pin_only_what_the_clock_decided(tmp_path):
     from vistrain.training.planning import budget_decisions
     from vistrain.training.trainer import TrainConfig
 
-    cfg = TrainConfig(data=DataConfig(tmp_path), out=tmp_path, epochs=8, time_budget=600.0)
+    cfg = TrainConfig(data=DataConfig(tmp_path), out=tmp_path / "run", epochs=8, time_budget=600.0)
     ran = FinetuneState(planned_epochs=8)
     assert budget_decisions(cfg, ran, None) == ({"time_budget": None}, None)  # all 8 fit here; maybe not elsewhere
     assert budget_decisions(cfg, FinetuneState(planned_epochs=5), None) == ({"time_budget": None, "epochs": 5}, None)
     assert budget_decisions(cfg, FinetuneState(planned_epochs=0), None) == ({"time_budget": None, "mode": "probe"}, None)
     assert budget_decisions(cfg, None, None) == ({}, None)  # --mode probe or an ensemble: no clock involved
-    unlimited = TrainConfig(data=DataConfig(tmp_path), out=tmp_path, time_budget=None)
+    unlimited = TrainConfig(data=DataConfig(tmp_path), out=tmp_path / "run", time_budget=None)
     assert budget_decisions(unlimited, FinetuneState(planned_epochs=8), None) == ({}, None)
     assert budget_decisions(cfg, FinetuneState(planned_epochs=5, interrupted=True), None) == ({}, None)
     # Cut short against its own plan: no setting repeats that, and the file says so.
@@ -138,7 +138,7 @@ def test_saved_file_names_each_pinned_setting_and_the_caveat(tmp_path):
     from vistrain.data.dataset import DataConfig
     from vistrain.training.trainer import TrainConfig
 
-    cfg = TrainConfig(data=DataConfig(tmp_path), out=tmp_path, epochs=8, time_budget=600.0)
+    cfg = TrainConfig(data=DataConfig(tmp_path), out=tmp_path / "run", epochs=8, time_budget=600.0)
     path = tmp_path / "train_config.yaml"
     save_config(cfg, path, {"time_budget": None, "epochs": 5}, "stopped early")
     text = path.read_text()

@@ -98,7 +98,7 @@ def test_evaluate_and_predict_flags(trained_run, tmp_path, capsys):
     make_image("stripes", 4243).save(new / "b.jpg")
     (new / "broken.png").write_bytes(b"not an image")
     heat = tmp_path / "heat"
-    assert main(["predict", str(run_dir), str(new), "--heatmap", str(heat), "--tta"]) == 0
+    assert main(["predict", str(run_dir), str(new), "--heatmap", str(heat), "--tta"]) == 1  # broken.png: exit 1
     assert "heat maps in" in capsys.readouterr().out
     written = sorted(p.name for p in heat.iterdir())
     assert written == ["a.circles.png", "b.stripes.png"]  # the broken file gets none
@@ -106,5 +106,5 @@ def test_evaluate_and_predict_flags(trained_run, tmp_path, capsys):
     with Image.open(heat / "a.circles.png") as im:
         assert im.size == (size, size)
         assert np.asarray(im).std() > 10
-    assert main(["predict", str(run_dir), str(new), "--heatmap", str(heat)]) == 0
+    assert main(["predict", str(run_dir), str(new), "--heatmap", str(heat)]) == 1
     assert len(list(heat.iterdir())) == 4  # never overwrites
