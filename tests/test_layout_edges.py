@@ -290,3 +290,15 @@ def test_a_csv_separated_by_semicolons_says_so(tmp_path):
     (tmp_path / "semi.csv").write_text("path;label\nimg/a.png;cat\n")
     with pytest.raises(DataError, match="separate the columns with commas"):
         discover(tmp_path / "semi.csv")
+
+
+def test_a_run_folder_given_as_data_is_named_and_an_unused_regex_is_said(tmp_path):
+    root = write_class_folders(tmp_path / "d", per_class=3, classes=("circles", "squares"))
+    layout = discover(root, r"(.+)_\d+")  # class folders: their names are the labels
+    assert layout.kind == "class-folders" and any(n.startswith("--label-from-name ignored") for n in layout.notes)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"")
+    (run / "config.json").write_text("{}")
+    with pytest.raises(DataError, match="a vistrain run .* not a folder of photos"):
+        discover(run)

@@ -307,6 +307,9 @@ def discover(root: Path | str, label_pattern: str | None = None, classes: list[s
             raise DataError(f"{root}: expected a folder of images or a CSV file of path,label")
         return _from_csv(root)
     root = root.resolve()
+    if vistrain_output(root) == "a vistrain run":
+        raise DataError(f"{root}: a vistrain run (model.safetensors, config.json), not a folder of photos; "
+                        f"give the photos' folder")
 
     files = _files(root)
     # The user said labels are in the file names: sub-folders (thumbnails, an older output) are not classes.
@@ -320,6 +323,9 @@ def discover(root: Path | str, label_pattern: str | None = None, classes: list[s
         notes: list[str] = []
         entries = _class_entries(root, None, notes, root)
         if entries or not files:
+            if pattern is not None:
+                notes.append(f"--label-from-name ignored: {root} has no photos of its own, and its class folders "
+                             f"give the labels")
             return Layout("class-folders", root, entries, notes)
     if not files:
         raise DataError(f"no images found in {root}")
