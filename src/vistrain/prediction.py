@@ -134,8 +134,12 @@ def collect_images(inputs: list[str | Path], skipped: list[tuple[Path, str]] | N
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
     # A folder and a file inside it (or one folder twice): one answer per photo, in first-seen order.
-    seen: set[Path] = set()
-    return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
+    unique, seen = [], set()
+    for f in files:
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            unique.append(f)
+    return unique
 
 
 def check_answer_options(top_k: int, unsure: float | None, names: tuple[str, str] = ("top_k", "unsure")) -> None:
