@@ -156,7 +156,6 @@ def classify_files(predict_paths: Callable, classes: list[str], inputs: list[str
                    threshold: float | None, ui) -> list[dict]:
     """Rows (:func:`prediction_row`) for the files and folders ``inputs``, read as
     :func:`collect_images` reads them; ``predict_paths(paths, advance)`` is any predictor's."""
-    check_answer_options(top_k, None)  # the caller checks a user's unsure; a stored threshold is the run's
     skipped: list[tuple[Path, str]] = []
     paths = collect_images(inputs, skipped)
     for folder, what in skipped:

@@ -349,16 +349,24 @@ def _flat_layout(root: Path, pattern: re.Pattern[str] | None, classes: list[str]
 
 def _ignored_sub_dirs(root: Path) -> list[str]:
     """Notes for the sub-folders a flat layout does not read, so that a user who meant them as classes sees it."""
+    notes, plain = _unread_sub_dirs(root, set())
+    if plain:
+        notes.insert(0, f"sub-folder(s) {', '.join(plain)} ignored: labels come from the file names in {root}")
+    return notes
+
+
+def _unread_sub_dirs(root: Path, used: set[Path | None]) -> tuple[list[str], list[str]]:
+    """Sub-folders of ``root`` outside ``used``: a note for each vistrain output, and the others' names."""
     notes, plain = [], []
     for d in _sub_dirs(root):
+        if d in used:
+            continue
         what = vistrain_output(d)
         if what:
             notes.append(f"{d.name}/ ({what}) ignored")
         else:
             plain.append(f"{d.name}/")
-    if plain:
-        notes.insert(0, f"sub-folder(s) {', '.join(plain)} ignored: labels come from the file names in {root}")
-    return notes
+    return notes, plain
 
 
 def _split_folders(root: Path, pattern: re.Pattern[str] | None, strict: bool = True) -> Layout | None:
@@ -400,15 +408,7 @@ def _split_folders(root: Path, pattern: re.Pattern[str] | None, strict: bool = T
 def _outside_splits(root: Path, used: set[Path | None]) -> list[str]:
     """A note for what the split layout does not read at the top level (``holdout/``, ``notes.txt``):
     photos there are neither trained nor validated on, and a user should know."""
-    notes, plain = [], []
-    for d in _sub_dirs(root):
-        if d in used:
-            continue
-        what = vistrain_output(d)
-        if what:
-            notes.append(f"{d.name}/ ({what}) ignored")
-        else:
-            plain.append(f"{d.name}/")
+    notes, plain = _unread_sub_dirs(root, used)
     plain += [p.name for p in _files(root)]
     if plain:
         shown = ", ".join(plain[:5]) + (f" and {len(plain) - 5} more" if len(plain) > 5 else "")
