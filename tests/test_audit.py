@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -245,3 +246,104 @@ def test_audit_table_prints_paths_with_brackets_whole():
     console.print(audit_table(result))
     text = console.export_text()
     assert "Audit of photos [old]" in text and files[0] in text and text.count(files[1]) == 2
+
+
+def _copies(folder: Path, names: list[str], ages: list[int] | None = None) -> None:
+    """The same photo under each of ``names`` (relative to ``folder``); ``ages``: seconds before now."""
+    data = None
+    for n, name in enumerate(names):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if data is None:
+            make_image("circles", seed=7).save(path)
+            data = path.read_bytes()
+        else:
+            path.write_bytes(data)
+        if ages is not None:
+            t = 1_700_000_000 - ages[n]
+            os.utime(path, (t, t))
+
+
+def _exact(root: Path, cache: Path):
+    found = _by_kind(audit(_config(root, cache)))["exact_duplicate"]
+    assert len(found) == 1
+    return found[0]
+
+
+def test_the_original_is_kept_and_its_copy_offered(tmp_path, cache_dir):
+    """"img_5 copy.png" sorts before "img_5.png" (a space before a dot): the old rule kept the copy
+    and offered the original for quarantine, even when the copy is the older file."""
+    from vistrain.clean.app import suspects
+
+    root = write_class_folders(tmp_path / "photos", per_class=2, classes=("circles", "squares"))
+    _copies(root, ["circles/img_5.png", "circles/img_5 copy.png"], ages=[0, 3600])
+    result = audit(_config(root, cache_dir))
+    dup = _by_kind(result)["exact_duplicate"][0]
+    assert dup.files == ["circles/img_5.png", "circles/img_5 copy.png"]
+    assert dup.message == "2 byte-identical copies; keep circles/img_5.png (not named like a copy)"
+    assert [r["path"] for r in suspects(result)] == ["circles/img_5 copy.png"]
+
+
+@pytest.mark.parametrize("names, ages, kept, why", [
+    # A name made by copying loses to the plain one, whatever the folder, length or age.
+    (["cats/img-1.png", "cats/img.png"], [9, 0], "cats/img.png", "not named like a copy"),
+    (["cats/Copy of b.png", "cats/x/b.png"], [9, 0], "cats/x/b.png", "not named like a copy"),
+    # A number is a copy's mark only beside the name without it: img_1 and img_2 are two shots.
+    (["cats/img_1.png", "cats/img_2.png"], [0, 9], "cats/img_2.png", "oldest"),
+    (["cats/2019/a.png", "cats/zz.png"], [9, 0], "cats/zz.png", "shallowest path"),
+    (["cats/aa.png", "cats/b.png"], [9, 0], "cats/b.png", "shortest path"),
+    (["cats/a.png", "cats/b.png"], [0, 9], "cats/b.png", "oldest"),
+    (["cats/b.png", "cats/a.png"], [5, 5], "cats/a.png", "first by name"),
+    (["cats/a (1).png", "cats/a copy.png", "cats/x/a.png"], [0, 0, 0], "cats/x/a.png", "not named like a copy"),
+])
+def test_which_copy_is_kept_follows_the_rules_in_order(tmp_path, cache_dir, names, ages, kept, why):
+    root = write_class_folders(tmp_path / "photos", per_class=1, classes=("squares",))
+    _copies(root, names, ages)
+    dup = _exact(root, cache_dir)
+    assert dup.files[0] == kept and sorted(dup.files) == sorted(names)
+    assert dup.message.endswith(f"; keep {kept} ({why})")
+
+
+def test_the_choice_does_not_depend_on_the_order_files_are_listed():
+    from vistrain.clean.keep import keep_order
+
+    paths = ["c/img copy.png", "c/img (2).png", "c/img.png", "c/img_1.png", "c/deeper/img.png"]
+    for shift in range(len(paths)):
+        listed = paths[shift:] + paths[:shift]
+        order, why = keep_order(listed)
+        assert [listed[i] for i in order][:2] == ["c/img.png", "c/deeper/img.png"]
+        assert why == "not named like a copy; shallowest path"
+
+
+@pytest.mark.parametrize("copy", ["img_5 copy", "img_5 copy 2", "img_5 (1)", "img_5 - Copy", "img_5 - Copy (2)",
+                                  "Copy of img_5", "Copy (2) of img_5", "img_5_copy", "copy_of_img_5", "img_5 (copy)",
+                                  "img_5_1", "img_5-2", "IMG_5 COPY"])
+def test_names_of_copies_are_recognised(copy):
+    from vistrain.clean.keep import keep_order, looks_like_copy
+
+    assert looks_like_copy(f"a/{copy}.png", ["a/img_5.png"])
+    order, why = keep_order([f"a/{copy}.png", "a/img_5.png"])  # the copy first: listing order does not decide
+    assert order[0] == 1 and why == "not named like a copy"
+
+
+@pytest.mark.parametrize("name", ["img_5", "party (2019)", "photocopy", "copy", "img_6", "img_5_again"])
+def test_plain_names_are_not_taken_for_copies(name):
+    from vistrain.clean.keep import looks_like_copy
+
+    assert not looks_like_copy(f"a/{name}.png", ["a/img_5.png"])
+
+
+def test_near_duplicates_keep_by_the_same_rule(tmp_path, cache_dir):
+    """An edited copy is a near duplicate, not a byte copy: the plain name is kept all the same."""
+    from vistrain.clean.app import suspects
+
+    root = write_class_folders(tmp_path / "photos", per_class=2, classes=("circles", "squares"))
+    img = make_image("stripes", seed=40)
+    img.save(root / "circles/shot.png")
+    img.putpixel((0, 0), (0, 0, 0))
+    img.save(root / "circles/shot copy.png")
+    result = audit(_config(root, cache_dir))
+    near = [f for f in _by_kind(result).get("near_duplicate", []) if "circles/shot.png" in f.files]
+    assert len(near) == 1 and near[0].files == ["circles/shot.png", "circles/shot copy.png"]
+    assert near[0].message == "2 near-identical photos; keep circles/shot.png (not named like a copy)"
+    assert "circles/shot.png" not in [r["path"] for r in suspects(result)]

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import write_class_folders
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from vistrain.clean.app import suspects
+from vistrain.clean.audit import AuditConfig, audit
 from vistrain.clean.journal import QUARANTINE, CleanError, Journal, safe_path
+from vistrain.data.dataset import DataConfig
 
 CLASSES = ["cats", "dogs", "birds"]
 
@@ -272,3 +277,27 @@ def test_a_move_in_progress_elsewhere_is_waited_for_not_recovered(tmp_path):
     assert other["journal"].undo()["undoes"] == 2 and other["journal"].undo()["undoes"] == 1
     assert sorted(_ids(tmp_path)) == [1, 2, 3, 4]
     assert (tmp_path / "cats/img_1.jpg").exists()
+
+
+def test_quarantining_the_offered_copies_leaves_the_originals_in_place(tmp_path):
+    """The audit's duplicate findings say which file to keep; quarantining every other one (what
+    the page offers) moves the copies only, and undo brings each back byte for byte."""
+    root = write_class_folders(tmp_path / "photos", per_class=3, classes=("circles", "squares"))
+    copies = {"circles/circles_0 copy.png": "circles/circles_0.png",
+              "circles/Copy of circles_1.png": "circles/circles_1.png",
+              "squares/squares_2 (1).png": "squares/squares_2.png"}
+    for copy, original in copies.items():
+        shutil.copy(root / original, root / copy)
+        os.utime(root / copy, (1_600_000_000, 1_600_000_000))  # older than the original: the name decides
+    before = _on_disk(root)
+    result = audit(AuditConfig(DataConfig(root, cache_dir=tmp_path / "cache"), features=False))
+    offered = [r["path"] for r in suspects(result)]
+    assert sorted(offered) == sorted(copies)
+    j = Journal(root)
+    for rel in offered:
+        j.quarantine(rel)
+    assert all((root / original).is_file() for original in copies.values())
+    assert sorted(p.relative_to(root / QUARANTINE).as_posix() for p in (root / QUARANTINE).rglob("*.png")) == sorted(copies)
+    while j.undo() is not None:
+        pass
+    assert _on_disk(root) == before

@@ -154,6 +154,30 @@ def test_class_names_are_text_and_p_accepts_the_prediction(browser, tmp_path):
         page.close()
 
 
+def test_the_page_offers_the_copy_and_says_which_file_it_keeps(browser, tmp_path):
+    """Of "circles_2.png" and "circles_2 copy.png" the page offers the copy (by name, even though the
+    copy is the older file) and says on its card which file is kept and why; quarantining it leaves
+    the original where it was."""
+    root = write_class_folders(tmp_path / "photos", per_class=3, classes=("circles", "squares"))
+    original, copy = "circles/circles_2.png", "circles/circles_2 copy.png"
+    shutil.copy(root / original, root / copy)
+    os.utime(root / copy, (1_600_000_000, 1_600_000_000))
+    result = audit(AuditConfig(DataConfig(root, cache_dir=tmp_path / "cache"), features=False))
+    with live_server(create_app(root, result), start_timeout=20) as url:
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector(".card")
+        assert page.eval_on_selector_all(".card", "cs => cs.map(c => c.dataset.path)") == [copy]
+        card = _card(page, copy)
+        assert card.locator(".msg").inner_text() == f"2 byte-identical copies; keep {original} (not named like a copy)"
+        card.locator(".msg").click()
+        page.keyboard.press("q")
+        page.wait_for_selector(f'.card[data-path="{copy}"][data-status="quarantine"]')
+        assert (root / QUARANTINE / copy).read_bytes() == (root / original).read_bytes()
+        assert not (root / copy).exists()
+        page.close()
+
+
 @pytest.fixture
 def client(tmp_path):
     """The app in-process (no server, no browser), addressed as the page would be: 127.0.0.1:8765."""

@@ -103,8 +103,13 @@ def test_report_names_unknown_labels(run_copy, tmp_path, capsys):
     data = write_class_folders(tmp_path / "other", per_class=1, classes=("circles",))
     (data / "triangles").mkdir()
     make_image("squares", 5).save(data / "triangles" / "t.png")
+    # The known class is scored; the unknown one is named, not scored.
+    assert main(["report", str(run_copy), str(data)]) == 0
+    assert "a label the model does not know: triangles (1 image" in " ".join(capsys.readouterr().out.split())
+    # With no image of a class the model knows, there is nothing to report on.
+    shutil.rmtree(data / "circles")
     assert main(["report", str(run_copy), str(data)]) == 2
-    assert "triangles" in capsys.readouterr().out
+    assert "no image has a label the model knows; found triangles (1 image)" in " ".join(capsys.readouterr().out.split())
 
 
 def test_errors_folder_list_never_reaches_outside_it(tmp_path):

@@ -53,7 +53,7 @@ def test_predict_one_and_several_images(client):
     preds = r.json()["predictions"]
     threshold = client.get("/model").json()["unsure_threshold"]
     assert [p["filename"] for p in preds] == ["circles.png", "stripes.png"]
-    assert [p["label"] for p in preds] == ["circles", "stripes"]
+    assert [p["label"] for p in preds] == ["circles", "stripes"] and r.json()["failed"] == 0
     for p in preds:
         assert len(p["top"]) == 2 and p["top"][0]["label"] == p["label"]
         assert p["top"][0]["probability"] >= p["top"][1]["probability"] and p["heatmap"] is None
@@ -156,6 +156,64 @@ def test_wrong_request_types_and_counts(client):
     assert r.status_code == 413 and "limit is 4" in r.json()["detail"]
 
 
+def test_a_bad_file_among_several_gets_an_error_entry_and_the_rest_are_answered(client):
+    """Four parts, two unreadable (first and third): 200, answers and errors in upload order."""
+    circles, stripes = png_bytes("circles", 61), png_bytes("stripes", 62)
+    files = [("file", ("notes.png", b"hello, I am text" * 10, "image/png")),
+             ("file", ("circles.png", circles, "image/png")),
+             ("file", ("bomb.png", bomb_png(), "image/png")),
+             ("file", ("stripes.png", stripes, "image/png"))]
+    r = client.post("/predict", files=files, params={"top_k": 2})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    preds = body["predictions"]
+    assert body["failed"] == 2 and len(preds) == 4
+    assert [p["filename"] for p in preds] == ["notes.png", "circles.png", "bomb.png", "stripes.png"]
+    assert preds[0] == {"filename": "notes.png", "error": "notes.png: not an image (unrecognised format)", "status": 400}
+    assert preds[2]["error"].startswith("bomb.png: decompression bomb") and preds[2]["status"] == 413
+    for bad in (preds[0], preds[2]):
+        assert set(bad) == {"filename", "error", "status"}  # no class fields to mistake for an answer
+    assert [preds[1]["label"], preds[3]["label"]] == ["circles", "stripes"]
+    assert all("error" not in p and len(p["top"]) == 2 for p in (preds[1], preds[3]))
+    # Each answer is the one its file gets alone: the failures did not shift the rows.
+    for i, data in ((1, circles), (3, stripes)):
+        alone = client.post("/predict", files={"file": (preds[i]["filename"], data, "image/png")}, params={"top_k": 2})
+        assert alone.json()["predictions"][0]["probability"] == pytest.approx(preds[i]["probability"], abs=1e-4)
+
+    # A part declared as something other than an image is one more error entry (415 alone).
+    r = client.post("/predict", files=[("file", ("a.txt", circles, "text/plain")), ("file", ("c.png", circles, "image/png"))])
+    assert r.status_code == 200, r.text
+    assert r.json()["failed"] == 1 and r.json()["predictions"][0]["status"] == 415
+    assert "a.txt: content type 'text/plain' is not an image" in r.json()["predictions"][0]["error"]
+    assert r.json()["predictions"][1]["label"] == "circles"
+
+
+@pytest.mark.parametrize("parts, status", [
+    ([("notes.png", b"text" * 30, "image/png"), ("half.png", png_bytes()[:300], "image/png")], 400),
+    ([("bomb1.png", bomb_png(), "image/png"), ("bomb2.png", bomb_png(40000, 40000), "image/png")], 413),
+    ([("notes.png", b"text" * 30, "image/png"), ("bomb.png", bomb_png(), "image/png")], 400),  # mixed: plain 400
+], ids=["all-unreadable", "all-too-large", "mixed"])
+def test_a_request_with_no_readable_file_is_refused_naming_every_file(client, parts, status):
+    r = client.post("/predict", files=[("file", part) for part in parts])
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert detail.startswith(f"none of the {len(parts)} files could be read: ")
+    for name, *_ in parts:
+        assert f"{name}: " in detail
+    assert ("not an image" in detail) == any(n == "notes.png" for n, *_ in parts)
+    assert ("truncated" in detail) == any(n == "half.png" for n, *_ in parts)
+    assert ("decompression bomb" in detail) == any(n.startswith("bomb") for n, *_ in parts)
+
+
+def test_openapi_describes_answers_and_error_entries(client):
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    response = schemas["PredictResponse"]["properties"]
+    items = response["predictions"]["items"]["anyOf"]
+    assert {ref["$ref"].rsplit("/", 1)[1] for ref in items} == {"ImagePrediction", "ImageFailure"}
+    assert set(schemas["ImageFailure"]["required"]) == {"filename", "error", "status"}
+    assert response["failed"]["type"] == "integer"
+
+
 def test_micro_batcher_serves_concurrent_requests_in_one_call():
     calls = []
 
@@ -190,6 +248,7 @@ def test_lambda_handler(exported_run):
     assert r["statusCode"] == 200
     body = json.loads(r["body"])
     assert body["predictions"][0]["label"] == "stripes" and body["predictions"][0]["heatmap"].startswith("data:image/jpeg")
+    assert body["failed"] == 0  # /predict's shape
     bad = handler({**event, "body": base64.b64encode(b"nope").decode()}, None)
     assert bad["statusCode"] == 400 and "not an image" in json.loads(bad["body"])["detail"]
     assert handler({**event, "body": "***"}, None)["statusCode"] == 400

@@ -180,6 +180,39 @@ def test_web_page_classifies_several_photos_into_a_table_and_a_csv(live_url, bro
         page.close()
 
 
+def test_web_page_shows_a_broken_photo_s_error_beside_the_good_one_s_answer(live_url, browser, tmp_path, trained_run):
+    """A truncated photo picked with a good one: its row says why, the good one is still classified."""
+    good = tmp_path / "good.png"
+    good.write_bytes(min((trained_run[1] / "squares").iterdir()).read_bytes())
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(good.read_bytes()[:300])  # a real PNG header, then the data stops
+    page = browser.new_page()
+    try:
+        page.goto(live_url + "/")
+        page.set_input_files("#file", [str(broken), str(good)])  # the broken one first: it must not stop the rest
+        page.wait_for_selector("#csv:not([hidden])", timeout=60_000)
+        assert page.locator("#rows td:nth-child(2)").all_inner_texts() == ["broken.png", "good.png"]
+        cells = page.locator("#rows td.answer").all_inner_texts()
+        assert cells[0] == "broken.png: truncated file (image data ends early)"
+        assert page.locator("#rows tr").nth(0).locator(".failed").count() == 1
+        assert cells[1].split(" (")[0] == "squares" and page.locator("#rows tr").nth(1).locator(".failed").count() == 0
+        assert page.locator("#rows td.probability").all_inner_texts()[0] == ""
+        assert page.inner_text("#summary").startswith("2 photos: 1 classified") and page.inner_text("#summary").endswith(", 1 failed")
+        page.locator("#rows tr", has_text="good.png").click()
+        assert page.inner_text("#prediction") == "squares" and page.inner_text("#error") == ""
+        page.locator("#rows tr", has_text="broken.png").click()
+        assert "broken.png: truncated" in page.inner_text("#error") and page.locator("#prediction").count() == 0
+        # An error entry in a 200 answer (the multi-file shape) is shown as that photo's error too.
+        entry = {"filename": "good.png", "error": "good.png: not an image (unrecognised format)", "status": 400}
+        page.route("**/predict?*", lambda route: route.fulfill(
+            json={"variant": "int8", "predictions": [entry], "failed": 1}))
+        page.set_input_files("#file", str(good))
+        page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=30_000)
+        assert page.inner_text("#error") == entry["error"] and page.locator("#prediction").count() == 0
+    finally:
+        page.close()
+
+
 def test_web_page_classifies_a_pasted_image(live_url, browser, trained_run):
     """Ctrl+V of a screenshot-like image (a File on the clipboard) is classified like a picked one."""
     payload = base64.b64encode(min((trained_run[1] / "circles").iterdir()).read_bytes()).decode()

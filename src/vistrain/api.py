@@ -29,7 +29,12 @@ from vistrain.data.dataset import (
 )
 from vistrain.data.split import write_split
 from vistrain.evaluation.confidence import apply_confidence, fit_confidence
-from vistrain.evaluation.labelled import labelled_index, labelled_metrics, tta_gain
+from vistrain.evaluation.labelled import (
+    labelled_index,
+    labelled_metrics,
+    predict_labelled,
+    tta_gain,
+)
 from vistrain.evaluation.metrics import classification_metrics
 from vistrain.evaluation.predictor import Predictor
 from vistrain.familiarity import FAMILIAR_FILE
@@ -318,12 +323,10 @@ def evaluate(run: str | Path | Run, data: str | Path, label_from_name: str | Non
     ui = reporter or SilentReporter()
     run = run if isinstance(run, Run) else load(run, device)
     index, y_true = labelled_index(data, label_from_name, cache_dir, run.classes, ui)
-    with ui.stage("predict", len(index.records)) as advance:
-        views, similarity, _ = run.predictor.outputs_from_paths([r.path for r in index.records], advance,
-                                                               views=2 if tta else 1)
+    views, similarity, unknown_pred = predict_labelled(run.predictor.outputs_from_paths, index, ui, tta)
     y_pred = views.mean(axis=1).argmax(axis=1)
     metrics = labelled_metrics(index, run.classes, y_true, y_pred, run.predictor.familiarity, similarity,
-                               run.path, run.predictor.config.extra)
+                               run.path, run.predictor.config.extra, unknown_pred)
     if tta:
         metrics["tta"] = tta_gain(views, y_true)
     return metrics

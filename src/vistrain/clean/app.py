@@ -43,7 +43,7 @@ def suspects(result: AuditResult) -> list[dict]:
     for f in result.findings:
         if f.kind not in PRIORITY:
             continue
-        # In a duplicate cluster the first file is the one to keep: the others are the suspects.
+        # A duplicate finding lists the file to keep first (clean.keep), so only the others are suspects.
         files = f.files[1:] if f.kind in ("exact_duplicate", "near_duplicate") else f.files
         for path in files:
             row = {"path": path, "kind": f.kind, "message": f.message, "score": f.score, **_labels(result, path)}

@@ -8,6 +8,7 @@ Every finding names its files, relative to the data folder.
 from __future__ import annotations
 
 import json
+import os
 import types
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vistrain.clean.keep import keep_order
 from vistrain.data.dataset import DataConfig, scan_entries
 from vistrain.data.layout import discover
 from vistrain.data.phash import (
@@ -93,6 +95,13 @@ def _rel(root: Path, path: str) -> str:
         return path
 
 
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None  # gone since the scan: the keep rule then prefers another copy
+
+
 def duplicate_clusters(records: list[Record], near_bits: int = NEAR_BITS,
                        extra_pairs: list[tuple[int, int, float]] = ()) -> list[list[int]]:
     """Record indices grouped by same bytes, perceptual hash within ``near_bits``, or ``extra_pairs``."""
@@ -112,10 +121,13 @@ def hash_findings(root: Path, records: list[Record], skipped: list[Record], near
     for group in sorted(groups, key=lambda g: -len(g)):
         members = [records[i] for i in group]
         files = [_rel(root, r.path) for r in members]
+        # The file to keep comes first (the review page offers the others); the message says why.
+        order, why = keep_order(files, [_mtime(r.path) for r in members])
+        members, files = [members[i] for i in order], [files[i] for i in order]
         exact = len({r.sha1 for r in members}) == 1
         kind = "exact_duplicate" if exact else "near_duplicate"
         out.append(Finding(kind, f"{len(files)} {'byte-identical copies' if exact else 'near-identical photos'}"
-                           f"; keep one", files, sorted({r.label for r in members if r.label})))
+                           f"; keep {files[0]} ({why})", files, sorted({r.label for r in members if r.label})))
         labels = sorted({r.label for r in members if r.label})
         if len(labels) > 1:
             out.append(Finding("conflict", f"the same photo is labelled {' and '.join(labels)}: at most one is right",

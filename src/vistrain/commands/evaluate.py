@@ -31,6 +31,7 @@ def register(sub) -> None:
 
 
 def run(args, console, reporter) -> int:
+    from vistrain.evaluation.labelled import describe_unknown
     from vistrain.evaluation.render import ci_text, confusion_table, per_class_table
     from vistrain.evaluation.seen import describe_overlap
     from vistrain.familiarity import describe_unfamiliar
@@ -56,6 +57,9 @@ def run(args, console, reporter) -> int:
     console.print(per_class_table(m, f"{args.data}: per class"))
     console.print(confusion_table(m, width=console.width, full_at="the same command with --json"))
     console.print(f"[bold]accuracy {m['accuracy']:.1%}[/] ({m['n'] - m['errors']} of {m['n']} right{ci_text(m)})")
+    unknown = describe_unknown(m)
+    if unknown:
+        console.print(f"[yellow]note: {escape(unknown)}[/]")
     if "overlap_with_run" in m:
         run = m["model"]["source_run"] if "model" in m else args.run  # an export's: the run it came from
         said = describe_overlap(m["overlap_with_run"], m["n"], f"{run}/split.csv")
@@ -68,6 +72,3 @@ def run(args, console, reporter) -> int:
         console.print(f"test-time augmentation (mirror averaging): {t['accuracy_plain']:.1%} -> {t['accuracy_tta']:.1%} "
                       f"({t['gain'] * 100:+.1f} points)")
     return 0
-
-
-

@@ -30,6 +30,7 @@ def register(sub) -> None:
 
 def run(args, console, reporter) -> int:
     from vistrain.evaluation.calibration import set_aside
+    from vistrain.evaluation.labelled import describe_unknown
     from vistrain.evaluation.report import write_report
     from vistrain.evaluation.seen import describe_overlap
     from vistrain.familiarity import describe_unfamiliar
@@ -42,6 +43,9 @@ def run(args, console, reporter) -> int:
                   f"{m['errors']} error(s) copied into {escape(str(Path(args.run) / 'errors'))}/")
     if a.overlap:
         console.print(f"  [yellow]{escape(describe_overlap(a.overlap, m['n'], f'{args.run}/split.csv'))}[/]")
+    unknown = describe_unknown(m)
+    if unknown:
+        console.print(f"  [yellow]note: {escape(unknown)}[/]")
     odd = describe_unfamiliar(a.unfamiliar, m["n"])
     if odd:
         console.print(f"  [magenta]{escape(odd)}[/]")

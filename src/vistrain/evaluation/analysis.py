@@ -32,6 +32,11 @@ from vistrain.evaluation.confidence import (
     fit_confidence,
 )
 from vistrain.evaluation.intervals import metrics_with_intervals
+from vistrain.evaluation.labelled import (
+    known_and_unknown,
+    no_known_label,
+    unknown_labels,
+)
 from vistrain.evaluation.metrics import classification_metrics
 from vistrain.evaluation.predictor import Predictor, softmax
 from vistrain.evaluation.seen import Look, overlap_with_run
@@ -101,27 +106,39 @@ def analyse(run_dir: Path | str, predictor: Predictor, data: Path | str | None =
         missing = [p for p, _ in pairs if not Path(p).is_file()]
         skipped += [{"path": p, "reason": "file no longer exists"} for p in missing]
         pairs = [(p, lab) for p, lab in pairs if Path(p).is_file()]
-        source = f"the validation split of {run_dir} ({len(pairs)} images)"
+        where = f"the validation split of {run_dir}"
     else:
         index = build_eval_index(DataConfig(Path(data), label_from_name, cache_dir=cache_dir), reporter=ui,
                                  classes=list(classes))
-        unknown = sorted({r.label for r in index.records} - set(classes))
-        if unknown:
-            raise ReportError(f"{data}: label(s) the model does not know: {', '.join(unknown)} "
-                              f"(model classes: {', '.join(classes)})")
         pairs = [(r.path, r.label) for r in index.records]
         content = {r.path: Look(r.sha1, r.phash, r.colour) for r in index.records}
         skipped += [{"path": r.path, "reason": r.reason} for r in index.skipped]
-        source = f"{data} ({len(pairs)} images)"
-    with ui.stage("predict", len(pairs)) as advance:
-        views, similarity, errors = predictor.outputs_from_paths([p for p, _ in pairs], advance, views=2 if tta else 1)
-    skipped += [{"path": p, "reason": e} for (p, _), e in zip(pairs, errors) if e]
-    ok = [i for i, e in enumerate(errors) if not e]
+        where = str(data)
+    # Images of a label the model does not know are predicted too (what it calls a class it never
+    # saw is worth a line) but scored apart; only a folder with no known label at all is refused.
+    known, unknown, y_known = known_and_unknown([lab for _, lab in pairs], classes)
+    if pairs and not known:
+        raise ReportError(no_known_label(data if data is not None else run_dir / "split.csv",
+                                         [lab for _, lab in pairs], classes))
+    order = known + unknown
+    with ui.stage("predict", len(order)) as advance:
+        views, similarity, errors = predictor.outputs_from_paths([pairs[i][0] for i in order], advance,
+                                                                 views=2 if tta else 1)
+    n_known = len(known)
+    source = f"{where} ({n_known} images" + (f"; {len(unknown)} more with a label the model does not know, "
+                                              "not scored)" if unknown else ")")
+    set_apart = unknown_labels([pairs[i][1] for i in unknown],
+                               [None if e else int(np.argmax(v.mean(axis=0)))
+                                for v, e in zip(views[n_known:], errors[n_known:])], classes)
+    views, errors = views[:n_known], errors[:n_known]
+    similarity = None if similarity is None else similarity[:n_known]
+    skipped += [{"path": pairs[i][0], "reason": e} for i, e in zip(known, errors) if e]
+    ok = [j for j, e in enumerate(errors) if not e]
     if not ok:
         raise ReportError(f"{source}: no image could be classified")
     views = views[ok].astype(np.float64)
-    paths = [pairs[i][0] for i in ok]
-    y = np.array([classes.index(pairs[i][1]) for i in ok])
+    paths = [pairs[known[j]][0] for j in ok]
+    y = y_known[ok]
     logits = views.mean(axis=1)
     tta_info = None
     if tta:
@@ -151,6 +168,7 @@ def analyse(run_dir: Path | str, predictor: Predictor, data: Path | str | None =
         abst = {"target_precision": target, "threshold": threshold, "coverage": cov, "precision": prec,
                 "threshold_here": here.threshold, "coverage_here": here.coverage}
     metrics = metrics_with_intervals(classification_metrics(y, logits.argmax(1), classes), y, logits.argmax(1))
+    metrics.update(set_apart)
     overlap = None if data is None else overlap_with_run(run_dir, predictor.config.extra, paths, y, logits.argmax(1),
                                                          [content.get(p) for p in paths])
     # On the run's validation photos the threshold was set (99% familiar by construction): only new data says anything.

@@ -56,12 +56,19 @@ def metrics_with_intervals(metrics: dict, y_true: np.ndarray, y_pred: np.ndarray
     for i, c in enumerate(classes):
         row = out["per_class"][c]
         tp = int(cm[i, i])
-        row["precision_ci"] = wilson(tp, int(cm[:, i].sum()))
-        row["recall_ci"] = wilson(tp, int(cm[i].sum()))
-        row["f1_ci"] = (float(f1_ci[i, 0]), float(f1_ci[i, 1]))
-    support = np.array([out["per_class"][c]["support"] for c in classes], dtype=float)
-    weights = support / support.sum() if support.sum() else support
-    out["weighted_avg"] = {m: float(sum(w * out["per_class"][c][m] for w, c in zip(weights, classes)))
+        # No interval for a value that is undefined (None): (0, 1) would read as a measurement.
+        row["precision_ci"] = wilson(tp, int(cm[:, i].sum())) if row["precision"] is not None else None
+        row["recall_ci"] = wilson(tp, int(cm[i].sum())) if row["recall"] is not None else None
+        row["f1_ci"] = (float(f1_ci[i, 0]), float(f1_ci[i, 1])) if row["f1"] is not None else None
+    out["weighted_avg"] = {m: _weighted_defined([out["per_class"][c] for c in classes], m)
                            for m in ("precision", "recall", "f1")}
     out["accuracy_ci"] = wilson(int(np.trace(cm)), int(cm.sum()))
     return out
+
+
+def _weighted_defined(rows: list[dict], key: str) -> float | None:
+    """The support-weighted mean of ``key`` over the rows where it is defined (not None), as the
+    macro averages skip undefined values; None when no row with images has it."""
+    pairs = [(r[key], r["support"]) for r in rows if r[key] is not None and r["support"]]
+    total = sum(w for _, w in pairs)
+    return float(sum(v * w for v, w in pairs) / total) if total else None

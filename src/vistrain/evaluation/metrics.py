@@ -10,8 +10,11 @@ from vistrain.evaluation.intervals import wilson
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
     """Everything a reader needs to judge a classifier on one labelled set.
 
-    Precision of a class never predicted is reported as 0 (and its F1 as 0), as scikit-learn does
-    with ``zero_division=0``; the confusion matrix has true classes as rows.
+    A value that is 0/0 is None (JSON null), not 0: the recall and F1 of a class with no images
+    here (support 0), and the precision of a class never predicted. A class with images that is
+    never predicted has F1 0 (it missed every one of them), as scikit-learn computes it. The macro
+    averages are the means of the defined values (scikit-learn's ``zero_division=np.nan``), None when
+    there is none; the confusion matrix has true classes as rows.
     """
     y_true = np.asarray(y_true, dtype=int)
     y_pred = np.asarray(y_pred, dtype=int)
@@ -21,14 +24,14 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
     tp = np.diag(cm).astype(float)
     predicted = cm.sum(axis=0).astype(float)
     support = cm.sum(axis=1).astype(float)
-    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(k), where=denom > 0)
+    precision = [float(tp[i] / predicted[i]) if predicted[i] else None for i in range(k)]
+    recall = [float(tp[i] / support[i]) if support[i] else None for i in range(k)]
+    # 2TP / (2TP + FP + FN): the harmonic mean of precision and recall, and 0 (not 0/0) for a class
+    # never predicted, whose recall is 0 whatever its precision would be.
+    f1 = [float(2 * tp[i] / (support[i] + predicted[i])) if support[i] else None for i in range(k)]
     n = len(y_true)
-    present = support > 0
     per_class = {
-        c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+        c: {"precision": precision[i], "recall": recall[i], "f1": f1[i], "support": int(support[i])}
         for i, c in enumerate(classes)
     }
     lo, hi = wilson(int(tp.sum()), n)
@@ -40,13 +43,21 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
         "errors": int(n - tp.sum()),
         "classes": list(classes),
         "per_class": per_class,
-        "macro_avg": {
-            "precision": float(precision[present].mean()) if present.any() else 0.0,
-            "recall": float(recall[present].mean()) if present.any() else 0.0,
-            "f1": float(f1[present].mean()) if present.any() else 0.0,
-        },
+        "macro_avg": {"precision": mean_defined(precision), "recall": mean_defined(recall), "f1": mean_defined(f1)},
         "confusion_matrix": cm.tolist(),
     }
+
+
+def mean_defined(values: list[float | None]) -> float | None:
+    """The mean of the values that are not None; None when none is."""
+    defined = [v for v in values if v is not None]
+    return float(sum(defined) / len(defined)) if defined else None
+
+
+def f1_order(per_class: dict, classes: list[str]) -> list[str]:
+    """``classes`` weakest first by F1; a class whose F1 is undefined (no images here) last, in
+    class order: it is no weaker than any other, only unmeasured."""
+    return sorted(classes, key=lambda c: (per_class[c]["f1"] is None, per_class[c]["f1"] or 0.0))
 
 
 def most_confused(cm: np.ndarray, n: int) -> list[int]:

@@ -8,14 +8,17 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from vistrain.evaluation.metrics import f1_order
+
 
 def per_class_table(metrics: dict, title: str, limit: int | None = None, full_at: str = "metrics.json") -> Table:
     """One row per class; with more than ``limit`` classes, only the ``limit`` weakest (lowest F1
-    first), so that a summary of 200 bird species shows what needs work, not a page of 100%s."""
+    first), so that a summary of 200 bird species shows what needs work, not a page of 100%s.
+    An undefined value (None: a class with no images here, or never predicted) shows as "n/a"."""
     classes = metrics["classes"]
     shown = classes
     if limit is not None and len(classes) > limit:
-        shown = sorted(classes, key=lambda c: metrics["per_class"][c]["f1"])[:limit]
+        shown = f1_order(metrics["per_class"], classes)[:limit]
         title = f"{title}: the {limit} weakest of {len(classes)} classes (all of them: {full_at})"
     t = Table(title=escape(title), title_justify="left")
     t.add_column("class", overflow="fold")
@@ -23,15 +26,34 @@ def per_class_table(metrics: dict, title: str, limit: int | None = None, full_at
         t.add_column(col, justify="right")
     for c in shown:
         m = metrics["per_class"][c]
-        t.add_row(escape(c), f"{m['precision']:.1%}", f"{m['recall']:.1%}", f"{m['f1']:.3f}", str(m["support"]))
+        t.add_row(escape(c), pct(m["precision"]), pct(m["recall"]), score(m["f1"]), str(m["support"]))
     listed = set(shown)
     rest = [metrics["per_class"][c]["f1"] for c in classes if c not in listed]
+    measured = [f for f in rest if f is not None]
     if rest:
-        t.add_row(f"[dim]… {len(rest)} more", "", "", f"[dim]≥ {min(rest):.3f}", "", end_section=True)
+        t.add_row(f"[dim]… {len(rest)} more", "", "", f"[dim]≥ {min(measured):.3f}" if measured else "", "",
+                  end_section=True)
     avg = metrics["macro_avg"]
-    t.add_row("[bold]macro average", f"{avg['precision']:.1%}", f"{avg['recall']:.1%}", f"{avg['f1']:.3f}",
+    t.add_row("[bold]macro average", pct(avg["precision"]), pct(avg["recall"]), score(avg["f1"]),
               str(metrics["n"]), end_section=True)
+    if any(metrics["per_class"][c][k] is None for c in classes for k in ("precision", "recall", "f1")):
+        absent = sum(metrics["per_class"][c]["support"] == 0 for c in classes)
+        t.caption = (f"{UNDEFINED}: undefined (0/0): no recall or F1 for a class with no images here"
+                     + (f" ({absent} of {len(classes)})" if absent else "")
+                     + ", no precision for one never predicted; the averages leave them out")
+        t.caption_justify = "left"
     return t
+
+
+UNDEFINED = "n/a"  # a metric that is 0/0 (None): a class with no images here, or one never predicted
+
+
+def pct(x: float | None) -> str:
+    return UNDEFINED if x is None else f"{x:.1%}"
+
+
+def score(x: float | None) -> str:
+    return UNDEFINED if x is None else f"{x:.3f}"
 
 
 MIN_ROW_LABEL = 12  # the narrowest the "actual" column may fold to in a numbered matrix
@@ -129,8 +151,8 @@ def common_folder(paths: list[str]) -> str | None:
 
 
 def worst_classes(metrics: dict, n: int = 2) -> list[str]:
-    ranked = sorted(metrics["classes"], key=lambda c: metrics["per_class"][c]["f1"])
-    return [c for c in ranked[:n] if metrics["per_class"][c]["f1"] < 1.0]
+    ranked = f1_order(metrics["per_class"], metrics["classes"])
+    return [c for c in ranked[:n] if (f := metrics["per_class"][c]["f1"]) is not None and f < 1.0]
 
 
 def top_confusions(metrics: dict, n: int = 3) -> list[tuple[str, str, int]]:

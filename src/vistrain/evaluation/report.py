@@ -19,6 +19,7 @@ from vistrain.evaluation import plots
 from vistrain.evaluation.analysis import Analysis, reliability_pair
 from vistrain.evaluation.calibration import set_aside
 from vistrain.evaluation.gradcam import grad_cam
+from vistrain.evaluation.labelled import describe_unknown
 from vistrain.evaluation.metrics import most_confused
 from vistrain.evaluation.predictor import Predictor
 from vistrain.evaluation.report_audit import audit_section, data_section
@@ -58,7 +59,11 @@ def _pct(x: float | None) -> str:
 
 
 def _ci(lo_hi) -> str:
-    return f' <span class="ci">[{lo_hi[0]:.0%}–{lo_hi[1]:.0%}]</span>'
+    return "" if lo_hi is None else f' <span class="ci">[{lo_hi[0]:.0%}–{lo_hi[1]:.0%}]</span>'
+
+
+def _score(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}"
 
 
 def _section(sid: str, title: str, body: str) -> str:
@@ -165,26 +170,40 @@ def _training_section(run_dir: Path) -> str:
 def _metrics_section(a: Analysis) -> str:
     m = a.metrics
     said = describe_overlap(a.overlap, m["n"], "the run's split.csv") if a.overlap else ""
-    warning = "".join(f'<p class="warn">{escape(text)}</p>' for text in (said, describe_unfamiliar(a.unfamiliar, m["n"]))
+    unknown = describe_unknown(m)
+    warning = "".join(f'<p class="warn">{escape(text)}</p>'
+                      for text in (said, describe_unfamiliar(a.unfamiliar, m["n"]), unknown[:1].upper() + unknown[1:])
                       if text)
     rows = []
     for c in a.classes:
         r = m["per_class"][c]
         rows.append(f"<tr><td>{escape(c)}</td><td>{_pct(r['precision'])}{_ci(r['precision_ci'])}</td>"
-                    f"<td>{_pct(r['recall'])}{_ci(r['recall_ci'])}</td><td>{r['f1']:.3f}{_ci(r['f1_ci'])}</td>"
+                    f"<td>{_pct(r['recall'])}{_ci(r['recall_ci'])}</td><td>{_score(r['f1'])}{_ci(r['f1_ci'])}</td>"
                     f"<td>{r['support']}</td></tr>")
     for name, key in (("macro average", "macro_avg"), ("weighted average", "weighted_avg")):
         avg = m[key]
         rows.append(f"<tr><th>{name}</th><th>{_pct(avg['precision'])}</th><th>{_pct(avg['recall'])}</th>"
-                    f"<th>{avg['f1']:.3f}</th><th>{m['n']}</th></tr>")
-    small = min(r["support"] for r in m["per_class"].values())
+                    f"<th>{_score(avg['f1'])}</th><th>{m['n']}</th></tr>")
+    # The smallest class with images: one with none here has no interval to be wide.
+    small = min((r["support"] for r in m["per_class"].values() if r["support"]), default=0)
+    absent = [c for c in a.classes if m["per_class"][c]["support"] == 0]
+    undefined = (f'<p class="note">–: undefined (0/0). {_absent_said(absent)}A class never predicted has no '
+                 "precision. The averages leave undefined values out.</p>"
+                 if any(m["per_class"][c][k] is None for c in a.classes for k in ("precision", "recall", "f1")) else "")
     return (f'<div class="kpi"><div>accuracy<b>{_pct(m["accuracy"])}</b>{_ci(m["accuracy_ci"])}</div>'
             f'<div>errors<b>{m["errors"]} of {m["n"]}</b></div></div>{warning}'
             f'<p class="note">Brackets: 95% confidence intervals (Wilson for precision and recall, bootstrap for F1). '
             f'With {m["n"]} images ({small} in the smallest class) they are wide: differences inside them may be luck.</p>'
             "<table><thead><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>"
+            f"<tbody>{''.join(rows)}</tbody></table>{undefined}"
             + _confusion_plot(np.array(m["confusion_matrix"]), a.classes))
+
+
+def _absent_said(absent: list[str]) -> str:
+    if not absent:
+        return ""
+    names = ", ".join(escape(c) for c in absent[:10]) + (f" and {len(absent) - 10} more" if len(absent) > 10 else "")
+    return f"No images here of {names}: no recall or F1 for {'it' if len(absent) == 1 else 'them'}. "
 
 
 def _confusion_plot(cm: np.ndarray, classes: list[str]) -> str:

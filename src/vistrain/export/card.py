@@ -50,8 +50,12 @@ def _read(path: Path) -> dict:
         return {}
 
 
-def _pct(x: float) -> str:
-    return f"{x:.1%}"
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1%}"  # None: undefined (0/0), e.g. a class with no validation images
+
+
+def _f1(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
 
 
 def _code(name: str) -> str:
@@ -136,7 +140,7 @@ def _quality(info: ExportInfo, metrics: dict, config: dict) -> list[str]:
         out += ["", "Per class, on the validation images:", "",
                 "| class | precision | recall | F1 | images |", "|---|---|---|---|---|"]
         for c, pc in valid.get("per_class", {}).items():
-            out.append(f"| {_code(c)} | {_pct(pc['precision'])} | {_pct(pc['recall'])} | {pc['f1']:.2f} | {pc['support']} |")
+            out.append(f"| {_code(c)} | {_pct(pc['precision'])} | {_pct(pc['recall'])} | {_f1(pc['f1'])} | {pc['support']} |")
         out.append("")
         confused = _confusions(valid)
         if confused:
@@ -294,8 +298,9 @@ def _limits(info: ExportInfo, metrics: dict, data: dict, config: dict) -> list[s
            "Photos from another camera, place, season or source may fare worse: check it on labelled photos from "
            "where it will be used (`vistrain evaluate . FOLDER`).")]
     per_class = metrics.get("valid", {}).get("per_class", {})
-    if per_class:
-        weakest = min(per_class, key=lambda c: per_class[c]["f1"])
+    measured = [c for c in per_class if per_class[c]["f1"] is not None]  # a class with no validation images has none
+    if measured:
+        weakest = min(measured, key=lambda c: per_class[c]["f1"])
         pc = per_class[weakest]
         n_train = data.get("counts", {}).get("train", {}).get(weakest)
         out.append(f"- Its weakest class on validation is {_code(weakest)} (F1 {pc['f1']:.2f}, on {pc['support']} "

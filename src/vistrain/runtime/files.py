@@ -8,7 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from vistrain.evaluation.labelled import labelled_index, labelled_metrics, tta_gain
+from vistrain.evaluation.labelled import (
+    labelled_index,
+    labelled_metrics,
+    predict_labelled,
+    tta_gain,
+)
 from vistrain.heatmap import save_heatmap
 from vistrain.prediction import (
     check_answer_options,
@@ -79,13 +84,7 @@ def evaluate_export(folder: Path | str, data: str | Path, label_from_name: str |
     ui = reporter or SilentReporter()
     predictor = OnnxPredictor.from_folder(folder, variant)
     index, y_true = labelled_index(data, label_from_name, cache_dir, predictor.classes, ui)
-    with ui.stage("predict", len(index.records)) as advance:
-        views, similarity, errors = predictor.outputs_from_paths([r.path for r in index.records], advance,
-                                                                 views=2 if tta else 1)
-    failed = [(r, why) for r, why in zip(index.records, errors) if why]
-    if failed:  # the scan decoded every one of them: only a file changed since could fail here
-        r, why = failed[0]
-        raise ValueError(f"{r.path}: {why}")
+    views, similarity, unknown_pred = predict_labelled(predictor.outputs_from_paths, index, ui, tta)
     y_pred = views.mean(axis=1).argmax(axis=1)
     source = predictor.info.extra.get("source_run")
     seen = source is not None and (Path(source) / "split.csv").is_file()
@@ -94,7 +93,7 @@ def evaluate_export(folder: Path | str, data: str | Path, label_from_name: str |
     except (OSError, ValueError):
         extra = {}
     metrics = labelled_metrics(index, predictor.classes, y_true, y_pred, predictor.familiarity, similarity,
-                               Path(source) if seen else None, extra)
+                               Path(source) if seen else None, extra, unknown_pred)
     metrics["model"] = {"export": str(predictor.model_path), "variant": predictor.variant, "source_run": source}
     if tta:
         metrics["tta"] = tta_gain(views, y_true)

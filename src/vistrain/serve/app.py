@@ -1,6 +1,7 @@
 """The prediction server: FastAPI, the model loaded once at start-up, requests micro-batched.
 
     POST /predict  multipart field ``file`` (repeatable) -> top classes, unsure flag, heat map
+                   (with several files, an unreadable one gets an error entry; the rest are answered)
     GET  /health, GET /model, GET / (a web page), GET /openapi.json, GET /docs and /redoc
 
 The docs pages load Swagger UI and ReDoc from ``/static-docs/``, files shipped by the
@@ -28,7 +29,9 @@ from vistrain.serve.core import (
     answers,
     check_content_type,
     decode_upload,
+    in_upload_order,
     model_description,
+    refusal_of_all,
 )
 from vistrain.serve.page import PAGE
 
@@ -49,9 +52,19 @@ class ImagePrediction(BaseModel):
     heatmap: str | None = None  # JPEG data URL: the image as the model saw it, with the class activation map
 
 
+class ImageFailure(BaseModel):
+    """A file of a multi-file request that could not be classified; the others are still answered."""
+
+    filename: str
+    error: str  # names the file and the reason, as the single-file refusal's ``detail`` does
+    status: int  # the HTTP status the file would get alone: 400 unreadable, 413 too large, 415 not an image
+
+
 class PredictResponse(BaseModel):
     variant: str
-    predictions: list[ImagePrediction]
+    # One entry per uploaded file, in upload order: an answer, or (several files only) why it has none.
+    predictions: list[ImagePrediction | ImageFailure]
+    failed: int = 0  # how many entries are ImageFailure
 
 
 class ErrorResponse(BaseModel):
@@ -149,9 +162,12 @@ def create_app(cfg: ServeConfig) -> FastAPI:
 
     app = _fastapi_with_local_docs(title="vistrain image classifier", version=__version__, lifespan=lifespan,
                                    description="Classify photos with a model exported by `vistrain export`.")
-    refusals = {400: {"model": ErrorResponse, "description": "not a usable image (the message says why)"},
-                413: {"model": ErrorResponse, "description": "upload or image too large"},
-                415: {"model": ErrorResponse, "description": "not multipart/form-data, or a part that is not an image"}}
+    refusals = {400: {"model": ErrorResponse, "description": "not a usable image (the message says why); with "
+                                                              "several files, none of them is (each named)"},
+                413: {"model": ErrorResponse, "description": "request too large or too many files; or the only "
+                                                              "image (or every one) too large"},
+                415: {"model": ErrorResponse, "description": "not multipart/form-data; or the only part (or every "
+                                                              "one) not an image"}}
 
     @app.exception_handler(UploadError)
     async def _upload_error(request: Request, exc: UploadError):
@@ -179,17 +195,25 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         predictor: OnnxPredictor = request.app.state.predictor
         if len(file) > cfg.max_files:
             raise UploadError(413, f"{len(file)} files in one request; the limit is {cfg.max_files}")
-        names, pixels = [], []
+        # A bad file among several costs only its own answer: a user sending 20 photos gets 19 answers and
+        # one error entry, not a 400 for all. Limits on the request as a whole stay refusals (above, and
+        # BodyLimit), and so does a request with nothing readable (refusal_of_all).
+        names, pixels, failures = [], [], {}
         for i, upload in enumerate(file):
             name = upload.filename or f"file {i + 1}"
-            check_content_type(name, upload.content_type)
-            data = await upload.read()
-            pixels.append(await run_in_threadpool(decode_upload, predictor, data, name, cfg.max_pixels))
-            names.append(name)
+            try:
+                check_content_type(name, upload.content_type)
+                data = await upload.read()
+                pixels.append(await run_in_threadpool(decode_upload, predictor, data, name, cfg.max_pixels))
+                names.append(name)
+            except UploadError as exc:
+                failures[i] = (name, exc)
+        if not pixels:
+            raise refusal_of_all(list(failures.values()))
         batch = np.stack(pixels)
         logits, feats = await request.app.state.batcher.submit(batch)
         rows = await run_in_threadpool(answers, predictor, names, batch, logits, feats, top_k, heatmap)
-        return {"variant": predictor.variant, "predictions": rows}
+        return in_upload_order(predictor.variant, rows, failures)
 
     app.add_middleware(BodyLimit, max_bytes=cfg.max_request_bytes)
     return app

@@ -1,5 +1,6 @@
 """What the server and the Lambda handler share: checking an upload, decoding it as training did,
-and turning the model's outputs into an answer (top classes, unsure flag, heat map)."""
+turning the model's outputs into an answer (top classes, unsure flag, heat map), and putting one
+request's answers and per-file refusals together."""
 
 from __future__ import annotations
 
@@ -59,6 +60,34 @@ def decode_upload(predictor: OnnxPredictor, data: bytes, name: str, max_pixels: 
         raise UploadError(413 if exc.reason.startswith("decompression bomb") else 400, f"{name}: {exc.reason}") from exc
     except (MemoryError, Image.DecompressionBombError) as exc:
         raise UploadError(413, f"{name}: image too large to decode") from exc
+
+
+def refusal_of_all(failures: list[tuple[str, UploadError]]) -> UploadError:
+    """The refusal for a request none of whose images could be read.
+
+    One file: its own refusal, unchanged. Several: one message naming every file and its reason, so
+    a client fixes them all in one go instead of learning of them one resubmission at a time. The
+    status is theirs when they share it; mixed reasons get a plain 400, since a 413 or 415 for the
+    whole request would send a client after the wrong cause (shrinking it, or changing its type)."""
+    if len(failures) == 1:
+        return failures[0][1]
+    statuses = {exc.status for _, exc in failures}
+    status = statuses.pop() if len(statuses) == 1 else 400
+    return UploadError(status, f"none of the {len(failures)} files could be read: "
+                               + "; ".join(exc.message for _, exc in failures))
+
+
+def in_upload_order(variant: str, rows: list[dict], failures: dict[int, tuple[str, UploadError]]) -> dict:
+    """The response body: ``rows`` (answers for the readable images, in upload order) and one entry
+    per unreadable image (``failures``: its position in the upload -> name, refusal), put back at
+    that position, so ``predictions[i]`` is always about the i-th file sent."""
+    answered = iter(rows)
+    predictions = [
+        {"filename": failures[i][0], "error": failures[i][1].message, "status": failures[i][1].status}
+        if i in failures else next(answered)
+        for i in range(len(rows) + len(failures))
+    ]
+    return {"variant": variant, "predictions": predictions, "failed": len(failures)}
 
 
 def answers(predictor: OnnxPredictor, names: list[str], pixels: np.ndarray, logits: np.ndarray, feats: np.ndarray,

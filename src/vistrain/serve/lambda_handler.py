@@ -25,6 +25,7 @@ from vistrain.serve.core import (
     answers,
     check_content_type,
     decode_upload,
+    in_upload_order,
 )
 
 
@@ -68,7 +69,9 @@ def _predict(predictor: OnnxPredictor, event: dict, cfg: ServeConfig) -> dict:
     pixels = decode_upload(predictor, data, name, cfg.max_pixels)[None]
     logits, feats = predictor.outputs_from_pixels(pixels)
     heat = str(params.get("heatmap", "false")).lower() in ("1", "true", "yes")
-    return {"variant": predictor.variant, "predictions": answers(predictor, [name], pixels, logits, feats, top_k, heat)}
+    # One image per event, so a bad one is the event's refusal (as for a one-file POST /predict);
+    # the answer has /predict's shape, ``failed`` included.
+    return in_upload_order(predictor.variant, answers(predictor, [name], pixels, logits, feats, top_k, heat), {})
 
 
 def _reply(status: int, body: dict) -> dict:

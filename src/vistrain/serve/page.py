@@ -4,7 +4,8 @@
 - Several: a table that fills as answers arrive (one request per photo, a few at a time, so the
   server's micro-batcher groups them and ``--max-files`` never refuses a big drop), a summary line,
   and the answers as a CSV with ``vistrain predict --csv``'s columns. Clicking a row shows its bars
-  and heat map.
+  and heat map. A photo the server refuses (not an image, truncated, too large) gets its reason in
+  its own row and the rest carry on: with one photo per request, a refusal is that photo's alone.
 - The camera: frames are classified one after another, each as soon as the previous answer is in,
   so the rate follows the server's speed. When the model crops (``resize="crop"``), a frame on the
   video marks the centre square it sees; ticked, "with its heat map" shows each frame's. Browsers offer the camera only to secure pages
@@ -92,7 +93,12 @@ async function classify(blob, name, heatmap) {
   } catch (e) { throw new Error("request failed: " + e.message); }
   const body = await r.json().catch(() => ({}));
   if (!r.ok) throw new Error(body.detail || ("error " + r.status));
-  return body.predictions[0];
+  // A multi-file request answers an unreadable file with {filename, error} in its place (200); one
+  // file is refused instead, but read both, so the page stays right whichever the server does.
+  const p = body.predictions && body.predictions[0];
+  if (!p) throw new Error("no answer for " + name);
+  if (p.error) throw new Error(p.error);
+  return p;
 }
 
 function show(p) {
