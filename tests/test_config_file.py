@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -28,7 +29,7 @@ def test_unknown_key_is_rejected_with_a_suggestion(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown augment setting 'jiter' \(did you mean 'jitter'\?\)"):
         load_config(f)
     f.write_text("epochs: many\n")
-    with pytest.raises(ConfigError, match="epochs must be a whole number"):
+    with pytest.raises(ConfigError, match=r"c\.yaml: epochs: 'many' is not a whole number"):
         load_config(f)
     f.write_text("- a list\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
@@ -39,8 +40,9 @@ def test_typed_flags_override_the_file_even_at_their_default_value(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("data: photos\nresize: pad\nmode: probe\nepochs: 3\nlr: 1\ntime_budget: null\n"
                  "probe_c: 0.5\naugment: {jitter: 0.1, scale: [0.5, 1.0]}\n")
+    (tmp_path / "photos").mkdir()
     args, extra = _resolve(["--config", str(f), "--resize", "crop", "--epochs", "5"])
-    assert str(args.data) == "photos" and args.mode == "probe"
+    assert args.data == tmp_path / "photos" and args.mode == "probe"  # beside the file, not the shell's folder
     assert args.resize == "crop" and args.epochs == 5  # typed: crop is the default, it still wins over the file
     assert args.lr == 1.0 and isinstance(args.lr, float) and args.no_time_budget is True
     assert args.batch_size == 32  # neither file nor flag: the default
@@ -148,3 +150,126 @@ def test_saved_file_names_each_pinned_setting_and_the_caveat(tmp_path):
     assert saved["epochs"] == 5 and saved["time_budget"] is None and saved["mode"] == "auto"
     save_config(cfg, path)  # nothing pinned: the request, with no such lines
     assert "time budget planned" not in path.read_text() and load_config(path)["time_budget"] == 600.0
+
+
+# Each reached a comparison or an unpacking in TrainConfig / AugmentConfig and crashed with a
+# TypeError there (the audit's list), or was taken silently (a list or a flag as a path).
+@pytest.mark.parametrize(("line", "message"), [
+    ("lr: fast", r"lr: 'fast' is not a number \(expected a number between 0 and 1, or auto\)"),
+    ('time_budget: "10"', r"time_budget: '10' is not a number \(expected .*seconds, or null for no limit, written without quotes\)"),
+    ("label_smoothing: x", r"label_smoothing: 'x' is not a number"),
+    ("max_memory: lots", r"max_memory: 'lots' is not a number \(expected .*gigabytes"),
+    ("weight_decay: none", r"weight_decay: 'none' is not a number"),
+    ('dropout: "0.1"', r"dropout: '0\.1' is not a number \(.*written without quotes\)"),
+    ("probe_c: [0.1, 1]", r"probe_c: \[0\.1, 1\] is not a number \(expected a positive number, or auto\)"),
+    ("valid_fraction: half", r"valid_fraction: 'half' is not a number"),
+    ("backbone: null", r"backbone: null is not allowed \(expected a backbone name"),
+    ("lr: null", r"lr: null is not allowed"),
+    ("mode: 3", r"mode: 3 is not text \(expected auto, probe or finetune\)"),
+    ("device: [cpu]", r"device: \['cpu'\] is not text"),
+    ("label_from_name: 5", r"label_from_name: 5 is not text"),
+    ("batch_size: 8.0", r"batch_size: 8\.0 is not a whole number"),
+    ("seed: true", r"seed: true is not a whole number"),
+    ("image_size: auto", r"image_size: 'auto' is not a whole number \(expected .*or null to choose from the photos\)"),
+    ('familiarity: "no"', r"familiarity: 'no' is not a yes/no value \(.*written without quotes\)"),
+    ("data: [a, b]", r"data: \['a', 'b'\] is not a path"),
+    ("data: null", r"data: null is not allowed"),
+    ("out: yes", r"out: true is not a path"),
+    ("augment: 0.3", r"augment: 0\.3 is not a mapping"),
+    ("augment: {scale: 0.3}", r"augment\.scale: 0\.3 is not a pair of numbers \(expected \[low, high\]"),
+    ("augment: {ratio: [1, 2, 3]}", r"augment\.ratio: \[1, 2, 3\] is not a pair of numbers"),
+    ("augment: {scale: [a, 1]}", r"augment\.scale: \['a', 1\] is not a pair of numbers"),
+    ("augment: {flip: 1}", r"augment\.flip: 1 is not one of the choices \(expected true, false or auto\)"),
+    ("augment: {jitter: strong}", r"augment\.jitter: 'strong' is not a number"),
+    ("augment: {scale: [0.5, 0.1]}", r"augment: augmentation scale \(0\.5, 0\.1\) must satisfy"),  # a range: AugmentConfig's
+])
+def test_a_value_of_the_wrong_type_is_named_with_file_key_and_what_fits(tmp_path, line, message):
+    f = tmp_path / "c.yaml"
+    f.write_text(line + "\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: " + message):
+        load_config(f)
+
+
+def test_the_cli_reports_a_wrong_type_without_a_traceback(tmp_path, capsys):
+    f = tmp_path / "c.yaml"
+    f.write_text("lr: fast\n")
+    assert main(["train", str(tmp_path), "--config", str(f), "--out", str(tmp_path / "run")]) == 2
+    assert "c.yaml: lr: 'fast' is not a number" in " ".join(capsys.readouterr().out.split())  # rich wraps lines
+
+
+def test_valid_values_keep_their_meaning(tmp_path):
+    from vistrain.config_file import normalise
+    from vistrain.data.augment import AugmentConfig
+
+    got = normalise({"lr": 1, "time_budget": None, "max_memory": 2, "epochs": 3, "image_size": None,
+                     "ensemble": False, "familiarity": False, "data": "~/photos", "cache_dir": None,
+                     "augment": {"scale": [0.5, 1], "flip": "auto"}}, "f.yaml")
+    assert got["lr"] == 1.0 and isinstance(got["lr"], float) and isinstance(got["max_memory"], float)
+    assert got["time_budget"] is None and got["image_size"] is None and got["cache_dir"] is None
+    assert got["ensemble"] == "off" and got["familiarity"] is False and type(got["epochs"]) is int
+    assert got["data"] == Path("~/photos").expanduser()
+    assert got["augment"] == AugmentConfig(scale=(0.5, 1.0), flip="auto")
+    assert normalise({"lr": "auto"}, "f.yaml") == {"lr": "auto"}  # the range test runs first
+    keep = AugmentConfig(jitter=0.1)
+    assert normalise({"augment": keep}, "f.yaml")["augment"] is keep  # the sweep passes built ones
+
+
+def test_exponents_without_a_dot_are_numbers(tmp_path):
+    # PyYAML (YAML 1.1) reads `1e-4` as text; refusing the usual spelling of a learning rate as
+    # "not a number" would be our error, not the user's.
+    f = tmp_path / "c.yaml"
+    f.write_text("lr: 3e-4\ntime_budget: 1E3\nlabel_from_name: \"1e5\"\n")
+    got = load_config(f)
+    assert got["lr"] == 3e-4 and got["time_budget"] == 1000.0 and got["label_from_name"] == "1e5"
+    assert yaml.safe_load("lr: 3e-4\n") == {"lr": "3e-4"}  # PyYAML's own loader is left as it was
+
+
+def test_relative_paths_in_a_file_are_relative_to_its_folder(tmp_path, monkeypatch):
+    (tmp_path / "cfg").mkdir()
+    f = tmp_path / "cfg" / "c.yaml"
+    f.write_text(f"data: ../photos\nout: runs/a\ncache_dir: {tmp_path / 'cache'}\n")
+    monkeypatch.chdir(tmp_path)  # from the parent, ../photos must not mean a sibling of tmp_path
+    got = load_config("cfg/c.yaml")
+    assert got["data"].resolve() == (tmp_path / "photos").resolve()
+    assert got["out"].resolve() == (tmp_path / "cfg" / "runs" / "a").resolve()
+    assert got["cache_dir"] == tmp_path / "cache"  # absolute: as written
+    (tmp_path / "photos").mkdir()
+    args, _ = _resolve(["--config", "cfg/c.yaml"])
+    assert args.data.resolve() == (tmp_path / "photos").resolve()
+    assert args.cache_dir == tmp_path / "cache"
+    args, _ = _resolve(["photos", "--config", "cfg/c.yaml", "--out", "here"])  # typed: relative to the shell's folder
+    assert args.data == Path("photos") and args.out == Path("here")
+
+
+def test_a_missing_data_folder_from_a_file_names_the_file(tmp_path, monkeypatch, capsys):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "c.yaml").write_text("data: ../nothing\nmode: probe\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"cfg/c\.yaml: data: cfg/\.\./nothing: no such file or folder \(a relative "
+                                          r"path in a config file is relative to the file's folder\)"):
+        _resolve(["--config", "cfg/c.yaml"])
+    assert main(["train", "--config", "cfg/c.yaml", "--out", "run"]) == 2
+    assert "cfg/c.yaml: data:" in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_with_a_config_file_starts_from_the_runs_settings(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "checkpoint" / "train_config.yaml").write_text(
+        f"data: {tmp_path}\nmode: finetune\nepochs: 20\npatience: 50\nlr: 0.0003\ntime_budget: null\n"
+        "augment: {jitter: 0.1}\n")
+    pat = tmp_path / "pat.yaml"
+    pat.write_text("patience: 1\nepochs: 12\n")
+    args, extra = _resolve(["--out", str(run), "--resume", "--config", str(pat), "--epochs", "20"])
+    assert args.mode == "finetune" and args.lr == 0.0003 and args.no_time_budget is True  # the run's, not defaults
+    assert args.patience == 1  # the file over the run's settings
+    assert args.epochs == 20  # typed over both
+    assert args.data == tmp_path and extra["augment"].jitter == 0.1
+    # `resume: true` and `out:` in the file itself find the run the same way.
+    (tmp_path / "r.yaml").write_text("resume: true\nout: run\npatience: 2\n")
+    args, _ = _resolve(["--config", str(tmp_path / "r.yaml")])
+    assert args.resume is True and args.mode == "finetune" and args.patience == 2 and args.epochs == 20
+    # Not resuming: the run's settings are not read.
+    args, _ = _resolve([str(tmp_path), "--out", str(run), "--config", str(pat)])
+    assert args.mode == "auto" and args.epochs == 12 and args.patience == 1

@@ -75,6 +75,7 @@ def test_torchrun_processes_share_gpus_or_all_stay_on_the_cpu(monkeypatch):
 def test_yaml_config_and_sweep_space_accept_device(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("data: photos\ndevice: cpu\n")
+    (tmp_path / "photos").mkdir()  # a config file's data folder must exist (relative to the file)
     assert load_config(f)["device"] == "cpu"
     args, extra = resolve_train_args(build_parser().parse_args(["train", "--config", str(f)]))
     assert args.device == "cpu" and "device" not in extra

@@ -44,6 +44,18 @@ def test_suggestion_is_a_tenth_of_the_minimum_and_steepest_is_before_it():
     np.testing.assert_allclose(smooth(np.full(20, 0.7)), 0.7)  # bias-corrected: no warm-up dip
 
 
+def test_noise_on_a_loss_near_zero_is_not_a_fall():
+    """A head that fits the photos: the smoothed loss wanders 0.00044 -> 0.00024 (a 45% "fall" of
+    0.0002 nats) before blowing up; that is batch noise, not a rate to suggest (it suggested 0.00046)."""
+    lrs = np.logspace(-7, 0, 10)
+    flat = np.array([0.000438, 0.000382, 0.000406, 0.000436, 0.000374, 0.000297, 0.00024, 6.79, 45.8, 48.7])
+    assert suggest(lrs, flat)[1] is None
+    # The same shape a thousand times higher is a real fall (0.2 nats, 45%): it still suggests.
+    assert suggest(lrs, flat * 1000)[1] is not None
+    # A fall of 5% of the loss is within what batches move it by: nothing either.
+    assert suggest(lrs, np.array([1.0, 0.99, 0.98, 0.97, 0.96, 0.955, 0.95, 3.0, 9.0, 9.0]))[1] is None
+
+
 def test_lr_find_command_plots_and_suggests(noisy, tmp_path, capsys):
     data, cache = noisy
     png = tmp_path / "plots" / "lr.png"

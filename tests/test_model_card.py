@@ -201,3 +201,46 @@ def test_card_says_why_the_raw_softmax_was_kept(cal, said):
     from vistrain.export.card import _raw_softmax_why
 
     assert said in _raw_softmax_why(cal)
+
+
+def test_card_figures_read_right_at_their_edges(exported_run, trained_run):
+    """A threshold of 0.999715 is not "below 100.0%"; classes that all scored the same have no
+    weakest; duplicates come in groups; a resumed run's seconds are its last session's."""
+    from dataclasses import replace
+
+    from vistrain.export.card import _data, _limits, _made, _threshold_pct, card_text
+
+    assert [_threshold_pct(x) for x in (0.999715, 0.6, 0.9996, 0.00004, 1.0)] == [
+        "99.97%", "60.0%", "99.96%", "0.004%", "100.0%"]
+    run, _ = trained_run
+    _, info = read_export(exported_run)
+    text = card_text(run, exported_run, replace(info, unsure_threshold=0.999715))
+    assert 'or "unsure" when its top probability is below 99.97%.' in text
+    assert '"unsure": the top probability is below 99.97%.' in text and "below 100.0%" not in text
+
+    per_class = {c: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 3} for c in info.classes}
+    limits = "\n".join(_limits(info, {"valid": {"per_class": per_class}}, {}, {}))
+    assert f"Every class scored F1 1.00 on validation ({3 * len(info.classes)} images)" in limits
+    assert "weakest" not in limits
+    per_class[info.classes[1]]["f1"] = 0.8
+    limits = "\n".join(_limits(info, {"valid": {"per_class": per_class}}, {}, {}))
+    assert f"Its weakest class on validation is `{info.classes[1]}` (F1 0.80, on 3 images)" in limits
+
+    data = {"counts": {"train": {c: 5 for c in info.classes}}, "root": "photos", "layout": "class folders"}
+    found = "\n".join(_data(data, {"summary": {"near_duplicate": 4, "exact_duplicate": 1, "outlier": 2}}, info.classes))
+    assert "found: 4 groups of near duplicates, 1 group of exact copies, 2 outliers (" in found
+
+    metrics = {"seconds": 13.2, "device": "cpu"}
+    assert "- The run took 13 s on the CPU." in _made({"training": {"resume": False}}, metrics, run)
+    assert "- The last session (a resumed run) took 13 s on the CPU." in _made({"training": {"resume": True}}, metrics, run)
+
+
+def test_standalone_script_stops_quietly_when_its_reader_goes_away(exported_run, trained_run):
+    """`python predict_onnx.py photos/ | head`: a closed stdout ends it without a traceback."""
+    photos = trained_run[1]
+    proc = subprocess.Popen([sys.executable, "-c", _NO_VISTRAIN, str(exported_run / SCRIPT_FILE), str(photos)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before its first line: every write it makes finds the pipe closed
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141, err.decode()
+    assert b"Traceback" not in err and b"BrokenPipe" not in err

@@ -197,3 +197,186 @@ def test_a_missing_sweep_dependency_is_refused_before_any_trial(tmp_path, monkey
         SweepConfig(data=tmp_path, space={}, trials=2, out=tmp_path / "sweep", storage=storage)
     monkeypatch.undo()
     SweepConfig(data=tmp_path, space={}, trials=2, out=tmp_path / "sweep", storage=storage)  # installed: accepted
+
+
+class _InterruptAt:
+    """A reporter that presses Ctrl-C (raises KeyboardInterrupt) when the sweep logs a given line."""
+
+    def __init__(self, prefix: str):
+        self.prefix, self.lines = prefix, []
+
+    def stage(self, name, total, unit="img"):
+        from vistrain.progress import SilentReporter
+
+        return SilentReporter().stage(name, total, unit)
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+        if message.startswith(self.prefix):
+            raise KeyboardInterrupt
+
+
+def _sweep_args(*argv):
+    from vistrain.cli import build_parser
+
+    return build_parser().parse_args(["sweep", *map(str, argv)])
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_ctrl_c_mid_sweep_writes_the_summary_and_a_rerun_does_not_count_the_interrupted_trial(
+        sweep_data, tmp_path, cache_dir, capsys):
+    from rich.console import Console
+
+    from vistrain.commands import sweep as sweep_command
+
+    out, space = tmp_path / "sweep", _space(tmp_path)
+    argv = [sweep_data, "--space", space, "--trials", 3, "--sampler", "random", "--out", out, "--cache-dir", cache_dir]
+    console = Console(width=200)
+    rc = sweep_command.run(_sweep_args(*argv), console, _InterruptAt("trial 1:"))
+    said = capsys.readouterr().out
+    assert rc == 130
+    assert "interrupted after 1 of 3 trial(s); run the same command to continue" in said
+    assert "Traceback" not in said
+    assert [(r["trial"], r["state"], r["error"]) for r in _csv_rows(out / "trials.csv")] == [
+        ("0", "complete", ""), ("1", "interrupted", "interrupted (Ctrl-C)")]
+    assert load_config(out / "best.yaml")["mode"] == "probe"  # from the trial that finished
+    assert "1 complete, 0 pruned, 0 failed, 1 interrupted" in said
+
+    assert main(["sweep", *map(str, argv)]) == 0  # the same command continues the study
+    study = optuna.load_study(study_name="space", storage=f"sqlite:///{out / 'study.db'}")
+    states = {t.number: t.state.name for t in study.get_trials()}
+    # Three trials counted, as asked: the interrupted one gave its place back.
+    assert states == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE", 3: "COMPLETE"}
+    assert [r["state"] for r in _csv_rows(out / "trials.csv")] == ["complete", "interrupted", "complete", "complete"]
+    assert main(["sweep", *map(str, argv)]) == 0  # full: a third run adds nothing
+    assert len(optuna.load_study(study_name="space", storage=f"sqlite:///{out / 'study.db'}").trials) == 4
+
+
+def test_ctrl_c_while_a_trial_fine_tunes_is_not_recorded_as_a_finished_trial(sweep_data, tmp_path, cache_dir):
+    import signal
+
+    from vistrain.training.checkpoint import CHECKPOINT_DIR
+
+    out = tmp_path / "sweep"
+    space = _space(tmp_path, {"mode": "finetune", "image_size": 64, "time_budget": None, "epochs": 30,
+                              "patience": 30, "lr": {"low": 1e-4, "high": 1e-3, "log": True}})
+    proc = subprocess.Popen([sys.executable, "-m", "vistrain", "sweep", str(sweep_data), "--space", str(space),
+                             "--trials", "2", "--pruner", "none", "--out", str(out), "--cache-dir", str(cache_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        # Saved after each finished epoch: from then on Ctrl-C lands inside fine-tuning, which keeps the
+        # best so far and returns normally.
+        deadline = time.time() + 300
+        while not (out / "trials" / "0000" / CHECKPOINT_DIR / "state.json").exists() and proc.poll() is None:
+            assert time.time() < deadline, "the first fine-tuning epoch never finished"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        log = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, log
+    assert "Traceback" not in log
+    assert "interrupted after 0 of 2 trial(s)" in log
+    assert [(r["state"], r["value"]) for r in _csv_rows(out / "trials.csv")] == [("interrupted", "")]
+    assert not (out / "best.yaml").exists()  # nothing finished: nothing to recommend
+    assert not (out / "trials" / "0001").exists()  # the sweep stopped
+
+
+@pytest.mark.parametrize("key, spec, message", [
+    ("label_from_name", ["(.+?)_", "(.+)-"], "label_from_name: the labels are the data"),
+    ("label_from_name", "(.+?)_", "label_from_name: the labels are the data"),
+    ("valid_fraction", [0.2, 0.5], "valid_fraction draws the train/valid split, so trials would be scored on"),
+    ("seed", {"low": 0, "high": 3}, "seed draws the train/valid split"),
+    ("augment.scale", {"low": 0.2, "high": 0.5}, r"augment.scale: a \(low, high\) pair"),
+    ("augment.jitter", {"low": 0, "high": 2}, r"augment.jitter = 2: .*jitter"),
+    ("augment.flip", ["auto", "sometimes"], "augment.flip = 'sometimes': .*'sometimes'"),
+    ("epochs", {"low": 1.0, "high": 4.0}, r"epochs = 1.0: .*whole number"),
+])
+def test_space_settings_no_trial_could_use_are_refused_up_front(tmp_path, key, spec, message):
+    with pytest.raises(ConfigError, match=message):
+        load_space(_space(tmp_path, {"mode": "probe", key: spec}))
+
+
+def test_fine_tuning_settings_are_refused_when_every_trial_only_probes(tmp_path, sweep_data):
+    from vistrain.sweep.runner import SweepConfig
+
+    def config(space, base=None):
+        return SweepConfig(sweep_data, load_space(_space(tmp_path, space)), 2, tmp_path / "sweep", base=base or {})
+
+    with pytest.raises(ConfigError, match=r"augment.jitter, lr: fine-tuning setting\(s\) swept while every trial "
+                                          r"only probes"):
+        config({"mode": "probe", "probe_c": [0.1, 1.0], "lr": [1e-4, 3e-4], "augment.jitter": [0.0, 0.2]})
+    with pytest.raises(ConfigError, match="dropout: fine-tuning setting"):  # probe mode from the --config file
+        config({"dropout": [0.0, 0.2]}, {"mode": "probe"})
+    config({"mode": ["probe", "finetune"], "lr": [1e-4, 3e-4]})  # some trials fine-tune: lr matters to them
+    config({"mode": "probe", "probe_c": [0.1, 1.0], "epochs": 3})  # fixed, not searched: harmless
+
+
+def test_readme_example_space_is_accepted(tmp_path, sweep_data):
+    from vistrain.sweep.runner import SweepConfig
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    example = readme.split("# space.yaml:", 1)[1].split("```", 1)[0]
+    f = tmp_path / "readme_space.yaml"
+    f.write_text(example.split("\n", 1)[1])
+    SweepConfig(sweep_data, load_space(f), 2, tmp_path / "sweep")
+
+
+def test_a_changed_space_is_refused_for_an_existing_study_and_a_fixed_valid_fraction_applies(
+        sweep_data, tmp_path, cache_dir, capsys):
+    out = tmp_path / "sweep"
+    space = {**SPACE, "valid_fraction": 0.5}
+    argv = ["sweep", str(sweep_data), "--space", str(_space(tmp_path, space)), "--trials", "1", "--out", str(out),
+            "--cache-dir", str(cache_dir)]
+    assert main(argv) == 0
+    split = _csv_rows(out / "trials" / "0000" / "split.csv")
+    assert sum(r["split"] == "valid" for r in split) == len(split) // 2  # the space's fraction, not the default
+    assert load_config(out / "best.yaml")["valid_fraction"] == 0.5  # and best.yaml repeats what was scored
+    capsys.readouterr()
+    _space(tmp_path, {**space, "resize": ["crop", "pad"]})
+    assert main([*argv[:-5], "2", *argv[-4:]]) == 2
+    said = capsys.readouterr().out
+    assert "study 'space'" in said and "another search space (differs in: resize)" in said and "--study NEW" in said
+    assert len(optuna.load_study(study_name="space", storage=f"sqlite:///{out / 'study.db'}").trials) == 1
+
+
+def test_a_failing_trial_says_why_in_one_line_and_the_sweep_goes_on(sweep_data, tmp_path, cache_dir, capsys):
+    out = tmp_path / "sweep"
+    space = {**SPACE, "probe_c": 1.0, "resize": ["crop", "sideways"]}
+    assert main(["sweep", str(sweep_data), "--space", str(_space(tmp_path, space)), "--trials", "2", "--sampler",
+                 "grid", "--out", str(out), "--cache-dir", str(cache_dir)]) == 0
+    captured = capsys.readouterr()
+    said = captured.out + captured.err
+    assert "Traceback" not in said and "failed with parameters" not in said  # Optuna's own warning, silenced
+    assert "1 complete, 0 pruned, 1 failed" in said
+    failed = [r for r in _csv_rows(out / "trials.csv") if r["state"] == "fail"]
+    assert len(failed) == 1 and "sideways" in failed[0]["error"]
+    assert f"trial {failed[0]['trial']} failed: " in said
+
+
+def test_best_yaml_says_when_trials_tie_and_names_itself_by_an_absolute_path(tmp_path, monkeypatch):
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from vistrain.sweep.report import best_line, write_outputs
+    from vistrain.sweep.runner import SweepConfig
+
+    space = load_space(_space(tmp_path, {"lr": {"low": 1e-5, "high": 1e-3, "log": True}}))
+    monkeypatch.chdir(tmp_path)
+    cfg = SweepConfig(Path("photos"), space, 3, Path("sweep"))
+    cfg.out.mkdir()
+    study = optuna.create_study(direction="maximize")
+    lr = FloatDistribution(1e-5, 1e-3, log=True)
+    for value, x in ((1.0, 1e-4), (1.0, 3e-4), (0.5, 1e-3)):
+        study.add_trial(create_trial(params={"lr": x}, distributions={"lr": lr}, value=value))
+    head = write_outputs(study, cfg)["best"].read_text()
+    assert "trial 0, validation accuracy 1.0000 (tied with trial(s) 1)" in head
+    assert f"# Reproduce: vistrain train --config {tmp_path / 'sweep' / 'best.yaml'} --out runs/best" in head
+    assert "tied with 1 other trial(s): 1" in best_line(study, "accuracy")
+    study.add_trial(create_trial(params={"lr": 2e-4}, distributions={"lr": lr}, value=1.5))
+    assert "tied" not in best_line(study, "accuracy")

@@ -12,7 +12,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,13 @@ from vistrain.training.checkpoint import (
 )
 from vistrain.training.device import resolve_device
 from vistrain.training.distributed import init_from_env, is_main, world_size
-from vistrain.training.trainer import TrainConfig, TrainError, TrainResult, run_training
+from vistrain.training.trainer import (
+    TrainConfig,
+    TrainError,
+    TrainResult,
+    nothing_to_resume,
+    run_training,
+)
 
 
 @dataclass
@@ -99,7 +105,7 @@ def train(
     out: str | Path = "runs/latest",
     reporter: Reporter | None = None,
     label_from_name: str | None = None,
-    valid_fraction: float = 0.2,
+    valid_fraction: float | None = None,
     cache_dir: Path | str | bool | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
     lr_find_steps: int = 100,
@@ -107,15 +113,26 @@ def train(
 ) -> Run:
     """Train on a dataset folder (or CSV) and write the run folder ``out``; see :class:`TrainConfig`.
 
+    ``valid_fraction``: the share held out when vistrain splits (None: 0.2, or on resume the run's own).
     ``cache_dir``: where scan results are cached; None for the default user cache, False for none.
     ``on_epoch(epoch, best validation score so far)`` runs after each fine-tuning epoch.
     ``lr="auto"``: run the learning-rate range test (``lr_find_steps`` steps) and use its suggestion.
     ``device="auto"|"cpu"|"cuda"``: where to train (auto: a GPU when PyTorch sees one; mixed precision there).
+    ``resume=True``: continue the interrupted run in ``out`` (its settings, split and plan); a
+    ``time_budget`` given then counts from the resume.
+
+    Ctrl-C (KeyboardInterrupt) during fine-tuning returns normally with the best model so far written
+    and ``run.result.finetune.interrupted`` true: ``resume=True`` continues it. Elsewhere it propagates.
     """
     t0 = time.perf_counter()
     out = Path(out)
     if options.get("resume"):
-        options, label_from_name = _resume_settings(Path(data), out, options, label_from_name)
+        options, label_from_name, valid_fraction = _resume_settings(Path(data), out, options, label_from_name,
+                                                                    valid_fraction)
+        if not (out / CHECKPOINT_DIR / "state.json").exists():  # said before anything is written there
+            raise TrainError(nothing_to_resume(out))
+    if valid_fraction is None:
+        valid_fraction = DataConfig.valid_fraction
     data_cfg = DataConfig(Path(data), label_from_name, valid_fraction, options.get("seed", 0),
                           cache_dir=resolve_cache_dir(cache_dir))
     auto_lr = options.get("lr") == "auto"
@@ -126,6 +143,7 @@ def train(
     backend = init_from_env(resolve_device(cfg.device))
     ui = (reporter or SilentReporter()) if is_main() else SilentReporter()
     index = build_index(data_cfg, reporter=ui)
+    added_note = _match_resumed_data(index, out, ui) if cfg.resume else None
     if auto_lr and cfg.mode != "probe" and len(ensemble_members(cfg.backbone)) == 1:  # an ensemble only probes
         from vistrain.training.lr_find import lr_range_test
 
@@ -145,8 +163,11 @@ def train(
         ui.log(f"  skipped {r.path}: {r.reason}")
     audit = quick_audit(index)  # duplicates, conflicts, leaks, shortcuts: from the scan alone, no decoding
     ui.log(f"  {summary_line(audit)}" + (f" (details: vistrain audit {data})" if audit.findings else ""))
-    earlier = [] if cfg.resume else _earlier_outputs(out)
+    earlier = _earlier_outputs(out)
     if is_main():  # under torchrun, the other processes train but write nothing
+        if not cfg.resume:
+            # An abandoned run's checkpoint (epochs, plan) would pair with this run's settings and split.
+            remove_checkpoint(out)
         # Now, not only at the end: --resume after a crash (no Ctrl-C) needs the settings and the split.
         # They wait with the checkpoint: the run folder's own files are written together at the end.
         pending = out / CHECKPOINT_DIR
@@ -159,16 +180,25 @@ def train(
     result = run_training(index, cfg, ui, on_epoch=on_epoch)
     if backend:
         result.notes.append(f"data-parallel fine-tuning over {world_size()} processes ({backend})")
+    if added_note:
+        result.notes.append(added_note)
     if earlier:
         renew = " and ".join(f"`vistrain {command} {out}`" for _, command in earlier)
-        result.notes.append(f"{out} held an earlier run, now replaced; its {' and '.join(n for n, _ in earlier)} "
-                            f"{'is' if len(earlier) == 1 else 'are'} of the earlier model until {renew}")
+        names, verb = " and ".join(n for n, _ in earlier), "is" if len(earlier) == 1 else "are"
+        # On resume, out's model is the interrupted run's (or an earlier run's): what was made from it is stale too.
+        result.notes.append(f"{out}'s {names} {verb} of the model saved there before this resumed run, not of the "
+                            f"one it finished, until {renew}" if cfg.resume else
+                            f"{out} held an earlier run, now replaced; its {names} {verb} of the earlier model "
+                            f"until {renew}")
     predictor = Predictor(result.model, result.model_config, familiarity=result.familiarity)  # on the training device
     metrics = _final_metrics(index, result, predictor, ui, cfg.probe_c)
     y_valid = [result.model_config.classes.index(r.label) for r in index.split("valid")]
     apply_confidence(result.model_config, fit_confidence(result.valid_logits, y_valid))
     if is_main():
-        _write_run(out, index, cfg, result, metrics, time.perf_counter() - t0)
+        # A resumed run records the budget that planned its epochs (the one given now only stopped them,
+        # as the notes say): train_config.yaml then repeats the run, its header names the right budget.
+        record = cfg if result.planned_by_budget == cfg.time_budget else replace(cfg, time_budget=result.planned_by_budget)
+        _write_run(out, index, record, result, metrics, time.perf_counter() - t0)
         audit.save(out / "audit.json")
         if not (result.finetune and result.finetune.interrupted):
             remove_checkpoint(out)  # finished: the run folder holds the result; keep it for --resume otherwise
@@ -201,15 +231,19 @@ def find_lr(data: str | Path, reporter: Reporter | None = None, label_from_name:
 CHANGEABLE_ON_RESUME = frozenset({"time_budget", "device", "max_memory", "patience", "familiarity"})
 
 
-def _shown(value) -> str:
-    return "auto" if value is None else str(value)  # None: chosen by the run (image size, probe C)
+def _shown(value, key: str = "") -> str:
+    if value is None:  # chosen by the run (image size, probe C); for labels, none: the folders give them
+        return "none" if key == "label_from_name" else "auto"
+    return str(value)
 
 
-def _resume_settings(data: Path, out: Path, options: dict, label_from_name: str | None) -> tuple[dict, str | None]:
-    """The interrupted run's settings (its train_config.yaml), overridden by the options given now."""
+def _resume_settings(data: Path, out: Path, options: dict, label_from_name: str | None,
+                     valid_fraction: float | None) -> tuple[dict, str | None, float | None]:
+    """The interrupted run's settings (its train_config.yaml), overridden by the options given now;
+    and its data settings (``label_from_name``, ``valid_fraction``)."""
     saved_path = in_progress_file(out, CONFIG_NAME)
     if not saved_path.exists():
-        return options, label_from_name  # an older run: the options given now are all there is
+        return options, label_from_name, valid_fraction  # an older run: the options given now are all there is
     saved = load_config(saved_path)
     if "data" in saved and Path(saved["data"]).resolve() != data.resolve():
         raise TrainError(f"{out}: cannot resume on {data}: the run was trained on {saved['data']}")
@@ -221,13 +255,60 @@ def _resume_settings(data: Path, out: Path, options: dict, label_from_name: str 
     # Typed as load_config typed the saved file (floats, AugmentConfig), so equal settings compare equal.
     now = normalise({k: v for k, v in options.items() if k in known - CHANGEABLE_ON_RESUME and k in saved},
                     "the settings given with --resume")
-    changed = [f"{k} {_shown(saved[k])} (now {_shown(v)})" for k, v in now.items() if v != saved[k]]
+    # The labels and the split come from these: the epochs so far learnt from them (split.csv keeps the
+    # split, but train_config.yaml must not record a fraction that did not make it).
+    given = normalise({k: v for k, v in (("label_from_name", label_from_name), ("valid_fraction", valid_fraction))
+                       if v is not None and k in saved}, "the settings given with --resume")
+    changed = [f"{k} {_shown(saved[k], k)} (now {_shown(v, k)})" for k, v in {**now, **given}.items() if v != saved[k]]
     if changed:
         raise TrainError(f"{out}: --resume continues the interrupted run as it was set up, and these settings "
                          f"cannot change halfway: {', '.join(changed)}. Resume without them, or train into a "
                          "new --out.")
     merged = {**{k: v for k, v in saved.items() if k in known}, **options}
-    return merged, label_from_name if label_from_name is not None else saved.get("label_from_name")
+    return (merged, label_from_name if label_from_name is not None else saved.get("label_from_name"),
+            valid_fraction if valid_fraction is not None else saved.get("valid_fraction"))
+
+
+def _match_resumed_data(index: DatasetIndex, out: Path, ui: Reporter) -> str | None:
+    """Hold a resumed run to the images it started with (its split.csv): new or missing classes, and
+    missing or relabelled images, are refused by name, since the checkpoint's network has one output
+    per class and its epochs, schedule and class balance were set by those images. Images added since
+    are left out of this run (returned: a note saying so); the next run can use them."""
+    split_file = in_progress_file(out, "split.csv")
+    if not split_file.exists():
+        return None
+    with split_file.open(newline="") as f:
+        saved = {row["path"]: row["label"] for row in csv.DictReader(f)}
+    root = index.layout.root
+    saved_classes, classes = set(saved.values()), set(index.classes)
+    if saved_classes != classes:
+        new, gone = sorted(classes - saved_classes), sorted(saved_classes - classes)
+        what = "; ".join(part for part in (
+            f"new class(es) {', '.join(map(repr, new))}" if new else "",
+            f"class(es) {', '.join(map(repr, gone))} no longer there" if gone else "") if part)
+        raise TrainError(f"{out}: cannot resume: the classes in {root} changed since the run started ({what}); "
+                         f"its network has one output per class ({', '.join(sorted(saved_classes))}). Restore the "
+                         f"data as it was, or train the new classes into a new --out")
+    now = {r.path: r for r in index.records}
+    missing = [p for p in saved if p not in now]
+    relabelled = [p for p in saved if p in now and now[p].label != saved[p]]
+    if missing or relabelled:
+        what = "; ".join(part for part in (
+            f"{len(missing)} of its {len(saved)} images are missing or no longer usable (e.g. {missing[0]})"
+            if missing else "",
+            f"{len(relabelled)} changed class (e.g. {relabelled[0]}, was {saved[relabelled[0]]!r})"
+            if relabelled else "") if part)
+        raise TrainError(f"{out}: cannot resume on {root}: {what}. The epochs so far trained on the split in "
+                         f"{split_file}, which sets the rest of the schedule and the class balance: restore those "
+                         f"images, or train again into a new --out")
+    added = [r for r in index.records if r.path not in saved]
+    if not added:
+        return None
+    index.records[:] = [r for r in index.records if r.path in saved]
+    note = (f"{len(added)} image(s) added to {root} since the run started (e.g. {added[0].path}) were left out: "
+            f"a resumed run finishes on the split it started with; train again to use them")
+    ui.log(f"  note: {note}")
+    return note
 
 
 OPTIMISTIC = "a slightly optimistic estimate"  # ends metrics["valid"]["note"] when validation chose something

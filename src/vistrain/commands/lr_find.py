@@ -45,14 +45,16 @@ def run(args, console, reporter) -> int:
                   cache_dir=cache_dir(args), steps=args.steps, start=args.start, end=args.end,
                   backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size, seed=args.seed, device=args.device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(plot(res.lrs, res.smoothed, res.suggestion, res.steepest))
+    args.out.write_bytes(plot(res.lrs, res.smoothed, res.suggestion if res.informative else None, res.steepest))
     if res.informative:
         console.print(f"[bold]Suggested learning rate {res.suggestion:.2g}[/] (a tenth of {res.min_loss_lr:.2g}, "
                       f"where the smoothed loss was lowest); steepest descent at {res.steepest:.2g}")
     else:
-        console.print(f"[bold]No suggestion[/]: the loss never fell from {res.lrs[0]:.2g} to {res.lrs[-1]:.2g} (the "
-                      "probe head already fits these photos, or the range starts too high); train keeps its "
-                      "default --lr (--lr auto does the same)")
+        lowest = int(res.smoothed.argmin())
+        console.print(f"[bold]No suggestion[/]: the loss never fell from {res.lrs[0]:.2g} to {res.lrs[-1]:.2g} "
+                      f"by more than noise (smoothed: {res.smoothed[0]:.2g} at first, lowest {res.smoothed[lowest]:.2g} "
+                      f"at {res.lrs[lowest]:.2g}; the probe head already fits these photos, or the range starts "
+                      "too high); train keeps its default --lr (--lr auto does the same)", highlight=False)
     console.print(f"  {len(res.lrs)} steps in {res.seconds:.0f} s"
                   + (" (stopped: the loss diverged)" if res.stopped_early else "") + f"; plot saved to {args.out}",
                   markup=False)

@@ -36,8 +36,13 @@ def run(args, console, reporter) -> int:
     from rich.text import Text
 
     from vistrain.config_file import load_config
-    from vistrain.sweep.report import trial_rows, write_outputs
-    from vistrain.sweep.runner import SweepConfig, run_sweep
+    from vistrain.sweep.report import best_line, trial_rows, write_outputs
+    from vistrain.sweep.runner import (
+        SweepConfig,
+        SweepInterrupted,
+        counted_trials,
+        run_sweep,
+    )
     from vistrain.sweep.space import load_space
 
     space = load_space(args.space)
@@ -55,7 +60,10 @@ def run(args, console, reporter) -> int:
         seed=args.seed, base=base, label_from_name=args.label_from_name or base.get("label_from_name"),
         cache_dir=cache_dir(args) if (args.cache_dir or args.no_cache) else base.get("cache_dir"),
     )
-    st = run_sweep(cfg, reporter)
+    try:
+        st, stopped = run_sweep(cfg, reporter), False
+    except SweepInterrupted as exc:  # the finished trials still make a summary: written below, like a full sweep's
+        st, stopped = exc.study, True
     files = write_outputs(st, cfg)
     rows = trial_rows(st, cfg)
     table = Table(title=Text(f"Sweep {study}: {len(rows)} trial(s)"))
@@ -67,14 +75,20 @@ def run(args, console, reporter) -> int:
         table.add_row(*[f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c] if r[c] is not None else "") for c in cols])
     console.print(table)
     states = [r["state"] for r in rows]
-    console.print(f"{states.count('complete')} complete, {states.count('pruned')} pruned, {states.count('fail')} failed")
+    console.print(f"{states.count('complete')} complete, {states.count('pruned')} pruned, {states.count('fail')} failed"
+                  + (f", {states.count('interrupted')} interrupted" if "interrupted" in states else ""))
     for r in rows:
-        if r["error"]:
+        if r["error"] and r["state"] == "fail":
             console.print(f"  trial {r['trial']} failed: {r['error']}", markup=False)
     if "best" in files:
         b = st.best_trial
-        console.print(f"[bold green]Best[/]: trial {b.number}, validation {args.metric.replace('_', ' ')} {b.value:.1%}"
+        console.print(f"[bold green]Best[/]: {best_line(st, args.metric)}"
                       + (f", test accuracy {b.user_attrs['test_accuracy']:.1%}" if "test_accuracy" in b.user_attrs else ""))
         console.print(f"  settings: {files['best']}  (vistrain train --config {files['best']} --out runs/best)", markup=False)
     console.print(f"  trials table: {files['trials']}; plots: {files['html']}", markup=False)
+    if stopped:
+        done = len([t for t in counted_trials(st) if t.state.name != "RUNNING"])
+        console.print(f"[yellow]interrupted[/] after {done} of {args.trials} trial(s); run the same command to "
+                      f"continue (the trial cut short is not counted)")
+        return 130
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from rich.markup import escape
@@ -35,6 +36,9 @@ def register(sub) -> None:
     t.add_argument("--time-budget", type=float, default=600.0, metavar="SECONDS",
                    help="wall-clock budget for the whole run; fine-tuning epochs are planned to fit (default 600)")
     t.add_argument("--no-time-budget", action="store_true", help="no time limit: train --epochs epochs")
+    t.add_argument("--patience", type=int, default=3, metavar="EPOCHS",
+                   help="stop fine-tuning when validation loss has not fallen for this many epochs, in the "
+                        "second half of the schedule (default 3; may change with --resume)")
     t.add_argument("--image-size", type=int, default=None, help="input size in pixels (default: from the photos' sizes)")
     t.add_argument("--resize", default="crop", choices=["crop", "pad", "squish"],
                    help="how non-square photos become square (default crop)")
@@ -48,7 +52,9 @@ def register(sub) -> None:
     t.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing while fine-tuning (default 0)")
     t.add_argument("--valid-fraction", type=float, default=0.2, help="share held out when vistrain splits (0.2)")
     t.add_argument("--seed", type=int, default=0, help="fixes the split and the training (default 0)")
-    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out, with its settings and split (a --time-budget "
+                        "given now counts from the resume)")
     t.add_argument("--balance", default="auto", choices=["auto", "sampler", "loss", "none"],
                    help="class-imbalance correction; auto picks one from the measured imbalance (default auto)")
     t.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine-restarts", "exp-decay", "constant"],
@@ -60,7 +66,13 @@ def register(sub) -> None:
     track_explicit_flags(t)  # last: flags typed on the command line override --config
 
 
+INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT), as cli.main returns
 SUMMARY_CLASSES = 20  # per-class rows in the summary; more classes show their weakest 20
+
+
+def _command(console, command: str) -> None:
+    """A command to copy: on a line of its own, never wrapped (a wrapped path would not paste)."""
+    console.print(f"  {command}", markup=False, highlight=False, soft_wrap=True)
 
 
 def run(args, console, reporter) -> int:
@@ -80,16 +92,32 @@ def run(args, console, reporter) -> int:
         from vistrain.tracking import require_mlflow
 
         require_mlflow()
-    trained = train(
-        args.data, out=args.out, reporter=reporter, label_from_name=args.label_from_name,
-        valid_fraction=args.valid_fraction, cache_dir=cache_dir(args),
-        backbone=args.backbone, mode=args.mode, epochs=args.epochs,
-        time_budget=None if args.no_time_budget else args.time_budget, image_size=args.image_size,
-        resize=args.resize, batch_size=args.batch_size, lr=args.lr, label_smoothing=args.label_smoothing,
-        seed=args.seed, resume=args.resume, balance=args.balance, schedule=args.schedule, device=args.device,
-        max_memory=args.max_memory, ensemble=args.ensemble,
-        **extra,
-    )
+    resume_hint = f"vistrain train {shlex.quote(str(args.data))} --out {shlex.quote(str(args.out))} --resume"
+    try:
+        trained = train(
+            args.data, out=args.out, reporter=reporter, label_from_name=args.label_from_name,
+            valid_fraction=args.valid_fraction, cache_dir=cache_dir(args),
+            backbone=args.backbone, mode=args.mode, epochs=args.epochs,
+            time_budget=None if args.no_time_budget else args.time_budget, image_size=args.image_size,
+            resize=args.resize, batch_size=args.batch_size, lr=args.lr, label_smoothing=args.label_smoothing,
+            seed=args.seed, resume=args.resume, balance=args.balance, schedule=args.schedule, device=args.device,
+            max_memory=args.max_memory, ensemble=args.ensemble, patience=args.patience,
+            **extra,
+        )
+    except KeyboardInterrupt:
+        # Outside fine-tuning's epochs (which stop cleanly and save a model): before them, or in the
+        # familiarity pass after them. No model is written then; say whether --resume can finish it.
+        from vistrain.training.checkpoint import CHECKPOINT_DIR
+
+        if (args.out / CHECKPOINT_DIR / "state.json").exists():
+            console.print(f"[yellow]Interrupted[/]: no model written to {escape(str(args.out))}/; its fine-tuning "
+                          "is checkpointed, and this finishes the run:", highlight=False)
+            _command(console, resume_hint)
+        else:
+            console.print("[yellow]Interrupted[/] before any model or fine-tuning checkpoint was saved: nothing to "
+                          "resume; train again:", highlight=False)
+            _command(console, resume_hint.removesuffix(" --resume"))
+        return INTERRUPTED
     from vistrain.training.distributed import is_main
 
     if not is_main():  # under torchrun the summary is rank 0's to print, once
@@ -102,8 +130,15 @@ def run(args, console, reporter) -> int:
     members = ensemble_members(res.model_config.backbone)
     kept = ("fine-tuned network" if res.stage == "finetune" else "linear probe on frozen features" if len(members) == 1
             else f"ensemble of linear probes ({', '.join(members)})")
-    console.print(f"\n[bold green]Done[/] in {trained.seconds:.0f} s on {res.device}"
-                  + (" (mixed precision)" if res.amp else "") + f". Kept: {kept}.")
+    ft = res.finetune
+    interrupted = bool(ft and ft.interrupted)
+    if interrupted:
+        console.print(f"\n[bold yellow]Interrupted[/] (Ctrl-C) after {trained.seconds:.0f} s on {res.device}, with "
+                      f"{len(ft.history)} of {ft.planned_epochs} fine-tuning epochs done. Saved for now: the best "
+                      f"model so far ({kept}).")
+    else:
+        console.print(f"\n[bold green]Done[/] in {trained.seconds:.0f} s on {res.device}"
+                      + (" (mixed precision)" if res.amp else "") + f". Kept: {kept}.")
     console.print(f"  validation accuracy {m['valid']['accuracy']:.1%} ({m['valid']['errors']} of {m['valid']['n']} wrong"
                   f"{ci_text(m['valid'])}); linear probe alone {res.probe_accuracy:.1%}")
     if m["valid"].get("note", "").endswith(OPTIMISTIC):
@@ -124,13 +159,18 @@ def run(args, console, reporter) -> int:
     for a, b, n in top_confusions(m["valid"]):
         console.print(f"  {n} × actual {a} predicted as {b}", markup=False)
     console.print(f"  run saved in {trained.path}/ (model.safetensors, config.json, metrics.json, history.csv, split.csv)", markup=False)
-    if not (res.finetune and res.finetune.interrupted):
+    if not interrupted:
         console.print(f"  repeat it on any machine: vistrain train --config {trained.path}/train_config.yaml --out NEW_RUN", markup=False)
     console.print(f"  next: vistrain predict {trained.path} NEW_PHOTOS/ --csv predictions.csv", markup=False)
     if args.mlflow:
         from vistrain.tracking import log_run
 
         console.print(f"  MLflow: run {log_run(trained.path, args.mlflow)} logged to {args.mlflow}", markup=False)
+    if interrupted:
+        console.print("[yellow]Interrupted[/]: to finish the run (the rest of its epochs, then the familiarity "
+                      "check):", highlight=False)
+        _command(console, resume_hint)
+        return INTERRUPTED
     return 0
 
 

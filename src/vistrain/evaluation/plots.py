@@ -174,13 +174,16 @@ def coverage(cov: np.ndarray, acc: np.ndarray, target: float, chosen: tuple[floa
     return png_bytes(fig)
 
 
-def lr_find(lrs: np.ndarray, losses: np.ndarray, suggestion: float, steepest: float | None = None) -> bytes:
+def lr_find(lrs: np.ndarray, losses: np.ndarray, suggestion: float | None, steepest: float | None = None) -> bytes:
+    """The range test's curve; ``suggestion`` None when the loss did not fall enough to suggest a rate
+    (the plot then marks nothing, as the command suggests nothing)."""
     fig = _figure(6, 3.6)
     ax = fig.add_subplot()
-    ax.plot(lrs, losses, color="#4c78a8")
+    ax.plot(lrs, losses, color="#4c78a8", label="smoothed loss")
     ax.set_xscale("log")
-    ax.axvline(suggestion, color="#e45756", ls="--", label=f"suggested {suggestion:.2g}")
-    if steepest is not None:
+    if suggestion is not None:
+        ax.axvline(suggestion, color="#e45756", ls="--", label=f"suggested {suggestion:.2g}")
+    if steepest is not None and suggestion is not None:
         ax.axvline(steepest, color="#54a24b", ls=":", label=f"steepest descent {steepest:.2g}")
     ax.set_xlabel("learning rate (head)")
     ax.set_ylabel("training loss (smoothed)")

@@ -19,6 +19,7 @@ from vistrain.runtime.bundle import ExportInfo, weights_digest
 REFUSED_NOTE = "int8 refused: "  # how export.json's notes say why there is no int8 file
 
 CARD_FILE = "README.md"
+OWN_CARD_FILE = "README.vistrain.md"  # where the card goes when README.md is the user's
 SCRIPT_FILE = "predict_onnx.py"
 # The card's first line: a README.md without it is the user's own and is never overwritten.
 MARKER = "<!-- written by vistrain export, which rewrites this file: copy it elsewhere to keep your edits -->"
@@ -29,16 +30,20 @@ _RESIZE = {
 }
 
 
-def write_card(run_dir: Path, out: Path, info: ExportInfo) -> tuple[Path, Path, list[str]]:
-    """Write the stand-alone script and the model card into ``out``; returns their paths and notes."""
+def write_card(run_dir: Path, out: Path, info: ExportInfo, final: Path | None = None) -> tuple[Path, Path, list[str]]:
+    """Write the stand-alone script and the model card into ``out``; returns their paths and notes.
+    ``final``: the folder ``out`` will replace (export builds in a temporary one), whose README.md
+    decides where the card goes; by default ``out`` itself."""
     notes: list[str] = []
+    final = out if final is None else Path(final)
     script = out / SCRIPT_FILE
     script.write_text((Path(__file__).parent / "standalone.py").read_text(encoding="utf-8"), encoding="utf-8")
     script.chmod(0o755)  # ./predict_onnx.py works too
     card = out / CARD_FILE
-    if card.exists() and not card.read_text(encoding="utf-8", errors="replace").startswith(MARKER):
-        card = out / "README.vistrain.md"
-        notes.append(f"{out / CARD_FILE} is not vistrain's: the model card went to {card.name} instead")
+    theirs = final / CARD_FILE
+    if theirs.exists() and not theirs.read_text(encoding="utf-8", errors="replace").startswith(MARKER):
+        card = out / OWN_CARD_FILE
+        notes.append(f"{theirs} is not vistrain's: the model card went to {card.name} instead")
     card.write_text(card_text(run_dir, out, info), encoding="utf-8")  # class names: any script
     return card, script, notes
 
@@ -52,6 +57,17 @@ def _read(path: Path) -> dict:
 
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{x:.1%}"  # None: undefined (0/0), e.g. a class with no validation images
+
+
+def _threshold_pct(x: float) -> str:
+    """A threshold as a percentage with the digits that keep it apart from 100% (and 0%): 0.999715
+    at one decimal would read "below 100.0%", which every probability is."""
+    for digits in range(1, 6):
+        text = f"{x:.{digits}%}"
+        if 0 < x < 1 and float(text[:-1]) in (0.0, 100.0):
+            continue
+        return text
+    return f"{x:.6%}"
 
 
 def _f1(x: float | None) -> str:
@@ -73,7 +89,7 @@ def card_text(run_dir: Path, out: Path, info: ExportInfo) -> str:
     name = run_dir.resolve().name
     lines = [MARKER, "", f"# {name}: an image classifier for {len(classes)} classes", ""]
     lines += [f"It answers one of {', '.join(_code(c) for c in classes)}"
-              + (f', or "unsure" when its top probability is below {_pct(info.unsure_threshold)}.'
+              + (f', or "unsure" when its top probability is below {_threshold_pct(info.unsure_threshold)}.'
                  if info.unsure_threshold is not None else "."),
               "Every photo gets one of these answers, even a photo of something else (see *Limits*).", ""]
     lines += _overview(info, config, data)
@@ -199,7 +215,7 @@ def _honesty(info: ExportInfo, config: dict) -> list[str]:
                       f"ones: expected calibration error {_pct(cal['ece_before'])} → {_pct(cal['ece_after'])}."
                       if kept else _raw_softmax_why(cal) + f" Expected calibration error {_pct(cal.get('ece_before', 0))}."))
     if info.unsure_threshold is not None:
-        line = f"- \"unsure\": the top probability is below {_pct(info.unsure_threshold)}."
+        line = f"- \"unsure\": the top probability is below {_threshold_pct(info.unsure_threshold)}."
         if "coverage" in cal:
             line += (f" On the validation images this answered {_pct(cal['coverage'])} of them, "
                      f"{_pct(cal['precision'])} of those rightly (the target was {_pct(cal['target_precision'])}).")
@@ -253,9 +269,17 @@ def _data(data: dict, audit: dict, classes: list[str]) -> list[str]:
                 "lists them)."), ""]
     found = audit.get("summary", {})
     if found:
-        out += ["The data check found: " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in found.items())
+        out += ["The data check found: " + ", ".join(_finding(k, n) for k, n in found.items())
                 + " (`vistrain audit` names the files).", ""]
     return out
+
+
+def _finding(kind: str, n: int) -> str:
+    """``n`` findings of ``kind`` as the audit itself names them: duplicates come in groups."""
+    from vistrain.clean.render import NAMES
+
+    one, many = NAMES.get(kind, (kind.replace("_", " "),) * 2)
+    return f"{n} {one if n == 1 else many}"
 
 
 def _made(config: dict, metrics: dict, run_dir: Path) -> list[str]:
@@ -276,7 +300,9 @@ def _made(config: dict, metrics: dict, run_dir: Path) -> list[str]:
     if metrics.get("seconds") is not None:
         s = metrics["seconds"]
         device = "the CPU" if metrics.get("device") == "cpu" else metrics.get("device", "?")
-        out.append(f"- The run took {s:.0f} s on {device}." if s >= 10 else f"- The run took {s:.1f} s on {device}.")
+        # metrics.json times the last `train` call only: a resumed run's earlier sessions are not in it.
+        took = "The last session (a resumed run) took" if t.get("resume") else "The run took"
+        out.append(f"- {took} {s:.0f} s on {device}." if s >= 10 else f"- {took} {s:.1f} s on {device}.")
     out += [f"- {n}" for n in metrics.get("notes", [])]
     return out + [""]
 
@@ -299,7 +325,12 @@ def _limits(info: ExportInfo, metrics: dict, data: dict, config: dict) -> list[s
            "where it will be used (`vistrain evaluate . FOLDER`).")]
     per_class = metrics.get("valid", {}).get("per_class", {})
     measured = [c for c in per_class if per_class[c]["f1"] is not None]  # a class with no validation images has none
-    if measured:
+    if len({_f1(per_class[c]["f1"]) for c in measured}) == 1 and len(measured) > 1:
+        # One class named "weakest" among equals would single it out for nothing.
+        every = "Every class" if len(measured) == len(per_class) else "Every class with validation images"
+        out.append(f"- {every} scored F1 {_f1(per_class[measured[0]]['f1'])} on validation "
+                   f"({sum(per_class[c]['support'] for c in measured)} images): none is weaker than another there.")
+    elif measured:
         weakest = min(measured, key=lambda c: per_class[c]["f1"])
         pc = per_class[weakest]
         n_train = data.get("counts", {}).get("train", {}).get(weakest)

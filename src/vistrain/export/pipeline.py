@@ -4,11 +4,21 @@ Verification runs on the run's own validation images (``split.csv``): ONNX Runti
 PyTorch's (largest absolute difference) and the accuracy of every file written. An int8 file that
 loses more than ``max_accuracy_drop`` points of accuracy, on those images or on those and a sample of
 training images together, is not kept, and the export fails loudly.
+
+The files are built in a temporary sibling folder and swapped in only once complete and verified: an
+export that fails (or is interrupted) leaves the earlier one as it was, and never a half-written one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import os
+import shutil
+import signal
+import stat
+import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +36,14 @@ from vistrain.data.transforms import (
     normalize_array,
     to_model_pixels,
 )
-from vistrain.export.card import REFUSED_NOTE, SCRIPT_FILE, write_card
+from vistrain.export.card import (
+    CARD_FILE,
+    MARKER,
+    OWN_CARD_FILE,
+    REFUSED_NOTE,
+    SCRIPT_FILE,
+    write_card,
+)
 from vistrain.export.graph import export_graph
 from vistrain.export.quantize import METHODS, prepare, quantize, single_image_latency_ms
 from vistrain.familiarity import FAMILIAR_FILE, Familiarity, pooled
@@ -34,10 +51,21 @@ from vistrain.memory import inference_batch_size
 from vistrain.models.classifier import WEIGHTS_FILE, load_model
 from vistrain.models.registry import ensemble_members
 from vistrain.progress import Reporter, SilentReporter
-from vistrain.runtime.bundle import HEAD_FILE, ExportInfo, weights_digest
+from vistrain.runtime.bundle import (
+    EXPORT_FILE,
+    HEAD_FILE,
+    ExportFolderError,
+    ExportInfo,
+    read_export,
+    weights_digest,
+)
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
+# Every file an export writes (README.md only when it carries the card's marker); anything else in an
+# earlier export folder is the user's and moves into the new one.
+WRITTEN = {FP32_FILE, INT8_FILE, HEAD_FILE, FAMILIAR_FILE, EXPORT_FILE, SCRIPT_FILE, OWN_CARD_FILE,
+           ".prepared.onnx", *(f".{m}.int8.onnx" for m in METHODS)}
 
 
 class ExportError(ValueError):
@@ -87,30 +115,63 @@ def export_run(run_dir: Path | str, cfg: ExportConfig | None = None, reporter: R
     ui = reporter or SilentReporter()
     run_dir = Path(run_dir)
     model, mcfg = load_model(run_dir)
-    prep = mcfg.preprocessing
     out = Path(cfg.out) if cfg.out else run_dir / "export"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / INT8_FILE).unlink(missing_ok=True)  # a stale int8 file from an earlier export must not outlive it
+    # A linked export folder is replaced where it lies, so the link keeps pointing at it.
+    target = out.resolve() if out.is_symlink() else out
+    if target.exists() and not target.is_dir():
+        raise ExportError(f"{out}: exists and is not a folder; export needs a folder there")
+    made: list[Path] = []
+    try:
+        made = _make_parents(target.parent)
+        work = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
+    except OSError as exc:
+        _remove_empty(made)
+        raise ExportError(f"{target.parent}: cannot write the export next to {out.name} ({exc})") from exc
+    try:
+        # mkdtemp makes an owner-only folder; an export is read by servers of other users too.
+        os.chmod(work, stat.S_IMODE(target.stat().st_mode) if target.is_dir() else 0o777 & ~_umask())
+        result, rejected = _build(run_dir, out, target, work, model, mcfg, cfg, ui)
+        _check_complete(work, result.info)
+        _swap_in(work, target, out)
+    except BaseException:  # Ctrl-C included: the earlier export stays as it was
+        shutil.rmtree(work, ignore_errors=True)
+        _remove_empty(made)
+        raise
+    if rejected:
+        raise Int8Refused(rejected, result)
+    return result
+
+
+def _build(run_dir: Path, out: Path, target: Path, work: Path, model, mcfg, cfg: ExportConfig,
+           ui: Reporter) -> tuple[ExportResult, str | None]:
+    """Every file of the export, written into ``work`` and verified; ``out`` is where they will be
+    (``target`` the real folder, when ``out`` is a link), for messages and the card."""
+    prep = mcfg.preprocessing
     notes: list[str] = []
+    if (target / INT8_FILE).is_file() and not cfg.int8:
+        # Kept, it would be served by default with figures of whatever export last wrote export.json.
+        notes.append(f"the earlier export's {INT8_FILE} was removed: this export is fp32 only "
+                     f"(export with --int8 to make one again)")
 
     valid, train = split_images(run_dir, mcfg.classes, mcfg.extra, notes)
-    if not valid:
-        raise ExportError(f"{run_dir}: no validation images found (split.csv) to verify the export with")
     x_valid, y_valid = decode(valid, prep, ui, "decode valid", notes)
+    if not len(y_valid):
+        raise ExportError(f"{run_dir}: none of the {len(valid)} validation images listed in split.csv could be "
+                          f"read to verify the export with ({notes[-1] if notes else 'no reason given'})")
     torch_logits = _torch_logits(model, x_valid, prep)
     torch_acc = _accuracy(torch_logits, y_valid)
 
     with ui.stage("export onnx", 1, unit="file") as advance:
-        export_graph(model, prep.size, out / FP32_FILE)
+        export_graph(model, prep.size, work / FP32_FILE)
         advance(1)
-    _save_head(model, out / HEAD_FILE)
-    fp32_logits = ort_logits(out / FP32_FILE, x_valid, prep)
+    _save_head(model, work / HEAD_FILE)
+    fp32_logits = ort_logits(work / FP32_FILE, x_valid, prep)
     diff = float(np.abs(fp32_logits - torch_logits).max())
     if not diff <= cfg.max_logit_diff:
         raise ExportError(f"{out / FP32_FILE}: ONNX Runtime logits differ from PyTorch's by {diff:.2e} "
                           f"(more than {cfg.max_logit_diff:.0e}) on {len(y_valid)} validation images")
-    models = {"fp32": _entry(out / FP32_FILE, fp32_logits, torch_logits, y_valid, diff)}
-    models["fp32"]["latency_ms_1_thread"] = round(single_image_latency_ms(out / FP32_FILE, prep.size), 2)
+    models = {"fp32": _entry(work / FP32_FILE, fp32_logits, torch_logits, y_valid, diff)}
+    models["fp32"]["latency_ms_1_thread"] = round(single_image_latency_ms(work / FP32_FILE, prep.size), 2)
     default = "fp32"
 
     rejected: str | None = None
@@ -118,11 +179,11 @@ def export_run(run_dir: Path | str, cfg: ExportConfig | None = None, reporter: R
         x_cal, y_cal = _calibration_pixels(train, x_valid, y_valid, cfg, prep, ui, notes)
         # The training photos are a second check unless they are the validation photos already used.
         check = None if x_cal is x_valid else (y_cal, _torch_logits(model, x_cal, prep).argmax(1))
-        int8, chosen_notes = _best_int8(out, cfg, x_cal, x_valid, y_valid, torch_logits, prep, ui, check)
+        int8, chosen_notes = _best_int8(work, cfg, x_cal, x_valid, y_valid, torch_logits, prep, ui, check)
         notes.extend(chosen_notes)
         rejected = _int8_verdict(int8, torch_acc, len(y_valid), cfg.max_accuracy_drop)
         if rejected:
-            (out / INT8_FILE).unlink(missing_ok=True)
+            (work / INT8_FILE).unlink(missing_ok=True)
             if cfg.int8_method == "auto":
                 rejected += f", and it was the better of {' and '.join(METHODS)}"
             notes.append(REFUSED_NOTE + rejected)  # export.json keeps why, not only the exit code
@@ -132,10 +193,9 @@ def export_run(run_dir: Path | str, cfg: ExportConfig | None = None, reporter: R
             default = "int8"
 
     familiar = Familiarity.load(run_dir)
-    (out / FAMILIAR_FILE).unlink(missing_ok=True)
     if familiar is not None:
-        check_familiarity(familiar, out, models, x_valid, prep, notes)
-        familiar.save(out)
+        check_familiarity(familiar, work, models, x_valid, prep, notes)
+        familiar.save(work)
 
     members = ensemble_members(mcfg.backbone)
     if len(members) > 1:
@@ -158,32 +218,137 @@ def export_run(run_dir: Path | str, cfg: ExportConfig | None = None, reporter: R
             "source_weights_sha256": weights_digest(run_dir / WEIGHTS_FILE),
         },
     )
-    info.write(out)
-    card, _, card_notes = write_card(run_dir, out, info)
+    info.write(work)
+    card, _, card_notes = write_card(run_dir, work, info, final=out)
     notes.extend(card_notes)
-    result = ExportResult(out, info, notes, card)
-    if rejected:
-        raise Int8Refused(rejected, result)
-    return result
+    return ExportResult(out, info, notes, out / card.name), rejected
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns those created, deepest first."""
+    made = []
+    for p in [folder, *folder.parents]:
+        if p.exists():
+            break
+        made.append(p)
+    folder.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for p in folders:  # deepest first; one that is not empty (someone else wrote there) stays
+        with contextlib.suppress(OSError):
+            p.rmdir()
+
+
+def _check_complete(work: Path, info: ExportInfo) -> None:
+    """The folder about to replace the export reads back as one: export.json and every file it names."""
+    try:
+        read_export(work)
+    except ExportFolderError as exc:
+        raise ExportError(f"the new export did not read back: {exc}") from exc
+    for name in [*(m["file"] for m in info.models.values()), HEAD_FILE, SCRIPT_FILE]:
+        path = work / name
+        if not path.is_file() or not path.stat().st_size:
+            raise ExportError(f"{path}: missing or empty in the new export, which was not put in place")
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Ctrl-C waits for the block to finish: between its renames, the export folder is not there."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives signals
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        if caught and callable(previous):  # SIG_IGN (a background job) stays ignored
+            previous(signal.SIGINT, None)
+
+
+def _swap_in(work: Path, target: Path, out: Path) -> None:
+    """Put the finished ``work`` folder where ``target`` is, carrying over the files the earlier
+    export folder held that vistrain did not write (a user's own README.md, say)."""
+    with _interrupts_deferred():
+        if not target.exists():
+            try:
+                os.rename(work, target)
+            except OSError as exc:  # made meanwhile, by someone else
+                raise ExportError(f"{out}: the new export could not be put there ({exc})") from exc
+            return
+        theirs = [p for p in target.iterdir() if not _written_by_export(p)]
+        old = target.parent / f"{work.name}.old"
+        moved: list[str] = []
+        try:
+            for p in theirs:
+                os.rename(p, work / p.name)
+                moved.append(p.name)
+            os.rename(target, old)
+            os.rename(work, target)
+        except OSError as exc:
+            if not target.exists() and old.exists():
+                os.rename(old, target)
+            for name in moved:
+                with contextlib.suppress(OSError):
+                    os.rename(work / name, target / name)
+            raise ExportError(f"{out}: the new export could not replace the earlier one ({exc}); "
+                              f"the earlier one is unchanged") from exc
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _written_by_export(path: Path) -> bool:
+    if path.name == CARD_FILE and path.is_file():
+        with contextlib.suppress(OSError), path.open(encoding="utf-8", errors="replace") as f:
+            return f.read(len(MARKER)) == MARKER
+        return False
+    return path.name in WRITTEN and not path.is_dir()
 
 
 def split_images(run_dir: Path, classes: list[str], extra: dict, notes: list[str]):
     """(path, class index) of the run's validation and training images, read from ``split.csv``
-    (see :func:`vistrain.data.split.split_rows` for where relative paths are looked for)."""
+    (see :func:`vistrain.data.split.split_rows` for where relative paths are looked for). Raises
+    when no validation image is left to verify an export with, saying why."""
     split_file = run_dir / "split.csv"
     if not split_file.is_file():
         raise ExportError(f"{run_dir}: no split.csv, so no validation images to verify the export with")
+    with split_file.open(newline="") as f:
+        listed = [r.get("path") or "" for r in csv.DictReader(f)]  # split_rows keeps only the paths it found
+    root = Path(extra.get("training", {}).get("data", {}).get("root", "."))
     out: dict[str, list] = {"valid": [], "train": []}
-    missing = 0
-    for row in split_rows(split_file, extra):
+    missing: dict[str, list[Path]] = {"valid": [], "train": []}
+    for row, path in zip(split_rows(split_file, extra), listed):
         if row.split not in out or row.label not in classes:
             continue
         if row.found is None:
-            missing += 1
+            missing[row.split].append(Path(path) if Path(path).is_absolute() else root / path)
             continue
         out[row.split].append((row.found, classes.index(row.label)))
-    if missing:
-        notes.append(f"{missing} image(s) listed in {split_file} no longer exist and were left out")
+    lost = missing["valid"] + missing["train"]
+    if not out["valid"] and missing["valid"]:
+        n = len(missing["valid"])
+        # Where the photos were: the folder the missing paths share (the config's root may be relative).
+        try:
+            where = Path(os.path.commonpath(lost)) if len(lost) > 1 else lost[0].parent
+        except ValueError:  # absolute and relative paths mixed
+            where = root
+        raise ExportError(f"{run_dir}: the {n} validation image{'s' if n > 1 else ''} listed in {split_file} "
+                          f"{'are' if n > 1 else 'is'} missing (first: {missing['valid'][0]}), and export verifies "
+                          f"the ONNX files on them; move the data back to {where}, or export on the machine "
+                          f"that has it")
+    if not out["valid"]:
+        raise ExportError(f"{run_dir}: {split_file} lists no validation images to verify the export with")
+    if lost:
+        notes.append(f"{len(lost)} image(s) listed in {split_file} no longer exist and were left out "
+                     f"(first: {lost[0]})")
     return out["valid"], out["train"]
 
 

@@ -162,4 +162,12 @@ def main(args, folder=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        code = main(sys.argv[1:])
+        sys.stdout.flush()  # a reader that went away shows here when the lines were still buffered
+    except BrokenPipeError:
+        # `python predict_onnx.py photos/ | head`: the reader has what it wanted. Without this, a
+        # traceback, and another when Python flushes stdout at exit; stdout goes to /dev/null instead.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141  # 128 + SIGPIPE: what a shell shows for a tool ended by a closed pipe
+    sys.exit(code)

@@ -28,11 +28,30 @@ def trial_rows(study, cfg: SweepConfig) -> list[dict]:
     names = [n for n, p in cfg.space.items() if p.kind != "fixed"]
     rows = []
     for t in recorded_trials(study):
-        row = {"trial": t.number, "state": t.state.name.lower(), "value": t.value}
+        row = {"trial": t.number, "state": "interrupted" if t.user_attrs.get("interrupted") else t.state.name.lower(),
+               "value": t.value}
         row.update({n: t.params.get(n) for n in names})
         row.update({a: t.user_attrs.get(a) for a in ATTRS})
         rows.append(row)
     return rows
+
+
+def tied_with_best(study) -> list[int]:
+    """The other finished trials that scored exactly what the best did: its lead over them is none."""
+    best = study.best_trial
+    return [t.number for t in recorded_trials(study)
+            if t.state.name == "COMPLETE" and t.number != best.number and t.value == best.value]
+
+
+def best_line(study, metric: str) -> str:
+    """``trial 3, validation accuracy 91.2%``, saying so when other trials tied with it."""
+    best, tied = study.best_trial, tied_with_best(study)
+    text = f"trial {best.number}, validation {metric.replace('_', ' ')} {best.value:.1%}"
+    if tied:
+        shown = ", ".join(str(n) for n in tied[:8]) + (", ..." if len(tied) > 8 else "")
+        text += (f" (tied with {len(tied)} other trial(s): {shown}; the sweep cannot tell them apart, "
+                 f"trial {best.number} is only the one kept)")
+    return text
 
 
 def best_config(study, cfg: SweepConfig) -> dict:
@@ -70,9 +89,12 @@ def write_outputs(study, cfg: SweepConfig) -> dict[str, Path]:
     if complete:
         best = study.best_trial
         files["best"] = out / "best.yaml"
+        tied = tied_with_best(study)
         head = (f"# Best of {len(complete)} finished trial(s) in study {cfg.study!r}: trial {best.number}, "
-                f"validation {cfg.metric.replace('_', ' ')} {best.value:.4f}\n"
-                f"# Reproduce: vistrain train --config best.yaml --out runs/best\n")
+                f"validation {cfg.metric.replace('_', ' ')} {best.value:.4f}"
+                + (f" (tied with trial(s) {', '.join(map(str, tied))})" if tied else "") + "\n"
+                # Absolute: the file is read from wherever the retraining runs, not from the sweep folder.
+                f"# Reproduce: vistrain train --config {files['best'].resolve()} --out runs/best\n")
         if best.user_attrs.get("pinned"):
             head += (f"# Pinned as the trial's time budget decided: "
                      f"{', '.join(f'{k}: {yaml_scalar(v)}' for k, v in best.user_attrs['pinned'].items())}\n")
@@ -133,6 +155,7 @@ def _page(study, cfg: SweepConfig, rows: list[dict]) -> str:
             return f"{v:.4g}"
         return html.escape("" if v is None else str(v))
     best = study.best_trial.number if any(r["state"] == "complete" for r in rows) else None
+    tied = tied_with_best(study) if best is not None else []
     table = "".join(
         f"<tr{' class=best' if r['trial'] == best else ''}>" + "".join(f"<td>{cell(r[c])}</td>" for c in cols) + "</tr>"
         for r in rows)
@@ -144,7 +167,7 @@ def _page(study, cfg: SweepConfig, rows: list[dict]) -> str:
 padding:3px 8px;text-align:right}}tr.best{{background:#e6f6e6;font-weight:bold}}img{{max-width:100%}}.note{{color:#666}}</style>
 </head><body><h1>Sweep {html.escape(cfg.study)}</h1>
 <p>{len(rows)} trial(s) on {html.escape(str(cfg.data))}; objective: validation {cfg.metric.replace('_', ' ')}
-({cfg.sampler} sampler, {cfg.pruner} pruning){f'; best: trial {best}' if best is not None else ''}.
+({cfg.sampler} sampler, {cfg.pruner} pruning){f'; best: trial {best}' if best is not None else ''}{f' (tied with {len(tied)} other trial(s))' if tied else ''}.
 Validation sets are small: the best trial's lead may partly be luck; check it on held-out test images.</p>
 <table id=trials><thead><tr>{''.join(f'<th>{html.escape(c)}</th>' for c in cols)}</tr></thead><tbody>{table}</tbody></table>
 {figs}{notes}</body></html>

@@ -9,6 +9,7 @@ so probe-only trials take seconds after the first.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 from vistrain.config_file import ConfigError
 from vistrain.extras import EXTRA_HINT
 from vistrain.progress import Reporter, SilentReporter
-from vistrain.sweep.space import Param, grid, suggest, to_options
+from vistrain.sweep.space import Param, check_against_base, grid, suggest, to_options
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "halving", "none")
@@ -55,6 +56,36 @@ class SweepConfig:
         for module, what in needed:
             if importlib.util.find_spec(module) is None:
                 raise ConfigError(f"vistrain sweep needs {what} which is not installed: {EXTRA_HINT.format('sweep')}")
+        check_against_base(self.space, self.base)
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the sweep; ``study`` holds the trials that finished before it (the interrupted
+    one is marked, and not counted against ``--trials`` when the same command runs again)."""
+
+    def __init__(self, study) -> None:
+        super().__init__("sweep interrupted")
+        self.study = study
+
+
+class _TrialInterrupted(Exception):
+    """Raised out of a trial that Ctrl-C cut short: Optuna records it failed (never complete, never
+    scored as the probe it fell back to) and samplers ignore it."""
+
+
+def uncounted(trial) -> bool:
+    """A trial that does not use up one of ``--trials``: handed back by a late worker, or cut short by Ctrl-C."""
+    return bool(trial.user_attrs.get("surplus") or trial.user_attrs.get("interrupted"))
+
+
+def counted_trials(study) -> list:
+    return [t for t in study.get_trials(deepcopy=False) if not uncounted(t)]
+
+
+def _space_record(space: dict[str, Param]) -> dict:
+    # Through JSON, as the study stores user attributes: the same space compares equal after the round trip.
+    return json.loads(json.dumps({n: {k: v for k, v in vars(p).items() if k != "name"} for n, p in space.items()},
+                                 default=str))
 
 
 def storage_url(url: str | None, out: Path) -> str:
@@ -114,6 +145,23 @@ def open_study(cfg: SweepConfig):
         created = False
     study = optuna.load_study(study_name=cfg.study, storage=storage,
                               sampler=_sampler(cfg, created), pruner=_pruner(cfg.pruner))
+    mine = {"space": _space_record(cfg.space), "metric": cfg.metric}
+    if created:
+        for key, value in mine.items():
+            study.set_user_attr(key, value)
+    else:
+        # Optuna refuses a changed range or choice list only once a trial draws it, trial after trial
+        # ("dynamic value space"); and scores of another metric or space would not compare anyway.
+        theirs = study.user_attrs
+        if "space" in theirs and theirs["space"] != mine["space"]:
+            changed = sorted(n for n in set(theirs["space"]) | set(mine["space"])
+                             if theirs["space"].get(n) != mine["space"].get(n))
+            raise ConfigError(f"study {cfg.study!r} in {cfg.storage or url} was made with another search space "
+                              f"(differs in: {', '.join(changed)}); start a new study with --study NEW or another "
+                              f"--out, or restore the space it was made with")
+        if "metric" in theirs and theirs["metric"] != cfg.metric:
+            raise ConfigError(f"study {cfg.study!r} in {cfg.storage or url} maximises validation {theirs['metric']}, "
+                              f"not {cfg.metric}; give --metric {theirs['metric']}, or start a new study with --study NEW")
     return study, created
 
 
@@ -122,7 +170,9 @@ def worker_id() -> str:
 
 
 def run_sweep(cfg: SweepConfig, reporter: Reporter | None = None):
-    """Run trials until the study holds ``cfg.trials``; returns the study."""
+    """Run trials until the study holds ``cfg.trials``; returns the study.
+
+    Ctrl-C raises :class:`SweepInterrupted` (a KeyboardInterrupt) once the trial it cut short is recorded."""
     import optuna
 
     from vistrain.api import train
@@ -134,35 +184,49 @@ def run_sweep(cfg: SweepConfig, reporter: Reporter | None = None):
     ui.log(f"Study {cfg.study!r} in {cfg.storage or storage_url(None, cfg.out)} "
            f"({'created' if created else 'joined'}; worker {me}), {cfg.trials} trial(s) in all")
     base = {k: v for k, v in cfg.base.items() if k not in ("data", "out", "label_from_name", "cache_dir")}
+    interrupted: list[int] = []
 
     def objective(trial) -> float:
-        if trial.number >= cfg.trials:
+        # The study's place of this trial, not counting trials that gave theirs back: a trial cut short by
+        # Ctrl-C leaves its place to the next run of the same command.
+        given_back = sum(1 for t in study.get_trials(deepcopy=False) if t.number < trial.number and uncounted(t))
+        if trial.number - given_back >= cfg.trials:
             # Another worker took the last trial between our count and our ask: record nothing more.
             trial.set_user_attr("surplus", True)
             study.stop()
             raise optuna.TrialPruned("surplus trial: the study already holds its trials")
-        values = suggest(trial, cfg.space)
-        options = to_options(values, base, f"trial {trial.number}")
-        options.pop("valid_fraction", None)
-        # A trial is scored, not shipped (best.yaml retrains the winner, with the check): on climbing the
-        # fine-tuned network's familiarity pass took ~29 s of each trial.
-        options.setdefault("familiarity", False)
         run_dir = cfg.out / "trials" / f"{trial.number:04d}"
         trial.set_user_attr("worker", me)
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items() if cfg.space[k].kind != "fixed")
-        ui.log(f"trial {trial.number}: {shown}")
-
-        def report(epoch: int, score: float) -> None:
-            trial.report(score, epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {epoch}")
-
         t0 = time.perf_counter()
         try:
+            values = suggest(trial, cfg.space)
+            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items() if cfg.space[k].kind != "fixed")
+            ui.log(f"trial {trial.number}: {shown}")
+            options = to_options(values, base, f"trial {trial.number}")
+            valid_fraction = options.pop("valid_fraction", None)  # a data setting: train takes it apart
+            # A trial is scored, not shipped (best.yaml retrains the winner, with the check): on climbing the
+            # fine-tuned network's familiarity pass took ~29 s of each trial.
+            options.setdefault("familiarity", False)
+
+            def report(epoch: int, score: float) -> None:
+                trial.report(score, epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
             run = train(cfg.data, out=run_dir, label_from_name=cfg.label_from_name,
-                        valid_fraction=cfg.base.get("valid_fraction", 0.2), cache_dir=cfg.cache_dir,
-                        on_epoch=report, **options)
+                        valid_fraction=0.2 if valid_fraction is None else valid_fraction,
+                        cache_dir=cfg.cache_dir, on_epoch=report, **options)
+            # Fine-tuning takes Ctrl-C as "keep the best so far" and returns: for a trial that is a score of
+            # settings never trained to the end (often the probe's), not a result.
+            if run.result.finetune and run.result.finetune.interrupted:
+                raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            interrupted.append(trial.number)
+            trial.set_user_attr("interrupted", True)
+            trial.set_user_attr("error", "interrupted (Ctrl-C)")
+            study.stop()
+            raise _TrialInterrupted("interrupted (Ctrl-C)") from None
         except ValueError as exc:  # settings that cannot work together: a failed trial, the sweep goes on
             trial.set_user_attr("error", str(exc))
             ui.log(f"  trial {trial.number} failed: {exc}")
@@ -181,12 +245,29 @@ def run_sweep(cfg: SweepConfig, reporter: Reporter | None = None):
                f"({time.perf_counter() - t0:.0f} s)")
         return value
 
-    # Counting RUNNING trials too: with several workers, the study stops at exactly cfg.trials.
-    stop_at = optuna.study.MaxTrialsCallback(cfg.trials, states=None)
-    if len(study.trials) < cfg.trials:
+    def stop_when_full(study, trial) -> None:
+        # Counting RUNNING trials too: with several workers, the study stops at exactly cfg.trials.
+        if len(counted_trials(study)) >= cfg.trials:
+            study.stop()
+
+    if len(counted_trials(study)) >= cfg.trials:
+        ui.log(f"  the study already holds {cfg.trials} trial(s): nothing to run (raise --trials for more)")
+        return study
+    verbosity = optuna.logging.get_verbosity()
+    # Optuna logs a failed trial with its traceback as a warning; the trial's one line above says why,
+    # and trials.csv keeps the reason.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.optimize(objective, n_trials=cfg.trials, callbacks=[stop_at], catch=(ValueError,))
+            study.optimize(objective, n_trials=cfg.trials, callbacks=[stop_when_full],
+                           catch=(ValueError, _TrialInterrupted))
+    except KeyboardInterrupt:  # between trials, in Optuna's own code: no trial of ours to mark
+        raise SweepInterrupted(study) from None
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    if interrupted:
+        raise SweepInterrupted(study)
     return study
 
 

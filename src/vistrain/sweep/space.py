@@ -19,6 +19,14 @@ import numpy as np
 from vistrain.config_file import ConfigError, config_keys, normalise, read_yaml
 
 NOT_SWEPT = ("data", "out", "cache_dir", "resume")  # where and what, not how: the sweep decides these
+# Settings that only fine-tuning reads: with mode fixed to probe they change nothing, yet the sampler
+# would spend trials on them and the importance plot and best.yaml would credit whatever it drew.
+FINETUNE_ONLY = ("lr", "epochs", "batch_size", "label_smoothing", "patience", "weight_decay", "dropout",
+                 "schedule", "max_memory")
+# Settings that change which photos score a trial: trials varying them are scored on different
+# validation sets, so their scores do not compare.
+SPLIT_KEYS = ("valid_fraction", "seed")
+PAIR_KEYS = ("augment.scale", "augment.ratio")  # (low, high) tuples: no single number or choice fits
 
 
 @dataclass
@@ -76,10 +84,44 @@ def load_space(path: Path | str) -> dict[str, Param]:
             close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{path}: {name!r} cannot be swept{hint}; settings: {', '.join(sorted(known))}")
-        space[name] = _param(name, spec, str(path))
+        space[name] = _check(_param(name, spec, str(path)), str(path))
     if not any(p.kind != "fixed" for p in space.values()):
         raise ConfigError(f"{path}: nothing to search: give at least one range or list of choices")
     return space
+
+
+def _check(p: Param, source: str) -> Param:
+    """Refuse a setting every trial would fail on, or that the runner cannot vary, before any trial runs."""
+    where = f"{source}: {p.name}"
+    if p.name == "label_from_name":
+        raise ConfigError(f"{where}: the labels are the data, not a training setting: give them with "
+                          f"--label-from-name or in the --config file")
+    if p.name in SPLIT_KEYS and p.kind != "fixed":
+        raise ConfigError(f"{where}: {p.name} draws the train/valid split, so trials would be scored on different "
+                          f"validation images and their scores would not compare; fix it (a single value here "
+                          f"or in --config) instead of sweeping it")
+    if p.name in PAIR_KEYS:
+        raise ConfigError(f"{where}: a (low, high) pair, which a range or a list of choices cannot give; "
+                          f"set it in the --config file (augment: {{{p.name.split('.')[1]}: [0.2, 1.0]}})")
+    # Each end of a range and each choice, checked as a --config file would be: a wrong type fails here
+    # once, naming the key, not in every trial.
+    values = ([p.value] if p.kind == "fixed" else p.choices if p.kind == "choice" else [p.low, p.high])
+    for value in values:
+        to_options({p.name: value}, {}, f"{where} = {value!r}")
+    return p
+
+
+def check_against_base(space: dict[str, Param], base: dict) -> None:
+    """Refuse fine-tuning settings in a space whose every trial only probes."""
+    mode = space["mode"].value if "mode" in space and space["mode"].kind == "fixed" else (
+        None if "mode" in space else base.get("mode"))
+    if mode != "probe":
+        return
+    idle = [n for n, p in space.items() if p.kind != "fixed" and (n in FINETUNE_ONLY or n.startswith("augment."))]
+    if idle:
+        raise ConfigError(f"{', '.join(idle)}: fine-tuning setting(s) swept while every trial only probes "
+                          f"(mode: probe), so they cannot change a score; remove them, or sweep mode: [probe, finetune] "
+                          f"or mode: finetune")
 
 
 def suggest(trial, space: dict[str, Param]) -> dict:

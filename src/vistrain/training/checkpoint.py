@@ -61,18 +61,39 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
     tmp.replace(d / "state.json")  # the JSON is written last: it marks the checkpoint complete
 
 
+def save_plan(run_dir: Path, state: FinetuneState, extra: dict) -> None:
+    """The plan alone, before the first epoch: a run stopped during that epoch resumes from its
+    start (the probe and the plan), instead of finding nothing to resume."""
+    d = run_dir / CHECKPOINT_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    for name in ("last.safetensors", "best.safetensors", "optimizer.safetensors"):
+        (d / name).unlink(missing_ok=True)  # an earlier attempt's epochs are not this plan's
+    info = {"planned_epochs": state.planned_epochs, "history": [], "best_accuracy": state.best_accuracy,
+            "best_score": state.best_score, "best_loss": state.best_loss, "best_epoch": 0,
+            "lowest_loss": state.lowest_loss, "lowest_loss_epoch": 0, **extra}
+    tmp = d / "state.json.tmp"
+    tmp.write_text(json.dumps(info, indent=1))
+    tmp.replace(d / "state.json")
+
+
 @dataclass
 class Resumable:
-    """An interrupted fine-tuning, as saved after its last finished epoch."""
+    """An interrupted fine-tuning, as saved after its last finished epoch (or, before the first
+    epoch finished, its plan alone: no weights or optimizer then)."""
 
-    model_state: dict
-    optimizer_state: dict
+    model_state: dict | None
+    optimizer_state: dict | None
     state: FinetuneState
     image_size: int
     probe_accuracy: float
     probe_loss: float
     probe_head: dict | None  # head weights of the linear probe, to compare against at the end
     probe_score: float | None = None  # macro F1 when classes are imbalanced, else accuracy
+    # The time budget that planned the epochs (the interrupted run's; None: no limit), when the
+    # checkpoint recorded it (older ones did not), and the planned seconds per epoch
+    planned_by_budget: float | None = None
+    planned_by_known: bool = False
+    epoch_seconds: float | None = None
 
 
 def save_probe_head(run_dir: Path, head: torch.nn.Module) -> None:
@@ -99,15 +120,20 @@ def load_checkpoint(run_dir: Path) -> Resumable | None:
     if (d / "best.safetensors").exists():
         state.best_state = load_file(str(d / "best.safetensors"))
     head = d / "probe_head.safetensors"
+    trained = "optimizer" in info  # else the plan alone (save_plan): stopped during the first epoch
     return Resumable(
-        model_state=load_file(str(d / "last.safetensors")),
-        optimizer_state=_unflatten_optimizer(load_file(str(d / "optimizer.safetensors")), info["optimizer"]),
+        model_state=load_file(str(d / "last.safetensors")) if trained else None,
+        optimizer_state=(_unflatten_optimizer(load_file(str(d / "optimizer.safetensors")), info["optimizer"])
+                         if trained else None),
         state=state,
         image_size=int(info["image_size"]),
         probe_accuracy=float(info["probe_accuracy"]),
         probe_loss=float(info["probe_loss"]),
         probe_head=load_file(str(head)) if head.exists() else None,
         probe_score=info.get("probe_score"),
+        planned_by_budget=info.get("planned_by_budget"),
+        planned_by_known="planned_by_budget" in info,
+        epoch_seconds=info.get("epoch_seconds"),
     )
 
 

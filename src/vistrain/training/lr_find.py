@@ -54,9 +54,9 @@ class LRFindResult:
 
     @property
     def informative(self) -> bool:
-        """Whether the loss fell anywhere before its lowest point. When it never did (a probe head
-        that already fits the photos: loss ~0 from the first step), its lowest point is noise
-        at the first rates tried, and a tenth of it (1e-8) would freeze training."""
+        """Whether the loss fell meaningfully before its lowest point (see ``MIN_FALL``). When it
+        did not (a probe head that already fits the photos: loss ~0 from the first step), its lowest
+        point is noise at the first rates tried, and a tenth of it (1e-8) would freeze training."""
         return self.steepest is not None
 
     def to_dict(self) -> dict:
@@ -73,12 +73,29 @@ def smooth(losses: np.ndarray, beta: float = 0.9) -> np.ndarray:
     return np.array(out)
 
 
+# What counts as the loss falling: from its highest point before its lowest, by at least
+# MIN_FALL_FRACTION of that height and by at least MIN_FALL nats. The fraction alone is not enough:
+# a head that already fits the photos starts near 0 (0.00044 on a clean 3-class set) and its batch
+# noise moves it by half of that (to 0.00024, before blowing up to 6.8), a "fall" that says nothing
+# about the learning rate; a curve that does tell one falls by tenths of a nat (from ~ln(classes)).
+MIN_FALL_FRACTION = 0.1
+MIN_FALL = 0.01
+
+
+def fell(smoothed: np.ndarray) -> bool:
+    """Whether a smoothed loss curve fell meaningfully before its lowest point (see ``MIN_FALL``)."""
+    lowest = int(np.argmin(smoothed))
+    peak = float(np.max(smoothed[: lowest + 1]))
+    return peak - float(smoothed[lowest]) >= max(MIN_FALL_FRACTION * peak, MIN_FALL)
+
+
 def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float, float | None, float]:
-    """(min/10, steepest descent, lr at the minimum) of a smoothed loss curve."""
+    """(min/10, steepest descent, lr at the minimum) of a smoothed loss curve; the steepest descent
+    is None when the loss never fell meaningfully (see ``fell``), and then min/10 means nothing."""
     lowest = int(np.argmin(smoothed))
     min_lr = float(lrs[lowest])
     steepest = None
-    if lowest >= 2:
+    if lowest >= 2 and fell(smoothed):
         slope = np.gradient(smoothed[: lowest + 1], np.log(lrs[: lowest + 1]))
         if slope.min() < 0:
             steepest = float(lrs[int(np.argmin(slope))])

@@ -47,21 +47,11 @@ def plan_finetuning(ui, model, canvases, y_train, valid_pixels, prep, ft_cfg: Fi
           t_start: float, notes: list[str]) -> tuple[FinetuneState, float]:
     """Measure a training step and an evaluation, then plan the epochs that fit the time budget."""
     step_s = measure_step_seconds(model, canvases, y_train, prep, ft_cfg)
-    probe = valid_pixels[: min(16, len(valid_pixels))]
-    # A GPU's first evaluation picks its kernels (6.3 s, then 0.025 s, for 16 images on an H100): time the second.
-    for _ in range(2 if model_device(model).type == "cuda" else 1):
-        t_eval = time.perf_counter()
-        evaluate_logits(model, probe, prep)
-    eval_s = (time.perf_counter() - t_eval) * len(valid_pixels) / len(probe)
+    eval_s = _eval_seconds(model, valid_pixels, prep)
     if cfg.time_budget is not None:
-        # Keep a margin for the final evaluation and for writing the run, and for the mirror check
-        # that runs before the first epoch (features of the mirrored validation images: about one
-        # evaluation's time, ONNX Runtime being no slower than the eager model).
-        margin = (3 if ft_cfg.augment.flip == "auto" else 2) * eval_s
-        # And for the fine-tuned network's familiarity features (training.familiar): one more pass
-        # over the validation photos and (a sample of) the training photos.
-        if cfg.familiarity:
-            margin += eval_s * (min(len(canvases), MAX_BANK) + len(valid_pixels)) / max(len(valid_pixels), 1)
+        # The mirror check runs before the first epoch (features of the mirrored validation images:
+        # about one evaluation's time, ONNX Runtime being no slower than the eager model).
+        margin = _margin(cfg, eval_s, len(canvases), len(valid_pixels)) + (eval_s if ft_cfg.augment.flip == "auto" else 0)
         ft_cfg.time_budget = cfg.time_budget - (time.perf_counter() - t_start) - margin
     planned, epoch_s = plan_epochs(ft_cfg, len(canvases), step_s, eval_s)
     planned = int(agree_min(planned))  # every process must run the same epochs
@@ -81,8 +71,36 @@ def plan_finetuning(ui, model, canvases, y_train, valid_pixels, prep, ft_cfg: Fi
     return FinetuneState(planned_epochs=planned), epoch_s
 
 
-def budget_decisions(cfg: TrainConfig, ft_state: FinetuneState | None, growth: Growth | None
-                     ) -> tuple[dict, str | None]:
+def _eval_seconds(model, valid_pixels, prep) -> float:
+    """Seconds for one evaluation of the validation images, timed on (at most) 16 of them."""
+    probe = valid_pixels[: min(16, len(valid_pixels))]
+    # A GPU's first evaluation picks its kernels (6.3 s, then 0.025 s, for 16 images on an H100): time the second.
+    for _ in range(2 if model_device(model).type == "cuda" else 1):
+        t_eval = time.perf_counter()
+        evaluate_logits(model, probe, prep)
+    return (time.perf_counter() - t_eval) * len(valid_pixels) / len(probe)
+
+
+def _margin(cfg: TrainConfig, eval_s: float, n_train: int, n_valid: int) -> float:
+    """Seconds the budget keeps after fine-tuning: the final evaluation and writing the run, and the
+    fine-tuned network's familiarity features (training.familiar), one more pass over the validation
+    photos and (a sample of) the training photos."""
+    margin = 2 * eval_s
+    if cfg.familiarity:
+        margin += eval_s * (min(n_train, MAX_BANK) + n_valid) / max(n_valid, 1)
+    return margin
+
+
+def resumed_time_limit(model, n_train: int, valid_pixels, prep, cfg: TrainConfig, t_start: float) -> float:
+    """Seconds of fine-tuning left to a resumed run: ``cfg.time_budget`` counted from the resume (the
+    interrupted run's plan came from its own budget, spent or not), less the margin planning keeps.
+    The mirror check has run by now (on the probe, as at the start): no room kept for it."""
+    eval_s = _eval_seconds(model, valid_pixels, prep)
+    return cfg.time_budget - (time.perf_counter() - t_start) - _margin(cfg, eval_s, n_train, len(valid_pixels))
+
+
+def budget_decisions(cfg: TrainConfig, ft_state: FinetuneState | None, growth: Growth | None,
+                     resumed_with: float | None = None) -> tuple[dict, str | None]:
     """The settings under which a run with no time budget decides what this one's budget did.
 
     The budget is spent by measured speed: on a slower machine the same request plans fewer epochs,
@@ -92,9 +110,21 @@ def budget_decisions(cfg: TrainConfig, ft_state: FinetuneState | None, growth: G
     clock decided nothing (no budget; no fine-tuning wanted: ``--mode probe``, an ensemble backbone)
     or when the run was interrupted (``--resume`` follows the plan in its checkpoint). The caveat
     says what no setting repeats: fine-tuning cut short by the budget, against its own plan.
+
+    A resumed run passes ``cfg`` with the budget that planned its epochs (the interrupted run's) and
+    ``resumed_with``, the budget given with ``--resume``: it only stops epochs, counted from the resume.
     """
-    if cfg.time_budget is None or ft_state is None or ft_state.interrupted:
+    if ft_state is None or ft_state.interrupted:
         return {}, None
+    caveat = None
+    if ft_state.out_of_time:
+        stopped = f"after epoch {len(ft_state.history)} of {ft_state.planned_epochs}"
+        caveat = (f"resumed with a {resumed_with:g} s time budget (counted from the resume), which stopped "
+                  f"fine-tuning {stopped}; without it all {ft_state.planned_epochs} run" if resumed_with is not None
+                  else f"fine-tuning stopped at the time budget {stopped}; without a budget all "
+                       f"{ft_state.planned_epochs} run")
+    if cfg.time_budget is None:
+        return {}, caveat
     pinned: dict = {"time_budget": None}
     if growth is not None or ft_state.planned_epochs == 0:
         pinned["mode"] = "probe"
@@ -102,8 +132,4 @@ def budget_decisions(cfg: TrainConfig, ft_state: FinetuneState | None, growth: G
             pinned["backbone"] = growth.kept.backbone
     elif ft_state.planned_epochs != cfg.epochs:
         pinned["epochs"] = ft_state.planned_epochs
-    caveat = None
-    if ft_state.out_of_time:
-        caveat = (f"fine-tuning stopped at the time budget after epoch {len(ft_state.history)} of "
-                  f"{ft_state.planned_epochs}; without a budget all {ft_state.planned_epochs} run")
     return pinned, caveat

@@ -38,10 +38,12 @@ from vistrain.training.balance import (
     resolve_balance,
 )
 from vistrain.training.checkpoint import (
+    CHECKPOINT_DIR,
     Resumable,
     in_progress_file,
     load_checkpoint,
     save_checkpoint,
+    save_plan,
     save_probe_head,
 )
 from vistrain.training.device import describe, resolve_device, uses_amp
@@ -70,6 +72,7 @@ from vistrain.training.planning import (
     activation_budget,
     budget_decisions,
     plan_finetuning,
+    resumed_time_limit,
 )
 from vistrain.training.probe import probe_logits
 from vistrain.training.probe_stage import probe_stage
@@ -98,6 +101,9 @@ class TrainResult:
     pinned: dict = field(default_factory=dict)
     pin_caveat: str | None = None
     familiarity: Familiarity | None = None  # which photos are unlike the training ones (None: no check)
+    # The time budget that planned the fine-tuning epochs: the run's own, or on resume the interrupted
+    # run's (the one given with --resume only stopped epochs); what train_config.yaml records
+    planned_by_budget: float | None = None
 
 
 def choose_image_size(index: DatasetIndex, backbone: str) -> int:
@@ -120,7 +126,7 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
     torch.manual_seed(cfg.seed)
     resumed = load_checkpoint(cfg.out) if cfg.resume else None
     if cfg.resume and resumed is None:
-        raise TrainError(f"{cfg.out}: nothing to resume (no checkpoint/state.json)")
+        raise TrainError(nothing_to_resume(cfg.out))
     if resumed is not None:
         _restore_split(index, cfg.out)
     run = _start(index, cfg, ui, resumed, t_start)
@@ -170,14 +176,27 @@ def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | Non
                                    pixel_cache=run.pixel_cache, split="test")
         test_logits = probe_logits(f_test, model.head.weight.detach().cpu(), model.head.bias.detach().cpu())
     familiarity = _familiarity(run, stage, model, model_cfg, probe, ft_state, caches, valid_pixels)
-    pinned, pin_caveat = budget_decisions(cfg, ft_state, growth)
+    planned_by = resumed.planned_by_budget if resumed is not None and resumed.planned_by_known else cfg.time_budget
+    pinned, pin_caveat = budget_decisions(cfg if planned_by == cfg.time_budget else replace(cfg, time_budget=planned_by),
+                                          ft_state, growth, resumed_with=cfg.time_budget if resumed else None)
     result = TrainResult(model.eval(), model_cfg, stage, probe.accuracy, ft_state, valid_logits,
                          time.perf_counter() - t_start, run.notes, str(run.device),
                          amp=uses_amp(run.device) and bool(ft_state and ft_state.history), mirror=check,
-                         test_logits=test_logits, pinned=pinned, pin_caveat=pin_caveat, familiarity=familiarity)
+                         test_logits=test_logits, pinned=pinned, pin_caveat=pin_caveat, familiarity=familiarity,
+                         planned_by_budget=planned_by)
     if pixel_limit is not None:  # last: every entry this run wrote or read is spared
         _say_trimmed(ui, trim_pixels(cfg.data.cache_dir, pixel_limit, used_since), pixel_limit)
     return result
+
+
+def nothing_to_resume(out: Path) -> str:
+    """Why ``out`` holds nothing ``--resume`` can continue, and what to run instead."""
+    if (out / CHECKPOINT_DIR).is_dir():
+        # Settings and split are written first; the plan only once fine-tuning is about to start.
+        return (f"{out}: nothing to resume: the run there stopped before fine-tuning began (no "
+                f"{CHECKPOINT_DIR}/state.json yet); train again without --resume, e.g. "
+                f"`vistrain train --config {out / CHECKPOINT_DIR / 'train_config.yaml'} --out {out}`")
+    return f"{out}: nothing to resume (no {CHECKPOINT_DIR}/state.json: no interrupted run there)"
 
 
 def _restore_split(index: DatasetIndex, run_dir: Path) -> None:
@@ -260,9 +279,16 @@ def _finetune_stage(run: RunState, model: ImageClassifier, probe: ProbeState, ca
     if resumed is not None:
         if ft_cfg.augment.flip == "auto":  # on the probe, before the fine-tuned weights replace it
             check, ft_cfg = _decide_flips(run, model, valid_pixels, caches[0], None, ft_cfg)
-        ft_state = resumed.state
-        model.load_state_dict(resumed.model_state)
-        ui.log(f"Resuming fine-tuning after epoch {len(ft_state.history)} of {ft_state.planned_epochs}")
+        ft_state, epoch_s = resumed.state, resumed.epoch_seconds
+        done, planned = len(ft_state.history), ft_state.planned_epochs
+        if resumed.model_state is not None:
+            model.load_state_dict(resumed.model_state)
+            ui.log(f"Resuming fine-tuning after epoch {done} of {planned}")
+        else:  # stopped during its first epoch: the model is still the probe, as fine-tuning starts
+            ui.log(f"Resuming fine-tuning from its start (stopped during epoch 1 of {planned})")
+        if cfg.time_budget is not None and done < planned:
+            ft_cfg = _resumed_budget(run, model, ft_cfg, ft_state, canvases, valid_pixels,
+                                     ft_state.history[-1].seconds if done else epoch_s)
     else:
         release_freed_memory()  # what decoding and the features' ONNX session used, before training
         ft_state, epoch_s = plan_finetuning(ui, model, canvases, run.y_train, valid_pixels, run.prep, ft_cfg, cfg,
@@ -278,18 +304,42 @@ def _finetune_stage(run: RunState, model: ImageClassifier, probe: ProbeState, ca
             # images (clothing: 18 s), time that otherwise goes to partner probes. The model is
             # still the probe: planning measured steps without taking one.
             check, ft_cfg = _decide_flips(run, model, valid_pixels, caches[0], probe.valid_logits, ft_cfg)
-    if ft_state.planned_epochs > len(ft_state.history):
+    if ft_state.planned_epochs > len(ft_state.history) and not ft_state.out_of_time:
         extra = {"image_size": run.prep.size, "probe_accuracy": probe.accuracy, "probe_loss": probe.loss,
-                 "probe_score": probe.score}
+                 "probe_score": probe.score, "epoch_seconds": epoch_s,
+                 "planned_by_budget": (resumed.planned_by_budget if resumed is not None and resumed.planned_by_known
+                                       else cfg.time_budget)}
+        if resumed is None and is_main():
+            save_plan(cfg.out, ft_state, extra)
         with ui.stage("fine-tune", (ft_state.planned_epochs - len(ft_state.history)) * len(canvases)) as advance:
             ft_state = finetune(
                 model, canvases, run.y_train, valid_pixels, run.y_valid, run.prep, ft_cfg, ft_state,
                 optimizer_state=resumed.optimizer_state if resumed else None,
                 on_epoch=_epoch_logger(ui, model, cfg.out, extra, on_epoch), progress=advance,
             )
-        if ft_state.stop_reason:
-            run.notes.append(ft_state.stop_reason)
+    if ft_state.stop_reason:
+        run.notes.append(ft_state.stop_reason)
     return ft_state, growth, check
+
+
+def _resumed_budget(run: RunState, model: ImageClassifier, ft_cfg: FinetuneConfig, ft_state: FinetuneState,
+                    canvases, valid_pixels: np.ndarray, epoch_s: float | None) -> FinetuneConfig:
+    """``ft_cfg`` with the time budget given now, counted from the resume: the planned epochs are
+    kept (they shape the schedule), the budget stops them early. When not even the next epoch fits
+    (``epoch_s``: the last one's seconds), none runs: ``ft_state`` says so."""
+    cfg, done, planned = run.cfg, len(ft_state.history), ft_state.planned_epochs
+    left = resumed_time_limit(model, len(canvases), valid_pixels, run.prep, cfg, run.t_start)
+    run.ui.log(f"  time budget: {cfg.time_budget:g} s from the resume, about {max(left, 0):.0f} s of it for "
+               f"epochs {done + 1}-{planned}")
+    run.notes.append(f"resumed after epoch {done} of {planned} with a {cfg.time_budget:g} s time budget, "
+                     f"counted from the resume")
+    # --mode finetune asked for a fine-tuned network: with none trained yet, one epoch runs regardless.
+    if epoch_s is not None and left < epoch_s and (done or cfg.mode != "finetune"):
+        ft_state.out_of_time = True
+        ft_state.stop_reason = (f"time budget reached: the {cfg.time_budget:g} s time budget given with --resume "
+                                f"leaves no room for epoch {done + 1} of {planned} (~{epoch_s:.0f} s)"
+                                + (f"; kept the best of the {done} epoch(s) trained" if done else ""))
+    return replace(ft_cfg, time_budget=left)
 
 
 def _keep_better(run: RunState, model: ImageClassifier, probe: ProbeState, ft_state: FinetuneState | None,
