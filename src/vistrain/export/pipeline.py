@@ -15,10 +15,8 @@ import contextlib
 import csv
 import os
 import shutil
-import signal
 import stat
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +42,13 @@ from vistrain.export.card import (
     SCRIPT_FILE,
     write_card,
 )
+from vistrain.export.folder import (
+    ExportError,
+    make_parents,
+    remove_empty,
+    swap_in,
+    umask,
+)
 from vistrain.export.graph import export_graph
 from vistrain.export.quantize import METHODS, prepare, quantize, single_image_latency_ms
 from vistrain.familiarity import FAMILIAR_FILE, Familiarity, pooled
@@ -66,10 +71,6 @@ INT8_FILE = "model.int8.onnx"
 # earlier export folder is the user's and moves into the new one.
 WRITTEN = {FP32_FILE, INT8_FILE, HEAD_FILE, FAMILIAR_FILE, EXPORT_FILE, SCRIPT_FILE, OWN_CARD_FILE,
            ".prepared.onnx", *(f".{m}.int8.onnx" for m in METHODS)}
-
-
-class ExportError(ValueError):
-    """An export that cannot be made or did not pass verification; the message says which check failed."""
 
 
 class Int8Refused(ExportError):
@@ -122,20 +123,20 @@ def export_run(run_dir: Path | str, cfg: ExportConfig | None = None, reporter: R
         raise ExportError(f"{out}: exists and is not a folder; export needs a folder there")
     made: list[Path] = []
     try:
-        made = _make_parents(target.parent)
+        made = make_parents(target.parent)
         work = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
     except OSError as exc:
-        _remove_empty(made)
+        remove_empty(made)
         raise ExportError(f"{target.parent}: cannot write the export next to {out.name} ({exc})") from exc
     try:
         # mkdtemp makes an owner-only folder; an export is read by servers of other users too.
-        os.chmod(work, stat.S_IMODE(target.stat().st_mode) if target.is_dir() else 0o777 & ~_umask())
+        os.chmod(work, stat.S_IMODE(target.stat().st_mode) if target.is_dir() else 0o777 & ~umask())
         result, rejected = _build(run_dir, out, target, work, model, mcfg, cfg, ui)
         _check_complete(work, result.info)
-        _swap_in(work, target, out)
+        swap_in(work, target, out, _written_by_export)
     except BaseException:  # Ctrl-C included: the earlier export stays as it was
         shutil.rmtree(work, ignore_errors=True)
-        _remove_empty(made)
+        remove_empty(made)
         raise
     if rejected:
         raise Int8Refused(rejected, result)
@@ -224,29 +225,6 @@ def _build(run_dir: Path, out: Path, target: Path, work: Path, model, mcfg, cfg:
     return ExportResult(out, info, notes, out / card.name), rejected
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _make_parents(folder: Path) -> list[Path]:
-    """Create ``folder`` and its missing parents; returns those created, deepest first."""
-    made = []
-    for p in [folder, *folder.parents]:
-        if p.exists():
-            break
-        made.append(p)
-    folder.mkdir(parents=True, exist_ok=True)
-    return made
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    for p in folders:  # deepest first; one that is not empty (someone else wrote there) stays
-        with contextlib.suppress(OSError):
-            p.rmdir()
-
-
 def _check_complete(work: Path, info: ExportInfo) -> None:
     """The folder about to replace the export reads back as one: export.json and every file it names."""
     try:
@@ -257,52 +235,6 @@ def _check_complete(work: Path, info: ExportInfo) -> None:
         path = work / name
         if not path.is_file() or not path.stat().st_size:
             raise ExportError(f"{path}: missing or empty in the new export, which was not put in place")
-
-
-@contextlib.contextmanager
-def _interrupts_deferred():
-    """Ctrl-C waits for the block to finish: between its renames, the export folder is not there."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread receives signals
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
-        if caught and callable(previous):  # SIG_IGN (a background job) stays ignored
-            previous(signal.SIGINT, None)
-
-
-def _swap_in(work: Path, target: Path, out: Path) -> None:
-    """Put the finished ``work`` folder where ``target`` is, carrying over the files the earlier
-    export folder held that vistrain did not write (a user's own README.md, say)."""
-    with _interrupts_deferred():
-        if not target.exists():
-            try:
-                os.rename(work, target)
-            except OSError as exc:  # made meanwhile, by someone else
-                raise ExportError(f"{out}: the new export could not be put there ({exc})") from exc
-            return
-        theirs = [p for p in target.iterdir() if not _written_by_export(p)]
-        old = target.parent / f"{work.name}.old"
-        moved: list[str] = []
-        try:
-            for p in theirs:
-                os.rename(p, work / p.name)
-                moved.append(p.name)
-            os.rename(target, old)
-            os.rename(work, target)
-        except OSError as exc:
-            if not target.exists() and old.exists():
-                os.rename(old, target)
-            for name in moved:
-                with contextlib.suppress(OSError):
-                    os.rename(work / name, target / name)
-            raise ExportError(f"{out}: the new export could not replace the earlier one ({exc}); "
-                              f"the earlier one is unchanged") from exc
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _written_by_export(path: Path) -> bool:
