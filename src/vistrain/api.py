@@ -27,7 +27,7 @@ from vistrain.data.dataset import (
     build_index,
     resolve_cache_dir,
 )
-from vistrain.data.split import write_split
+from vistrain.data.split import read_split, write_split
 from vistrain.evaluation.confidence import apply_confidence, fit_confidence
 from vistrain.evaluation.labelled import (
     labelled_index,
@@ -277,8 +277,7 @@ def _match_resumed_data(index: DatasetIndex, out: Path, ui: Reporter) -> str | N
     split_file = in_progress_file(out, "split.csv")
     if not split_file.exists():
         return None
-    with split_file.open(newline="") as f:
-        saved = {row["path"]: row["label"] for row in csv.DictReader(f)}
+    saved = read_split(split_file, "label")
     root = index.layout.root
     saved_classes, classes = set(saved.values()), set(index.classes)
     if saved_classes != classes:

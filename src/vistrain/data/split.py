@@ -97,9 +97,10 @@ def write_split(records: list[Record], path: Path) -> None:
             w.writerow([r.path, r.label, r.split, r.sha1 or "", r.phash or "", r.colour or ""])
 
 
-def read_split(path: Path) -> dict[str, str]:
+def read_split(path: Path, column: str = "split") -> dict[str, str]:
+    """``split.csv`` as path -> ``column`` (its split, or its label)."""
     with path.open(newline="") as f:
-        return {row["path"]: row["split"] for row in csv.DictReader(f)}
+        return {row["path"]: row[column] for row in csv.DictReader(f)}
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class SplitRow:
     sha1: str = ""  # these three are empty in runs written before they were kept
     phash: str = ""
     colour: str = ""
+    listed: Path | None = None  # where the row says the file is (relative paths under the training folder)
 
 
 def split_rows(split_file: Path, run_extra: dict) -> list[SplitRow]:
@@ -123,5 +125,5 @@ def split_rows(split_file: Path, run_extra: dict) -> list[SplitRow]:
             p = Path(row["path"])
             found = next((c for c in ([p] if p.is_absolute() else [root / p, p]) if c.is_file()), None)
             rows.append(SplitRow(found, row.get("label") or "", row.get("split") or "", row.get("sha1") or "",
-                                 row.get("phash") or "", row.get("colour") or ""))
+                                 row.get("phash") or "", row.get("colour") or "", p if p.is_absolute() else root / p))
     return rows

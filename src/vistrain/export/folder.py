@@ -16,12 +16,6 @@ class ExportError(ValueError):
     """An export that cannot be made or did not pass verification; the message says which check failed."""
 
 
-def umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def make_parents(folder: Path) -> list[Path]:
     """Create ``folder`` and its missing parents; returns those created, deepest first."""
     made = []

@@ -12,7 +12,6 @@ export that fails (or is interrupted) leaves the earlier one as it was, and neve
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import shutil
 import stat
@@ -47,13 +46,17 @@ from vistrain.export.folder import (
     make_parents,
     remove_empty,
     swap_in,
-    umask,
 )
 from vistrain.export.graph import export_graph
 from vistrain.export.quantize import METHODS, prepare, quantize, single_image_latency_ms
 from vistrain.familiarity import FAMILIAR_FILE, Familiarity, pooled
 from vistrain.memory import inference_batch_size
-from vistrain.models.classifier import WEIGHTS_FILE, load_model
+from vistrain.models.classifier import (
+    WEIGHTS_FILE,
+    current_umask,
+    load_model,
+    permit_as_umask,
+)
 from vistrain.models.registry import ensemble_members
 from vistrain.progress import Reporter, SilentReporter
 from vistrain.runtime.bundle import (
@@ -130,7 +133,7 @@ def export_run(run_dir: Path | str, cfg: ExportConfig | None = None, reporter: R
         raise ExportError(f"{target.parent}: cannot write the export next to {out.name} ({exc})") from exc
     try:
         # mkdtemp makes an owner-only folder; an export is read by servers of other users too.
-        os.chmod(work, stat.S_IMODE(target.stat().st_mode) if target.is_dir() else 0o777 & ~umask())
+        os.chmod(work, stat.S_IMODE(target.stat().st_mode) if target.is_dir() else 0o777 & ~current_umask())
         result, rejected = _build(run_dir, out, target, work, model, mcfg, cfg, ui)
         _check_complete(work, result.info)
         swap_in(work, target, out, _written_by_export)
@@ -252,16 +255,13 @@ def split_images(run_dir: Path, classes: list[str], extra: dict, notes: list[str
     split_file = run_dir / "split.csv"
     if not split_file.is_file():
         raise ExportError(f"{run_dir}: no split.csv, so no validation images to verify the export with")
-    with split_file.open(newline="") as f:
-        listed = [r.get("path") or "" for r in csv.DictReader(f)]  # split_rows keeps only the paths it found
-    root = Path(extra.get("training", {}).get("data", {}).get("root", "."))
     out: dict[str, list] = {"valid": [], "train": []}
     missing: dict[str, list[Path]] = {"valid": [], "train": []}
-    for row, path in zip(split_rows(split_file, extra), listed):
+    for row in split_rows(split_file, extra):
         if row.split not in out or row.label not in classes:
             continue
         if row.found is None:
-            missing[row.split].append(Path(path) if Path(path).is_absolute() else root / path)
+            missing[row.split].append(row.listed)
             continue
         out[row.split].append((row.found, classes.index(row.label)))
     lost = missing["valid"] + missing["train"]
@@ -271,7 +271,7 @@ def split_images(run_dir: Path, classes: list[str], extra: dict, notes: list[str
         try:
             where = Path(os.path.commonpath(lost)) if len(lost) > 1 else lost[0].parent
         except ValueError:  # absolute and relative paths mixed
-            where = root
+            where = lost[0].parent
         raise ExportError(f"{run_dir}: the {n} validation image{'s' if n > 1 else ''} listed in {split_file} "
                           f"{'are' if n > 1 else 'is'} missing (first: {missing['valid'][0]}), and export verifies "
                           f"the ONNX files on them; move the data back to {where}, or export on the machine "
@@ -360,8 +360,6 @@ def _entry(path: Path, logits: np.ndarray, torch_logits: np.ndarray, labels: np.
 
 def _save_head(model, path: Path) -> None:
     from safetensors.numpy import save_file
-
-    from vistrain.models.classifier import permit_as_umask
 
     save_file({"weight": model.head.weight.detach().float().numpy().copy(),
                "bias": model.head.bias.detach().float().numpy().copy()}, str(path), metadata={"format": "vistrain-head"})

@@ -92,9 +92,14 @@ def permit_as_umask(path: Path) -> None:
     """Give a weights file the permissions any new file gets (the umask's), as config.json beside it
     has: safetensors writes owner-only (0600) files, which a server running as another user (the
     Docker image's) cannot read from a mounted run or export."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: put straight back)."""
     mask = os.umask(0)
     os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
+    return mask
 
 
 def read_model_config(folder: Path) -> ModelConfig:

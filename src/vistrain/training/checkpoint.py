@@ -44,7 +44,11 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
         save_file({k: v.detach().cpu().contiguous() for k, v in state.best_state.items()}, str(d / "best.safetensors"))
     tensors, meta = _flatten_optimizer(optimizer.state_dict())
     save_file(tensors, str(d / "optimizer.safetensors"))
-    info = {
+    _write_state(d, {**_state_info(state, extra), "optimizer": meta})
+
+
+def _state_info(state: FinetuneState, extra: dict) -> dict:
+    return {
         "planned_epochs": state.planned_epochs,
         "history": [asdict(h) for h in state.history],
         "best_accuracy": state.best_accuracy,
@@ -53,9 +57,11 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
         "best_epoch": state.best_epoch,
         "lowest_loss": state.lowest_loss,
         "lowest_loss_epoch": state.lowest_loss_epoch,
-        "optimizer": meta,
         **extra,
     }
+
+
+def _write_state(d: Path, info: dict) -> None:
     tmp = d / "state.json.tmp"
     tmp.write_text(json.dumps(info, indent=1))
     tmp.replace(d / "state.json")  # the JSON is written last: it marks the checkpoint complete
@@ -68,12 +74,7 @@ def save_plan(run_dir: Path, state: FinetuneState, extra: dict) -> None:
     d.mkdir(parents=True, exist_ok=True)
     for name in ("last.safetensors", "best.safetensors", "optimizer.safetensors"):
         (d / name).unlink(missing_ok=True)  # an earlier attempt's epochs are not this plan's
-    info = {"planned_epochs": state.planned_epochs, "history": [], "best_accuracy": state.best_accuracy,
-            "best_score": state.best_score, "best_loss": state.best_loss, "best_epoch": 0,
-            "lowest_loss": state.lowest_loss, "lowest_loss_epoch": 0, **extra}
-    tmp = d / "state.json.tmp"
-    tmp.write_text(json.dumps(info, indent=1))
-    tmp.replace(d / "state.json")
+    _write_state(d, _state_info(state, extra))  # no optimizer: load_checkpoint reads it as the plan alone
 
 
 @dataclass
