@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +165,19 @@ def live_server(app, start_timeout: float = 60.0):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def odd_exif_jpeg(size: tuple[int, int] = (80, 60)) -> bytes:
+    """A JPEG whose pixels are fine but whose EXIF is malformed: it says "turn me" (orientation 6)
+    and stores ImageWidth as text. Pillow 13's ImageOps.exif_transpose, writing the EXIF back,
+    raised struct.error on it; a viewer shows the photo turned upright, and so must vistrain."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees
+    exif[0x010F] = "cam"  # Make, a text tag...
+    raw = exif.tobytes()
+    odd = raw.replace(b"\x01\x0f\x00\x02", b"\x01\x00\x00\x02")  # ...renumbered as ImageWidth (a number)
+    if odd == raw:
+        raise AssertionError("the EXIF layout changed: the Make entry was not found")
+    buf = io.BytesIO()
+    make_image("circles", 5, size).save(buf, format="JPEG", exif=odd)
+    return buf.getvalue()

@@ -206,6 +206,19 @@ def test_summary_line_counts_groups_in_words():
     assert summary_line(AuditResult(Path("photos"), [])) == "audit: nothing found"
 
 
+def test_summary_line_tells_files_that_are_not_images_from_damaged_photos():
+    """notes.txt and Thumbs.db are no loss; "3 unreadable files" read as three broken photos."""
+    from vistrain.clean.audit import AuditResult, Finding
+    from vistrain.clean.render import summary_line
+
+    found = [Finding("unreadable", "skipped: not an image (unrecognised format)", [name])
+             for name in ("notes.txt", "Thumbs.db")]
+    assert summary_line(AuditResult(Path("photos"), found)) == "audit: 2 files that are not images"
+    found.append(Finding("unreadable", "skipped: truncated file (image data ends early)", ["cut.jpg"]))
+    assert summary_line(AuditResult(Path("photos"), found)) == (
+        "audit: 1 unreadable file, 2 files that are not images")
+
+
 def test_duplicate_findings_do_not_chain_look_alikes_into_one_photo():
     """A chain a-b-c-d-e-f (each alike to the next only) stays one cluster for the split, but the
     findings name groups whose photos are alike to one of them, not one six-photo "copy"."""
@@ -347,3 +360,60 @@ def test_near_duplicates_keep_by_the_same_rule(tmp_path, cache_dir):
     assert len(near) == 1 and near[0].files == ["circles/shot.png", "circles/shot copy.png"]
     assert near[0].message == "2 near-identical photos; keep circles/shot.png (not named like a copy)"
     assert "circles/shot.png" not in [r["path"] for r in suspects(result)]
+
+
+@pytest.mark.parametrize("copies, why", [
+    # The held-out copy has the shorter path, so the old rule kept it and offered the training one.
+    (["valid/squares/again.png"], "the training copy: the validation copy leaks a training image"),
+    (["test/squares_x.png"], "the training copy: the test copy leaks a training image"),
+    (["valid/squares/a.png", "test/squares_b.png"],
+     "the training copy: the validation and test copies leak a training image"),
+    # Before the name: the plain name in valid/ is the leak; of the training copies, the plain name is kept.
+    (["valid/squares/squares_1.png", "train/squares/squares_1 copy.png"],
+     "the training copy: the validation copy leaks a training image; not named like a copy"),
+])
+def test_a_copy_across_splits_keeps_the_training_copy(split_folders, cache_dir, copies, why):
+    """A photo in train/ and in valid/ (or test/) is a leak: the validation score counts a photo the
+    model trained on. The copy to move out is the held-out one, whatever its name or path."""
+    from vistrain.clean.app import suspects
+
+    kept = "train/squares/squares_1.png"
+    for copy in copies:
+        shutil.copy(split_folders / kept, split_folders / copy)
+    result = audit(_config(split_folders, cache_dir))
+    dup = [f for f in _by_kind(result)["exact_duplicate"] if kept in f.files]
+    assert len(dup) == 1 and dup[0].files[0] == kept
+    assert dup[0].message.endswith(f"; keep {kept} ({why})")
+    leak = _by_kind(result)["leak"][0]
+    assert leak.files[0] == kept  # the leak lists its files in the same order
+    offered = {r["path"] for r in suspects(result)}
+    assert kept not in offered and set(copies) <= offered
+
+
+def test_copies_within_one_split_keep_by_the_other_rules():
+    """The split decides only between a training copy and a held-out one."""
+    from vistrain.clean.keep import keep_order
+
+    order, why = keep_order(["valid/c/a.png", "valid/c/aa.png"], splits=["valid", "valid"])
+    assert order[0] == 0 and why == "shortest path"
+    order, why = keep_order(["valid/c/aa.png", "test/c_a.png"], splits=["valid", "test"])
+    assert order[0] == 1 and why == "shallowest path"  # no training copy: neither is the leak
+    order, why = keep_order(["train/c/x copy.png", "train/c/x.png", "valid/c/x.png"],
+                            splits=["train", "train", "valid"])
+    assert order == [1, 0, 2]
+    assert why == "the training copy: the validation copy leaks a training image; not named like a copy"
+
+
+def test_the_split_a_csv_gives_decides_too(tmp_path, cache_dir):
+    """The training copy is the one the layout puts in train, wherever its folder: a CSV's split
+    column says so, not the path."""
+    root = tmp_path / "photos"
+    _copies(root, ["deep/er/photo.png", "v.png"])
+    for i in range(2):
+        make_image("squares", seed=80 + i).save(root / f"sq{i}.png")
+    rows = [("deep/er/photo.png", "circles", "train"), ("v.png", "circles", "valid"),
+            ("sq0.png", "squares", "train"), ("sq1.png", "squares", "valid")]
+    (root / "labels.csv").write_text("path,label,split\n" + "".join(",".join(r) + "\n" for r in rows))
+    dup = _exact(root / "labels.csv", cache_dir)
+    assert dup.files == ["deep/er/photo.png", "v.png"]
+    assert dup.message.endswith("(the training copy: the validation copy leaks a training image)")

@@ -301,3 +301,24 @@ def test_quarantining_the_offered_copies_leaves_the_originals_in_place(tmp_path)
     while j.undo() is not None:
         pass
     assert _on_disk(root) == before
+
+
+def test_quarantining_the_offered_copy_of_a_leak_leaves_an_honest_validation_set(split_folders):
+    """A training photo copied into valid/ (and test/): the page offers the held-out copies, and
+    moving them out leaves the training copy in place and no leak for the next audit."""
+    train = "train/circles/circles_2.png"
+    leaked = ["valid/circles/c.png", "test/circles_c.png"]  # shorter paths than the training copy
+    for copy in leaked:
+        shutil.copy(split_folders / train, split_folders / copy)
+
+    def audited():
+        return audit(AuditConfig(DataConfig(split_folders, cache_dir=split_folders.parent / "cache"), features=False))
+
+    offered = [r["path"] for r in suspects(audited())]
+    assert sorted(offered) == sorted(leaked)
+    j = Journal(split_folders)
+    for rel in offered:
+        j.quarantine(rel)
+    assert (split_folders / train).is_file()
+    assert not any((split_folders / copy).exists() for copy in leaked)
+    assert all(f.kind != "leak" for f in audited().findings)

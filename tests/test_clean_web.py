@@ -178,6 +178,28 @@ def test_the_page_offers_the_copy_and_says_which_file_it_keeps(browser, tmp_path
         page.close()
 
 
+def test_a_leak_offers_the_validation_copy_and_keeps_the_training_one(browser, split_folders):
+    """A training photo copied into valid/ under a shorter name: the page offers the validation copy
+    (the leak), says the training copy is kept and why, and q moves the validation copy out."""
+    train, leaked = "train/squares/squares_1.png", "valid/squares/s.png"
+    shutil.copy(split_folders / train, split_folders / leaked)
+    result = audit(AuditConfig(DataConfig(split_folders, cache_dir=split_folders.parent / "cache"), features=False))
+    with live_server(create_app(split_folders, result), start_timeout=20) as url:
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector(".card")
+        assert page.eval_on_selector_all(".card", "cs => cs.map(c => c.dataset.path)") == [leaked]
+        card = _card(page, leaked)
+        assert card.locator(".msg").inner_text() == (
+            f"2 byte-identical copies; keep {train} (the training copy: the validation copy leaks a training image)")
+        card.locator(".msg").click()
+        page.keyboard.press("q")
+        page.wait_for_selector(f'.card[data-path="{leaked}"][data-status="quarantine"]')
+        assert (split_folders / QUARANTINE / leaked).read_bytes() == (split_folders / train).read_bytes()
+        assert not (split_folders / leaked).exists()
+        page.close()
+
+
 @pytest.fixture
 def client(tmp_path):
     """The app in-process (no server, no browser), addressed as the page would be: 127.0.0.1:8765."""

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,75 @@ def test_train_prints_a_summary(trained, tmp_path, capsys):
     said = " ".join(out.split())
     assert "validation images chose the probe's regularisation strength" in said
     assert "slightly optimistic estimate; a test/ folder (or `vistrain evaluate` on new photos) gives an unbiased" in said
+
+
+def _flat_folder(folder: Path, per_class: int = 6) -> Path:
+    """Layout (c): every class in one folder, labelled by the file names (circles_0.png, ...)."""
+    folder.mkdir(parents=True)
+    for ci, name in enumerate(("circles", "squares", "stripes")):
+        for i in range(per_class):
+            make_image(name, 1000 * ci + 7200 + i).save(folder / f"{name}_{i}.png")
+    return folder
+
+
+def test_train_points_to_an_audit_that_reads_the_data_as_it_did(tmp_path, capsys, monkeypatch):
+    """`vistrain audit FOLDER` alone reads a flat folder as class folders and finds nothing: the
+    command train suggests repeats --label-from-name, quoted for a shell, and says that notes.txt and
+    Thumbs.db are not images (not "unreadable files", which reads as broken photos)."""
+    monkeypatch.setenv("COLUMNS", "400")  # the suggested command on one line, unwrapped
+    flat = _flat_folder(tmp_path / "flat train")
+    (flat / "notes.txt").write_text("shot in May")
+    (flat / "Thumbs.db").write_bytes(b"\0" * 64)
+    assert main(["train", str(flat), "--label-from-name", r"(.+)_\d+", "--out", str(tmp_path / "r"),
+                 "--mode", "probe", "--image-size", "64", "--no-cache"]) == 0
+    line = next(x.strip() for x in capsys.readouterr().err.splitlines() if x.strip().startswith("audit:"))
+    said, _, command = line.removesuffix(")").partition(" (details: ")
+    assert said == "audit: 2 files that are not images"
+    argv = shlex.split(command)
+    assert argv == ["vistrain", "audit", str(flat), "--label-from-name", r"(.+)_\d+"]
+    assert main([*argv[1:], "--no-features", "--no-cache"]) == 0
+    assert "audit: 2 files that are not images" in capsys.readouterr().out
+
+
+def test_train_lists_the_files_it_wrote(trained, tmp_path, capsys, monkeypatch):
+    """Every file of the run folder that this run wrote, and none that an earlier one left there."""
+    monkeypatch.setenv("COLUMNS", "400")
+    data, _ = trained
+    out = tmp_path / "r"
+    out.mkdir()
+    stale = out / "report.html"
+    stale.write_text("an earlier run's report")
+    os.utime(stale, (1e9, 1e9))
+    assert main(["train", str(data), "--out", str(out), "--mode", "probe", "--image-size", "64", "--no-cache"]) == 0
+    line = next(x.strip() for x in capsys.readouterr().out.splitlines() if "run saved in" in x)
+    listed = line.partition(" (")[2].removesuffix(")").split(", ")
+    written = sorted(p.name for p in out.iterdir() if p.is_file() and p != stale)
+    assert sorted(listed) == written
+    assert {"model.safetensors", "familiar.safetensors", "train_config.yaml", "data_report.json",
+            "audit.json"} <= set(listed)
+
+
+def test_train_says_when_the_unsure_threshold_answers_few_validation_images(trained, tmp_path, capsys, monkeypatch):
+    """150 digits left a threshold of 0.9868 that answered 13% of validation; predict then said
+    "unsure" for every photo. The rule stays; the summary says so and how to change it."""
+    import vistrain.api
+    from vistrain.evaluation.confidence import fit_confidence
+
+    def strict(logits, labels, target_precision=0.95):
+        settings = fit_confidence(logits, labels, target_precision)
+        settings["calibration"]["coverage"] = 0.13
+        return {**settings, "unsure_threshold": 0.9868}
+
+    data, _ = trained
+    argv = ["train", str(data), "--out", str(tmp_path / "r"), "--mode", "probe", "--image-size", "64", "--no-cache"]
+    assert main(argv) == 0
+    assert "--unsure" not in capsys.readouterr().out
+    monkeypatch.setattr(vistrain.api, "fit_confidence", strict)
+    assert main(argv) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "on 13% of validation images" in said
+    assert "'unsure' for 87% of photos like the validation ones" in said
+    assert "--unsure P" in said and "--unsure 0 turns it off" in said
 
 
 def test_evaluate_json_has_the_documented_keys(trained, tmp_path, capsys):
@@ -295,6 +365,60 @@ def test_predict_into_a_csv_shows_a_few_rows_and_the_counts(trained, tmp_path, c
     assert sum(1 for line in capsys.readouterr().out.splitlines() if ".png" in line) == 36
 
 
+def _changed_run(run: Path, folder: Path, **config) -> Path:
+    """A copy of ``run`` whose config.json has ``config`` instead (classes renamed, another threshold)."""
+    shutil.copytree(run, folder)
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **config}, indent=2))
+    return folder
+
+
+def test_predict_says_when_the_runs_threshold_makes_most_answers_unsure(trained, tmp_path, capsys):
+    """The digits run's threshold (0.9868, set on 30 validation images) made all 11 answers "unsure":
+    one line says so and how to change it. A threshold typed with --unsure is the user's own."""
+    data, run = trained
+    strict = _changed_run(run, tmp_path / "strict", unsure_threshold=0.999999)
+    assert main(["predict", str(strict), str(data)]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "24 of the 24 answers are 'unsure': below the run's threshold 0.999999" in said
+    assert "--unsure P" in said and "--unsure 0 turns it off" in said
+    assert main(["predict", str(strict), str(data), "--unsure", "0.999999"]) == 0
+    assert "--unsure P" not in " ".join(capsys.readouterr().out.split())
+    assert main(["predict", str(run), str(data)]) == 0  # the shared run: few or no answers unsure
+    assert "--unsure P" not in " ".join(capsys.readouterr().out.split())
+    few = tmp_path / "few"
+    few.mkdir()
+    for p in sorted((data / "stripes").glob("*.png"))[:4]:
+        shutil.copy(p, few / p.name)
+    assert main(["predict", str(strict), str(few)]) == 0  # four answers are too few to judge a threshold by
+    assert "--unsure P" not in " ".join(capsys.readouterr().out.split())
+
+
+def test_predict_counts_unsure_answers_apart_from_a_class_named_unsure(trained, tmp_path, capsys):
+    """With a class named "unsure", --into copies low-confidence answers into "unsure (vistrain)/";
+    the counts line calls them that too, or "unsure 8" could be the class."""
+    data, run = trained
+    renamed = _changed_run(run, tmp_path / "renamed", classes=["circles", "squares", "unsure"],
+                           unsure_threshold=0.999999)
+    assert main(["predict", str(renamed), str(data), "--into", str(tmp_path / "sorted")]) == 0
+    answers = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("answers: "))
+    assert answers == "answers: unsure (vistrain) 24"
+    assert [p.name for p in (tmp_path / "sorted").iterdir() if p.is_dir()] == ["unsure (vistrain)"]
+
+
+def test_answer_counts_name_flags_apart_from_classes_of_the_same_name():
+    from vistrain.commands.predict import answer_counts
+
+    def row(label, unsure=False):
+        return {"label": label, "unsure": unsure, "familiar": None}
+
+    rows = [row("seven"), row("seven"), row("unsure"), row("one", unsure=True), row(None)]
+    assert answer_counts(rows, ["one", "seven", "unsure"]) == "seven 2, unsure 1, unsure (vistrain) 1, failed 1"
+    assert answer_counts(rows, ["one", "seven", "unsure", "failed"]) == (
+        "seven 2, unsure 1, unsure (vistrain) 1, failed (vistrain) 1")
+    assert answer_counts(rows, ["one", "seven"]) == "seven 2, unsure 1, unsure 1, failed 1"  # no such class
+
+
 def test_predictions_table_keeps_long_class_names_whole_in_80_columns():
     from rich.console import Console
 
@@ -336,6 +460,17 @@ def test_errors_are_one_clear_line_and_exit_2(argv, fragment, capsys):
     assert main(argv) == 2
     out = capsys.readouterr().out
     assert "error:" in out and fragment in out.replace("\n", "")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "report"])
+def test_help_says_a_flat_folder_named_by_class_needs_no_regex(command, capsys, monkeypatch):
+    """circles_1.jpg, squares_2.jpg: evaluate and report find the model's class names in the file
+    names; --label-from-name is for other names."""
+    monkeypatch.setenv("COLUMNS", "400")  # argparse would break "--label-from-name" at its hyphens
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    said = " ".join(capsys.readouterr().out.split())
+    assert "a flat folder whose file names start with a class name (else --label-from-name)" in said
 
 
 def test_console_script_is_installed():

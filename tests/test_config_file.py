@@ -38,13 +38,13 @@ def test_unknown_key_is_rejected_with_a_suggestion(tmp_path):
 
 def test_typed_flags_override_the_file_even_at_their_default_value(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("data: photos\nresize: pad\nmode: probe\nepochs: 3\nlr: 1\ntime_budget: null\n"
+    f.write_text("data: photos\nresize: pad\nmode: probe\nepochs: 3\nlabel_smoothing: 0\ntime_budget: null\n"
                  "probe_c: 0.5\naugment: {jitter: 0.1, scale: [0.5, 1.0]}\n")
     (tmp_path / "photos").mkdir()
     args, extra = _resolve(["--config", str(f), "--resize", "crop", "--epochs", "5"])
     assert args.data == tmp_path / "photos" and args.mode == "probe"  # beside the file, not the shell's folder
     assert args.resize == "crop" and args.epochs == 5  # typed: crop is the default, it still wins over the file
-    assert args.lr == 1.0 and isinstance(args.lr, float) and args.no_time_budget is True
+    assert args.label_smoothing == 0.0 and isinstance(args.label_smoothing, float) and args.no_time_budget is True
     assert args.batch_size == 32  # neither file nor flag: the default
     assert extra["probe_c"] == 0.5 and extra["augment"].scale == (0.5, 1.0) and extra["augment"].jitter == 0.1
     args, _ = _resolve(["other", "--config", str(f), "--time-budget", "60"])
@@ -273,3 +273,48 @@ def test_resume_with_a_config_file_starts_from_the_runs_settings(tmp_path):
     # Not resuming: the run's settings are not read.
     args, _ = _resolve([str(tmp_path), "--out", str(run), "--config", str(pat)])
     assert args.mode == "auto" and args.epochs == 12 and args.patience == 1
+
+
+# The right type but outside what TrainConfig (or the split) accepts: TrainConfig's own message, with
+# the file it came from in front, as for a value of the wrong type.
+@pytest.mark.parametrize(("line", "message"), [
+    ("lr: 5", r"lr: learning rate 5\.0 must be between 0 and 1"),
+    ("epochs: -1", r"epochs: epochs must be at least 1 \(got -1\)"),
+    ("valid_fraction: 1.5", r"valid_fraction: validation fraction 1\.5 must be between 0 and 1"),
+    ("time_budget: -10", r"time_budget: time budget must be positive seconds \(got -10\.0\)"),
+    ("image_size: 16", r"image_size: image size 16 is outside 32\.\.1024 pixels"),
+    ("probe_c: 0", r"probe_c: probe regularisation C must be a positive number, or auto \(got 0\.0\)"),
+    ("dropout: 1", r"dropout: dropout 1\.0 must be within \[0, 1\)"),
+    ("backbone: resnet9000", r"backbone: .*resnet9000"),
+])
+def test_a_value_out_of_range_names_the_config_file(tmp_path, line, message):
+    f = tmp_path / "runs.yaml"
+    f.write_text(line + "\n")
+    with pytest.raises(ConfigError, match=r"runs\.yaml: " + message):
+        _resolve([str(tmp_path), "--config", str(f), "--out", str(tmp_path / "run")])
+
+
+def test_an_out_of_range_value_is_blamed_on_where_it_came_from(tmp_path, capsys):
+    f = tmp_path / "runs.yaml"
+    f.write_text("epochs: -1\nlr: 5\n")
+    run = ["train", str(tmp_path), "--config", str(f), "--out", str(tmp_path / "run")]
+    assert main(run) == 2
+    said = " ".join(capsys.readouterr().out.split())  # rich wraps lines
+    assert "runs.yaml: epochs: epochs must be at least 1 (got -1)" in said
+    # Typed flags override the file's values: then the file's are not the ones used, nor checked.
+    args, _ = _resolve(run[1:] + ["--epochs", "2", "--lr", "0.001"])
+    assert args.epochs == 2 and args.lr == 0.001
+    f.write_text("time_budget: -10\n")
+    assert _resolve(run[1:] + ["--no-time-budget"])[0].no_time_budget is True
+    f.write_text("epochs: -1\nlr: 5\n")
+    # A typed value out of range is the flag's: TrainConfig's message alone, not blaming the file.
+    f.write_text("lr: 0.001\n")
+    assert main(run + ["--lr", "5"]) == 2
+    said = " ".join(capsys.readouterr().out.split())
+    assert "learning rate 5.0 must be between 0 and 1" in said and "runs.yaml" not in said
+    # So is one from the interrupted run's own settings, named by that file (the run's, on --resume).
+    saved = tmp_path / "run" / "checkpoint" / "train_config.yaml"
+    saved.parent.mkdir(parents=True)
+    saved.write_text(f"data: {tmp_path}\npatience: 0\n")
+    with pytest.raises(ConfigError, match=r"checkpoint/train_config\.yaml: patience: patience must be at least 1"):
+        _resolve(["--out", str(tmp_path / "run"), "--resume"])

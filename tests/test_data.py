@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 from conftest import make_image, write_class_folders
@@ -219,3 +220,11 @@ def test_an_unmarked_unsure_folder_is_a_class_with_a_warning(tmp_path):
     note = next(n for n in layout.notes if n.startswith("unsure/ is taken as a class"))
     assert "'unsure' folder of `vistrain predict --into`" in note and "move it out" in note
     assert not any("circles/" in n and "predict --into" in n for n in layout.notes)
+
+
+@pytest.mark.parametrize("fraction", [0, 1, 1.5, -0.2, True, "0.2"])
+def test_a_validation_fraction_that_leaves_a_side_empty_is_refused_before_any_scan(tmp_path, fraction):
+    """Checked when the settings are made, not after minutes of scanning a big folder."""
+    with pytest.raises(DataError, match=rf"validation fraction {re.escape(repr(fraction))} must be between 0 and 1"):
+        DataConfig(tmp_path / "not-even-there", valid_fraction=fraction)
+    assert DataConfig(tmp_path, valid_fraction=0.3).valid_fraction == 0.3

@@ -1,13 +1,16 @@
 """``evaluate`` and ``report`` at the edges: classes with no images (undefined metrics are null, not
-0), a folder with a class the model never saw (the rest scored, the stranger named), and a run whose
-class names are decomposed Unicode (NFD) scored on folders named in NFC."""
+0), a folder with a class the model never saw (the rest scored, the stranger named), a run whose
+class names are decomposed Unicode (NFD) scored on folders named in NFC, and one with two classes
+that differ only in that (never merged)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
 import unicodedata
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -210,3 +213,60 @@ def test_report_of_a_run_with_nfd_class_names_on_nfc_folders(trained_run, tmp_pa
     assert "does not know" not in out and "(2 images)" in out
     # Its row, under the model's own spelling, counts the NFC folder's image.
     assert re.search(rf"<tr><td>{nfd}</td>.*?<td>1</td></tr>", (run / "report.html").read_text())
+
+
+CAFE = "caf\u00e9"  # composed (NFC)
+CAFE_NFD = unicodedata.normalize("NFD", CAFE)
+
+
+def _twin_run(trained_run, tmp_path):
+    """A copy of the shared run whose classes squares and stripes are "café" spelt composed and
+    decomposed: a run trained before labels were normalised, on two folders that Linux kept apart.
+    Its split.csv spells its labels as its classes, as training wrote it."""
+    run = shutil.copytree(trained_run[0], tmp_path / "twin-run")
+    rename = {"squares": CAFE, "stripes": CAFE_NFD}
+    config = json.loads((run / "config.json").read_text())
+    config["classes"] = [rename.get(c, c) for c in config["classes"]]
+    (run / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    with (run / "split.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    with (run / "split.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({**r, "label": rename.get(r["label"], r["label"])} for r in rows)
+    return run
+
+
+def test_classes_that_differ_only_in_unicode_form_are_never_merged(trained_run, tmp_path, capsys):
+    run = _twin_run(trained_run, tmp_path)
+    data = write_class_folders(tmp_path / "photos", per_class=2, classes=("circles", "squares", "stripes"), start=800)
+    (data / "squares").rename(data / CAFE)
+    (data / "stripes").rename(data / CAFE_NFD)
+    assert sorted(p.name for p in data.iterdir()) == sorted(["circles", CAFE, CAFE_NFD])  # two folders on disk
+    # The scan reads both folders' label as NFC "café": scored, one class would take the other's images.
+    with pytest.raises(ValueError) as refused:
+        vistrain.evaluate(run, data, cache_dir=False)
+    said = str(refused.value)
+    assert said.startswith(f"{data}: images labelled 'café' could be any of the model's classes 'caf\\xe9' and "
+                           f"'cafe\\u0301', which differ only in Unicode normalisation"), said
+    assert main(["report", str(run), str(data), "--no-cache"]) == 2
+    assert "'caf\\xe9' and 'cafe\\u0301'" in " ".join(capsys.readouterr().out.split())
+    # Without images of that name there is nothing to merge: the rest is scored.
+    shutil.rmtree(data / CAFE)
+    shutil.rmtree(data / CAFE_NFD)
+    make_image("squares", 4700).save(data / "circles" / "odd_square.png")
+    m = vistrain.evaluate(run, data, cache_dir=False)
+    assert m["n"] == 3 and m["per_class"][CAFE]["support"] == m["per_class"][CAFE_NFD]["support"] == 0
+
+
+def test_report_on_the_validation_split_tells_such_classes_apart(trained_run, tmp_path):
+    from vistrain.evaluation.report import write_report
+
+    run = _twin_run(trained_run, tmp_path)
+    with (run / "split.csv").open(newline="") as f:
+        want = Counter(r["label"] for r in csv.DictReader(f) if r["split"] == "valid")
+    assert want[CAFE] and want[CAFE_NFD]  # the test means something only if both are there
+    # split.csv spells each image's label as the run spells the class: matched exactly, each keeps its own.
+    _, a = write_report(run)
+    assert {c: a.metrics["per_class"][c]["support"] for c in (CAFE, CAFE_NFD)} == {CAFE: want[CAFE],
+                                                                                 CAFE_NFD: want[CAFE_NFD]}

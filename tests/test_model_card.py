@@ -65,6 +65,26 @@ def test_card_states_the_runs_figures(exported_run, trained_run):
         assert hashlib.sha256((exported_run / name).read_bytes()).hexdigest() == digest, name
 
 
+def test_accuracy_interval_reads_the_same_wherever_it_is_printed():
+    """6 of 8 right: Wilson's upper bound is 0.928521, 92.9%. metrics.json kept it as 0.9285, which
+    the train summary and the card printed as 92.8% (rounded twice) while `vistrain report` said 92.9%."""
+    from vistrain.evaluation.intervals import wilson
+    from vistrain.evaluation.metrics import classification_metrics
+    from vistrain.evaluation.render import ci_text
+    from vistrain.export.card import _interval
+
+    lo, hi = wilson(6, 8)
+    exact = f"{lo:.1%}", f"{hi:.1%}"
+    assert exact[1] == "92.9%"
+    m = classification_metrics(np.array([0] * 4 + [1] * 4), np.array([0, 0, 0, 1, 1, 1, 1, 0]), ["a", "b"])
+    assert tuple(f"{v:.1%}" for v in json.loads(json.dumps(m))["accuracy_ci"]) == exact  # as metrics.json keeps it
+    older = {**m, "accuracy_ci": [round(lo, 4), round(hi, 4)]}  # a metrics.json written before
+    for metrics in (m, older):
+        assert ci_text(metrics) == f"; 95% CI {exact[0]}–{exact[1]}"
+        assert _interval(metrics) == f"{exact[0]} – {exact[1]}"
+    assert ci_text({"accuracy": 0.75}) == "" and _interval({"accuracy": 0.75, "n": 8, "errors": 2}) == ""
+
+
 @pytest.mark.parametrize("variant", ["int8", "fp32"])
 def test_standalone_script_gives_vistrains_answers_without_vistrain(exported_run, trained_run, tmp_path, variant):
     _, data = trained_run
@@ -244,3 +264,16 @@ def test_standalone_script_stops_quietly_when_its_reader_goes_away(exported_run,
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 141, err.decode()
     assert b"Traceback" not in err and b"BrokenPipe" not in err
+
+
+def test_card_gives_a_resumed_runs_time_over_every_session(tmp_path):
+    from vistrain.export.card import _made
+
+    metrics = {"seconds": 13.2, "total_seconds": 52.3, "session_seconds": [30.0, 9.1, 13.2], "device": "cpu"}
+    made = "\n".join(_made({"training": {"resume": True}}, metrics, tmp_path))
+    assert ("- Training took 52 s in all, over 3 sessions (interrupted and resumed); the last session took 13 s on "
+            "the CPU.") in made
+    assert "The last session (a resumed run)" not in made
+    # A run never resumed, and one resumed from a checkpoint that did not time its sessions: as before.
+    assert "- The run took 9.5 s on cuda:0." in _made({"training": {"resume": False}}, {"seconds": 9.5, "device": "cuda:0"},
+                                                     tmp_path)

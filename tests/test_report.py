@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 from conftest import make_image, write_class_folders
@@ -88,6 +91,27 @@ def test_report_on_validation_refits_and_stores(run_copy, capsys):
     html = (run_copy / "report.html").read_text()
     assert 'id="abstention"' in html and "target 90%" in html
     assert ('id="audit"' in html) == (run_copy / "audit.json").exists()
+
+
+def test_report_says_a_temperature_it_did_not_apply_was_not_applied():
+    """It printed "17.7% -> 17.7% with temperature 1.00 (fitted here and stored in the run); 1.09
+    fitted, not applied": which temperature was fitted here?"""
+    from vistrain.commands.report import calibration_line
+
+    kept = {"temperature": 1.0, "fitted_temperature": 1.09, "ece_before": 0.177, "ece_after": 0.177, "n": 30,
+            "heldout_nll_raw": 0.61, "heldout_nll_scaled": 0.63}
+    assert calibration_line(kept, 1.0, fitted_here=True) == (
+        "calibration error 17.7%; temperature kept at 1.00 (stored in the run); 1.09 fitted here, not applied: "
+        "it did not lower the held-out log-loss")
+    few = {**kept, "heldout_nll_raw": None, "heldout_nll_scaled": None, "n": 9}
+    assert calibration_line(few, 1.0, fitted_here=True).endswith(
+        "1.09 fitted here, not applied: too few images (fewer than 10) to check it on held-out ones")
+    applied = {**kept, "temperature": 1.3, "fitted_temperature": 1.3, "ece_after": 0.05, "heldout_nll_scaled": 0.5}
+    assert calibration_line(applied, 1.3, fitted_here=True) == (
+        "calibration error 17.7% -> 5.0% with temperature 1.30 (fitted here and stored in the run)")
+    on_data = {k: applied[k] for k in ("temperature", "ece_before", "ece_after", "n")}
+    assert calibration_line(on_data, 1.3, fitted_here=False) == (
+        "calibration error 17.7% -> 5.0% with temperature 1.30 (the run's, fitted on validation)")
 
 
 @pytest.mark.parametrize("argv, fragment", [
@@ -205,3 +229,61 @@ def test_charts_of_class_names_the_font_lacks_raise_no_warnings():
         png = plots.confusion(np.array([[3, 1], [0, 4]]), ["日本", "café"])  # no CJK font on these machines
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [w for w in caught if "missing from font" in str(w.message)]
+
+
+def test_report_stops_at_a_scored_image_that_breaks_after_the_scan(run_copy, mislabelled, monkeypatch):
+    """As ``evaluate``: the scan read every image of the folder, so one that fails when predicted
+    changed meanwhile; left out silently, the report would be of other images than those scanned."""
+    from vistrain.evaluation.predictor import Predictor
+    from vistrain.evaluation.report import write_report
+
+    broken = mislabelled / "squares" / "odd_circle.png"
+    predict = Predictor.outputs_from_paths
+
+    def after_the_scan(self, paths, *args, **kwargs):
+        broken.write_bytes(b"not an image any more")
+        return predict(self, paths, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "outputs_from_paths", after_the_scan)
+    with pytest.raises(ValueError, match=re.escape(str(broken)) + ".*changed since it was scanned"):
+        write_report(run_copy, mislabelled, cache_dir=False)
+    assert not (run_copy / "report.html").exists()
+
+
+def test_report_on_validation_leaves_out_a_file_it_cannot_read(run_copy, tmp_path):
+    """Nothing scans split.csv's files before they are predicted: one that cannot be read is left out
+    and listed, as a missing one is (and as the scan does with a folder's), and the rest reported on."""
+    from vistrain.evaluation.report import write_report
+
+    with (run_copy / "split.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    valid = [r for r in rows if r["split"] == "valid"]
+    valid[0]["path"] = str(broken)
+    with (run_copy / "split.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    _, a = write_report(run_copy)
+    assert [s["path"] for s in a.skipped] == [str(broken)] and len(a.paths) == len(valid) - 1
+    assert str(broken) in (run_copy / "report.html").read_text()
+
+
+def test_report_on_validation_finds_relative_paths_under_the_training_folder(run_copy, tmp_path, monkeypatch):
+    """split.csv paths relative to the training folder (older runs wrote them so) are looked for
+    there, as export and evaluate do, not under whatever directory the report is run from."""
+    from vistrain.evaluation.report import write_report
+
+    root = json.loads((run_copy / "config.json").read_text())["training"]["data"]["root"]
+    with (run_copy / "split.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["path"] = str(Path(r["path"]).relative_to(root))
+    with (run_copy / "split.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    monkeypatch.chdir(tmp_path)
+    _, a = write_report(run_copy)
+    assert a.skipped == [] and len(a.paths) == sum(r["split"] == "valid" for r in rows)

@@ -7,7 +7,9 @@ import contextlib
 import csv
 import io
 import json
+import os
 import shutil
+import time
 
 import pytest
 import yaml
@@ -181,3 +183,96 @@ def test_resume_after_stopping_before_fine_tuning_says_what_to_do(class_folders,
         vistrain.train(class_folders, out=out, cache_dir=cache_dir, reporter=StopIn(log="Linear probe"), **FT)
     with pytest.raises(TrainError, match=r"stopped before fine-tuning began .*train again without --resume"):
         vistrain.train(class_folders, out=out, resume=True, cache_dir=cache_dir)
+
+
+def test_resume_refuses_images_edited_since_the_run_started(class_folders, tmp_path, cache_dir):
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="stopped"):  # a crash after epoch 1: the checkpoint stays
+        vistrain.train(class_folders, out=out, cache_dir=cache_dir, reporter=StopIn(log="epoch 1/", error=RuntimeError),
+                       **FT)
+    # Same path and label, other pixels (a retouch, a crop): the epochs so far learnt the old ones,
+    # and the split, the probe and the class balance were made from them.
+    edited = class_folders / "squares" / "squares_2.png"
+    original, stat = edited.read_bytes(), edited.stat()
+    make_image("squares", seed=9100).save(edited)
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    assert edited.read_bytes() != original
+    with pytest.raises(TrainError, match=r"cannot resume on .*1 changed content since the run started \(same "
+                                         r"path, other bytes: \S*/squares/squares_2\.png\)\..*restore those images"):
+        vistrain.train(class_folders, out=out, resume=True, cache_dir=cache_dir)
+
+    # The same bytes back (a later mtime than either: the check is on the content, not the clock).
+    edited.write_bytes(original)
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10_000_000_000))
+    resumed = vistrain.train(class_folders, out=out, resume=True, cache_dir=cache_dir)
+    assert [h.epoch for h in resumed.result.finetune.history] == [1, 2]
+
+
+def test_resume_of_a_run_that_recorded_no_content_hashes_skips_the_check(class_folders, tmp_path, cache_dir):
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="stopped"):
+        vistrain.train(class_folders, out=out, cache_dir=cache_dir, reporter=StopIn(log="epoch 1/", error=RuntimeError),
+                       **FT)
+    # A split.csv from before it kept content hashes: path, label, split alone.
+    split = out / "checkpoint" / "split.csv"
+    with split.open(newline="") as f:
+        rows = [(r["path"], r["label"], r["split"]) for r in csv.DictReader(f)]
+    with split.open("w", newline="") as f:
+        csv.writer(f).writerows([("path", "label", "split"), *rows])
+    make_image("squares", seed=9100).save(class_folders / "squares" / "squares_2.png")
+    resumed = vistrain.train(class_folders, out=out, resume=True, cache_dir=cache_dir)
+    assert [h.epoch for h in resumed.result.finetune.history] == [1, 2]
+
+
+class SleepThenStop(StopIn):
+    """Crashes on a log line as StopIn does, after ``seconds`` of work that no checkpoint counted."""
+
+    def __init__(self, log: str, seconds: float):
+        super().__init__(log=log, error=RuntimeError)
+        self.seconds = seconds
+
+    def log(self, message):
+        if self.at_log in message:
+            time.sleep(self.seconds)
+        super().log(message)
+
+
+def test_a_resumed_runs_training_time_is_every_sessions(class_folders, tmp_path, cache_dir):
+    from vistrain.export.card import _made
+
+    out, state = tmp_path / "run", tmp_path / "run" / "checkpoint" / "state.json"
+    opts = {**FT, "epochs": 3}
+    at_epoch = []
+
+    def ctrl_c(epoch, score):  # after the epoch's checkpoint was written
+        at_epoch.append(json.loads(state.read_text())["session_seconds"])
+        raise KeyboardInterrupt
+
+    # Session 1: Ctrl-C after epoch 1. Never resumed, its metrics.json is as ever: this call's seconds.
+    assert vistrain.train(class_folders, out=out, cache_dir=cache_dir, on_epoch=ctrl_c, **opts).result.finetune.interrupted
+    first = json.loads((out / "metrics.json").read_text())
+    assert "total_seconds" not in first and "session_seconds" not in first
+    assert "- The run took" in "\n".join(_made({"training": {"resume": False}}, first, out))
+    # The checkpoint recorded the session at each epoch, and again at its end: the whole call counts.
+    recorded = json.loads(state.read_text())["session_seconds"]
+    assert len(at_epoch[0]) == 1 and at_epoch[0][0] <= first["seconds"] <= recorded[0] and len(recorded) == 1
+
+    # Session 2: a crash 1.5 s after epoch 2's checkpoint; those seconds count too.
+    t = time.perf_counter()
+    with pytest.raises(RuntimeError, match="stopped"):
+        vistrain.train(class_folders, out=out, resume=True, cache_dir=cache_dir, reporter=SleepThenStop("epoch 2/", 1.5))
+    wall = time.perf_counter() - t
+    recorded = json.loads(state.read_text())["session_seconds"]
+    assert len(recorded) == 2 and wall - 0.5 < recorded[1] <= wall + 0.1
+
+    # Session 3 finishes: metrics.json gives each session, their total, and this call's seconds as before.
+    third = vistrain.train(class_folders, out=out, resume=True, cache_dir=cache_dir)
+    assert [h.epoch for h in third.result.finetune.history] == [1, 2, 3] and not (out / "checkpoint").exists()
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["session_seconds"][:2] == recorded and m["session_seconds"][2] == m["seconds"]
+    assert m["total_seconds"] == round(sum(m["session_seconds"]), 1) > m["seconds"] + 1.5
+    config = json.loads((out / "config.json").read_text())
+    made = "\n".join(_made(config, m, out))
+    total, last = (f"{x:.0f} s" if x >= 10 else f"{x:.1f} s" for x in (m["total_seconds"], m["seconds"]))
+    assert (f"- Training took {total} in all, over 3 sessions (interrupted and resumed); the last session took "
+            f"{last} on the CPU.") in made

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import make_image
+from conftest import make_image, odd_exif_jpeg
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -38,6 +38,28 @@ def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
     body = struct.pack(">II", width, height) + data[ihdr + 12 : ihdr + 17]
     chunk = b"IHDR" + body
     return data[: ihdr] + chunk + struct.pack(">I", zlib.crc32(chunk)) + data[ihdr + 21 :]
+
+
+def jpeg_bytes(kind: str = "circles", seed: int = 7, size=(80, 60)) -> bytes:
+    buf = io.BytesIO()
+    make_image(kind, seed, size).convert("RGB").save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def broken_jpeg_decoder(monkeypatch):
+    """Pillow failing inside its own JPEG decoding with an error images.py does not map (as a new
+    Pillow release or an odd file variant might): raised from a frame of Pillow's load()."""
+    from PIL import Image as PILImage
+
+    real = PILImage._getdecoder
+
+    def getdecoder(mode, decoder_name, *args, **kwargs):
+        if decoder_name == "jpeg":  # AttributeError: in load(), no error images.py maps
+            raise AttributeError("'NoneType' object has no attribute 'decode'")
+        return real(mode, decoder_name, *args, **kwargs)
+
+    monkeypatch.setattr(PILImage, "_getdecoder", getdecoder)
 
 
 @pytest.fixture(scope="module")
@@ -188,12 +210,99 @@ def test_a_bad_file_among_several_gets_an_error_entry_and_the_rest_are_answered(
     assert r.json()["predictions"][1]["label"] == "circles"
 
 
+def test_a_file_pillow_fails_on_unexpectedly_gets_a_422_entry_and_the_rest_are_answered(client, broken_jpeg_decoder):
+    """An error from inside Pillow that images.py does not map: that file's problem, 422."""
+    odd, circles = jpeg_bytes("stripes", 62), png_bytes("circles", 63)
+    files = [("file", ("odd.jpg", odd, "image/jpeg")), ("file", ("circles.png", circles, "image/png"))]
+    r = client.post("/predict", files=files)
+    assert r.status_code == 200, r.text
+    odd_entry, answer = r.json()["predictions"]
+    assert r.json()["failed"] == 1 and answer["label"] == "circles"
+    assert set(odd_entry) == {"filename", "error", "status"} and odd_entry["status"] == 422
+    assert odd_entry["error"].startswith("odd.jpg: the image decoder cannot read this file (AttributeError: ")
+    assert "damaged or an unusual variant" in odd_entry["error"]
+
+    alone = client.post("/predict", files={"file": ("odd.jpg", odd, "image/jpeg")})
+    assert alone.status_code == 422 and alone.json()["detail"] == odd_entry["error"]
+    assert client.post("/predict", files={"file": ("c.png", circles, "image/png")}).status_code == 200
+
+
+def test_a_photo_with_malformed_exif_is_answered_upright(client):
+    """Its pixels are fine: it is answered like the same photo without the EXIF, turned upright."""
+    odd = odd_exif_jpeg()
+    upright = io.BytesIO()
+    Image.open(io.BytesIO(odd)).transpose(Image.Transpose.ROTATE_270).save(upright, format="PNG")
+    r = client.post("/predict", files=[("file", ("odd.jpg", odd, "image/jpeg")),
+                                       ("file", ("upright.png", upright.getvalue(), "image/png"))])
+    assert r.status_code == 200 and r.json()["failed"] == 0, r.text
+    odd_answer, plain = r.json()["predictions"]
+    assert odd_answer["label"] == plain["label"]
+    assert odd_answer["probability"] == pytest.approx(plain["probability"], abs=1e-5)
+
+
+def fail_to_decode(client, monkeypatch, names: set[str], exc: Exception) -> None:
+    """Make the served model's decoding raise ``exc`` (outside Pillow: our own code failing) for ``names``."""
+    predictor = client.app.state.predictor
+    real = predictor.pixels_from_bytes
+
+    def decode(data, name, **kwargs):
+        if name in names:
+            raise exc
+        return real(data, name, **kwargs)
+
+    monkeypatch.setattr(predictor, "pixels_from_bytes", decode)
+
+
+def test_a_server_side_decoding_error_is_that_file_s_500_entry_and_is_logged(client, monkeypatch, caplog):
+    fail_to_decode(client, monkeypatch, {"boom.png"}, ZeroDivisionError("division by zero"))
+    files = [("file", ("circles.png", png_bytes("circles", 64), "image/png")),
+             ("file", ("boom.png", png_bytes("stripes", 65), "image/png"))]
+    with caplog.at_level("ERROR", logger="vistrain.serve"):
+        r = client.post("/predict", files=files)
+    assert r.status_code == 200, r.text
+    answer, entry = r.json()["predictions"]
+    assert answer["label"] == "circles" and r.json()["failed"] == 1
+    assert entry == {"filename": "boom.png", "status": 500, "error": "boom.png: server-side error while decoding the "
+                     "image (ZeroDivisionError); the server logged the details"}
+    logged = [rec for rec in caplog.records if rec.name == "vistrain.serve.core" and rec.levelname == "ERROR"]
+    assert len(logged) == 1 and "boom.png" in logged[0].getMessage()
+    assert logged[0].exc_info and logged[0].exc_info[0] is ZeroDivisionError  # the traceback, for whoever fixes it
+
+    alone = client.post("/predict", files={"file": ("boom.png", png_bytes(), "image/png")})
+    assert alone.status_code == 500 and alone.headers["content-type"] == "application/json"
+    assert alone.json()["detail"] == entry["error"]
+
+
+def test_no_readable_file_with_a_server_side_error_among_them_is_a_500_naming_each(client, monkeypatch,
+                                                                                    broken_jpeg_decoder):
+    fail_to_decode(client, monkeypatch, {"boom.png"}, RuntimeError("worker gone"))
+    files = [("file", ("notes.png", b"text" * 30, "image/png")), ("file", ("boom.png", png_bytes(), "image/png")),
+             ("file", ("odd.jpg", jpeg_bytes(), "image/jpeg"))]
+    r = client.post("/predict", files=files)
+    assert r.status_code == 500, r.text  # not a 400: the client cannot fix boom.png
+    detail = r.json()["detail"]
+    assert detail.startswith("none of the 3 files could be read: notes.png: not an image")
+    assert "boom.png: server-side error" in detail and "odd.jpg: the image decoder cannot read" in detail
+
+
+def test_a_model_failure_is_still_the_request_s_error(client, monkeypatch):
+    """Running the model is not about one file: it fails the request as before, not as error entries."""
+    async def broken(pixels):
+        raise RuntimeError("onnxruntime fell over")
+
+    monkeypatch.setattr(client.app.state.batcher, "submit", broken)
+    with pytest.raises(RuntimeError, match="onnxruntime fell over"):  # TestClient re-raises the app's 500
+        client.post("/predict", files=[("file", (f"{i}.png", png_bytes(seed=i), "image/png")) for i in range(2)])
+
+
 @pytest.mark.parametrize("parts, status", [
     ([("notes.png", b"text" * 30, "image/png"), ("half.png", png_bytes()[:300], "image/png")], 400),
     ([("bomb1.png", bomb_png(), "image/png"), ("bomb2.png", bomb_png(40000, 40000), "image/png")], 413),
     ([("notes.png", b"text" * 30, "image/png"), ("bomb.png", bomb_png(), "image/png")], 400),  # mixed: plain 400
-], ids=["all-unreadable", "all-too-large", "mixed"])
-def test_a_request_with_no_readable_file_is_refused_naming_every_file(client, parts, status):
+    ([("odd1.jpg", jpeg_bytes(seed=1), "image/jpeg"), ("odd2.jpg", jpeg_bytes(seed=2), "image/jpeg")], 422),
+    ([("notes.png", b"text" * 30, "image/png"), ("odd.jpg", jpeg_bytes(), "image/jpeg")], 400),
+], ids=["all-unreadable", "all-too-large", "mixed", "all-undecodable", "mixed-with-undecodable"])
+def test_a_request_with_no_readable_file_is_refused_naming_every_file(client, parts, status, broken_jpeg_decoder):
     r = client.post("/predict", files=[("file", part) for part in parts])
     assert r.status_code == status, r.text
     detail = r.json()["detail"]
@@ -212,6 +321,12 @@ def test_openapi_describes_answers_and_error_entries(client):
     assert {ref["$ref"].rsplit("/", 1)[1] for ref in items} == {"ImagePrediction", "ImageFailure"}
     assert set(schemas["ImageFailure"]["required"]) == {"filename", "error", "status"}
     assert response["failed"]["type"] == "integer"
+    refusals = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["responses"]
+    # 422: an image the decoder fails on ({"detail": str}), or FastAPI's field errors ({"detail": [...]}).
+    shapes = refusals["422"]["content"]["application/json"]["schema"]["anyOf"]
+    assert {ref["$ref"].rsplit("/", 1)[1] for ref in shapes} == {"ErrorResponse", "ValidationErrorResponse"}
+    assert schemas["ValidationErrorResponse"]["properties"]["detail"]["type"] == "array"
+    assert refusals["500"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
 
 
 def test_micro_batcher_serves_concurrent_requests_in_one_call():
@@ -253,6 +368,9 @@ def test_lambda_handler(exported_run):
     assert bad["statusCode"] == 400 and "not an image" in json.loads(bad["body"])["detail"]
     assert handler({**event, "body": "***"}, None)["statusCode"] == 400
     assert handler({**event, "headers": {"content-type": "text/html"}}, None)["statusCode"] == 415
+    odd = handler({**event, "body": base64.b64encode(odd_exif_jpeg()).decode(), "headers": {"Content-Type": "image/jpeg"}},
+                  None)
+    assert odd["statusCode"] == 200 and json.loads(odd["body"])["predictions"][0]["label"] == "circles"
 
 
 def test_serving_path_never_imports_torch(exported_run, tmp_path):

@@ -70,6 +70,18 @@ def test_chunked_oversized_upload_is_cut_off_while_reading(live_url):
     assert httpx.get(f"{live_url}/health").status_code == 200
 
 
+def test_a_photo_with_malformed_exif_is_answered_over_a_real_socket(live_url):
+    """Pillow's exif_transpose raised struct.error on it, and the server answered a bare 500."""
+    from conftest import odd_exif_jpeg
+
+    r = httpx.post(f"{live_url}/predict", timeout=60,
+                   files=[("file", ("odd.jpg", odd_exif_jpeg(), "image/jpeg")),
+                          ("file", ("s.png", png_bytes("stripes", 401), "image/png"))])
+    assert r.status_code == 200 and r.json()["failed"] == 0, r.text
+    assert [p["label"] for p in r.json()["predictions"]] == ["circles", "stripes"]
+    assert httpx.get(f"{live_url}/health").status_code == 200
+
+
 def test_fuzzed_requests_never_get_a_server_error(live_url):
     """Every operation in the OpenAPI schema, with schemathesis-generated requests (valid and not)."""
     schema = schemathesis.openapi.from_url(f"{live_url}/openapi.json")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -347,7 +348,10 @@ def test_a_changed_space_is_refused_for_an_existing_study_and_a_fixed_valid_frac
 
 def test_a_failing_trial_says_why_in_one_line_and_the_sweep_goes_on(sweep_data, tmp_path, cache_dir, capsys):
     out = tmp_path / "sweep"
-    space = {**SPACE, "probe_c": 1.0, "resize": ["crop", "sideways"]}
+    # Each value works in some trial (a value no trial could use is refused up front); the pair does not:
+    # an ensemble only probes.
+    space = {**SPACE, "probe_c": 1.0, "resize": "crop", "mode": ["probe", "finetune"],
+             "backbone": ["efficientnet_lite0+efficientnet_lite1"]}
     assert main(["sweep", str(sweep_data), "--space", str(_space(tmp_path, space)), "--trials", "2", "--sampler",
                  "grid", "--out", str(out), "--cache-dir", str(cache_dir)]) == 0
     captured = capsys.readouterr()
@@ -355,7 +359,7 @@ def test_a_failing_trial_says_why_in_one_line_and_the_sweep_goes_on(sweep_data, 
     assert "Traceback" not in said and "failed with parameters" not in said  # Optuna's own warning, silenced
     assert "1 complete, 0 pruned, 1 failed" in said
     failed = [r for r in _csv_rows(out / "trials.csv") if r["state"] == "fail"]
-    assert len(failed) == 1 and "sideways" in failed[0]["error"]
+    assert len(failed) == 1 and failed[0]["mode"] == "finetune" and "is an ensemble" in failed[0]["error"]
     assert f"trial {failed[0]['trial']} failed: " in said
 
 
@@ -380,3 +384,121 @@ def test_best_yaml_says_when_trials_tie_and_names_itself_by_an_absolute_path(tmp
     assert "tied with 1 other trial(s): 1" in best_line(study, "accuracy")
     study.add_trial(create_trial(params={"lr": 2e-4}, distributions={"lr": lr}, value=1.5))
     assert "tied" not in best_line(study, "accuracy")
+
+
+@pytest.mark.parametrize("spot", ["sampler", "objective"])
+def test_ctrl_c_just_after_optuna_creates_a_trial_leaves_no_running_trial_of_ours(
+        sweep_data, tmp_path, cache_dir, capsys, monkeypatch, spot):
+    from rich.console import Console
+
+    from vistrain.commands import sweep as sweep_command
+    from vistrain.progress import SilentReporter
+
+    out, space = tmp_path / "sweep", _space(tmp_path)
+    url = f"sqlite:///{out / 'study.db'}"
+    out.mkdir()
+    # A live worker elsewhere, mid-trial: its RUNNING trial holds one of the 3 places throughout.
+    elsewhere = optuna.create_study(study_name="space", storage=url, direction="maximize").ask()
+    elsewhere.set_user_attr("worker", "elsewhere:1")
+    if spot == "sampler":  # inside study.ask(): the trial's row exists, RUNNING, before our objective starts
+        real_hook = optuna.samplers.RandomSampler.before_trial
+
+        def before_trial(self, study, trial):
+            if trial.number == 2:
+                raise KeyboardInterrupt
+            return real_hook(self, study, trial)
+
+        monkeypatch.setattr(optuna.samplers.RandomSampler, "before_trial", before_trial)
+    else:  # the objective's first steps, the trial's own attributes
+        real_set = optuna.trial.Trial.set_user_attr
+
+        def set_user_attr(self, key, value):
+            if key == "run_dir" and self.number == 2:
+                raise KeyboardInterrupt
+            return real_set(self, key, value)
+
+        monkeypatch.setattr(optuna.trial.Trial, "set_user_attr", set_user_attr)
+    argv = [sweep_data, "--space", space, "--trials", 3, "--sampler", "random", "--out", out, "--cache-dir", cache_dir]
+    assert sweep_command.run(_sweep_args(*argv), Console(width=200), SilentReporter()) == 130
+    assert "interrupted after 1 of 3 trial(s)" in capsys.readouterr().out
+    monkeypatch.undo()
+
+    trials = optuna.load_study(study_name="space", storage=url).get_trials()
+    assert [(t.number, t.state.name) for t in trials] == [(0, "RUNNING"), (1, "COMPLETE"), (2, "FAIL")]
+    assert trials[2].user_attrs["interrupted"] is True  # given back: not one of the 3
+    assert trials[0].user_attrs == {"worker": "elsewhere:1"}  # the other worker's trial is left alone
+
+    # At once, well inside the heartbeat's grace period: the same command runs the one trial still missing.
+    assert main(["sweep", *map(str, argv)]) == 0
+    states = {t.number: t.state.name for t in optuna.load_study(study_name="space", storage=url).get_trials()}
+    assert states == {0: "RUNNING", 1: "COMPLETE", 2: "FAIL", 3: "COMPLETE"}
+
+
+def test_values_no_trial_could_train_with_are_all_refused_before_the_study_starts(
+        sweep_data, tmp_path, cache_dir, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # one line per value, unwrapped
+    out = tmp_path / "sweep"
+    space = _space(tmp_path, {**SPACE, "mode": ["probe", "bogus"], "resize": ["crop", "sideways"],
+                              "backbone": ["efficientnet_lite0", "nope"], "image_size": {"low": 16, "high": 64},
+                              "time_budget": -5})
+    assert main(["sweep", str(sweep_data), "--space", str(space), "--trials", "2", "--out", str(out),
+                 "--cache-dir", str(cache_dir)]) == 2
+    said = capsys.readouterr().out
+    assert f"{space}: 5 value(s) that every trial drawing them would fail on" in said
+    for line in ("mode: 'bogus': mode 'bogus' is not one of auto, probe, finetune",
+                 "resize: 'sideways': resize method 'sideways' is not one of crop, pad, squish",
+                 "backbone: 'nope': unknown backbone 'nope'; choose one of: efficientnet_lite0",
+                 "image_size: 16 (the range's low end): image size 16 is outside 32..1024 pixels",
+                 "time_budget: -5: time budget must be positive seconds (got -5.0)"):
+        assert line in said
+    assert not (out / "study.db").exists() and not (out / "trials.csv").exists()  # no trial, no study
+
+
+def test_value_checks_refuse_what_fails_every_trial_not_combinations_some_trials_avoid(tmp_path, sweep_data):
+    from vistrain.sweep.runner import SweepConfig
+
+    pair = "efficientnet_lite0+efficientnet_lite1"
+    shown = re.escape(f"'{pair}'")
+
+    def config(space, base=None):
+        f = _space(tmp_path, space)
+        return SweepConfig(sweep_data, load_space(f), 2, tmp_path / "sweep", base=base or {}, space_file=f)
+
+    # Only the trials pairing the ensemble with fine-tuning fail: each value alone has trials that work.
+    config({"mode": ["probe", "finetune"], "backbone": ["efficientnet_lite0", pair]})
+    # With fine-tuning fixed, in the space or in --config, every trial drawing the ensemble fails.
+    with pytest.raises(ConfigError, match=rf"backbone: {shown}: backbone {shown} is an ensemble"):
+        config({"mode": "finetune", "backbone": ["efficientnet_lite0", pair]})
+    with pytest.raises(ConfigError, match=rf"mode: 'finetune': backbone {shown} is an ensemble"):
+        config({"mode": ["probe", "finetune"], "probe_c": [0.1, 1.0]}, {"backbone": pair})
+    # A setting the space sweeps takes its trials' values, not the --config file's.
+    config({"backbone": ["efficientnet_lite0", pair], "probe_c": [0.1, 1.0]}, {"backbone": "nope", "mode": "probe"})
+    with pytest.raises(ConfigError, match=r"lr: 1\.0 \(the range's high end\): learning rate 1\.0 must be between"):
+        config({"mode": "finetune", "lr": {"low": 1e-4, "high": 1.0, "log": True}})
+    with pytest.raises(ConfigError, match="valid_fraction: 1.5: validation fraction 1.5 must be between 0 and 1"):
+        config({"mode": "probe", "probe_c": [0.1, 1.0], "valid_fraction": 1.5})
+    with pytest.raises(ConfigError, match=r"every trial would fail on the settings they share \(--config\): "
+                                          r"resize method 'sideways'"):
+        config({"mode": "probe", "probe_c": [0.1, 1.0]}, {"resize": "sideways"})
+
+
+def test_a_space_the_grid_sampler_cannot_walk_is_refused_before_the_study_is_made(tmp_path, sweep_data):
+    from vistrain.sweep.runner import SweepConfig
+
+    space = load_space(_space(tmp_path, {"mode": "probe", "probe_c": {"low": 0.1, "high": 1.0}}))
+    with pytest.raises(ConfigError, match="probe_c: the grid sampler needs choices or a range with a step"):
+        SweepConfig(sweep_data, space, 2, tmp_path / "sweep", sampler="grid")
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_config_file_saying_resume_does_not_make_every_trial_resume(sweep_data, tmp_path, cache_dir):
+    """A run's train_config.yaml may carry ``resume: true`` (written by a resumed run, or by hand):
+    as a sweep's --config, each trial is still a new run, not a resume of a run that is not there."""
+    config = tmp_path / "base.yaml"
+    config.write_text(yaml.safe_dump({"resume": True, "mode": "probe"}))
+    out = tmp_path / "sweep"
+    space = {k: v for k, v in SPACE.items() if k != "mode"}
+    assert main(["sweep", str(sweep_data), "--space", str(_space(tmp_path, space)), "--trials", "1",
+                 "--config", str(config), "--out", str(out), "--cache-dir", str(cache_dir)]) == 0
+    rows = _csv_rows(out / "trials.csv")
+    assert [r["state"] for r in rows] == ["complete"], rows

@@ -6,9 +6,11 @@ evaluate) and write the run folder.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import platform
+import shlex
 import shutil
 import time
 from collections.abc import Callable
@@ -50,7 +52,10 @@ from vistrain.prediction import (  # rows, CSV and --into sorting: shared with t
 from vistrain.progress import Reporter, SilentReporter
 from vistrain.training.checkpoint import (
     CHECKPOINT_DIR,
+    Sessions,
     in_progress_file,
+    record_sessions,
+    recorded_sessions,
     remove_checkpoint,
 )
 from vistrain.training.device import resolve_device
@@ -162,7 +167,8 @@ def train(
     for r in index.skipped:
         ui.log(f"  skipped {r.path}: {r.reason}")
     audit = quick_audit(index)  # duplicates, conflicts, leaks, shortcuts: from the scan alone, no decoding
-    ui.log(f"  {summary_line(audit)}" + (f" (details: vistrain audit {data})" if audit.findings else ""))
+    ui.log(f"  {summary_line(audit)}"
+           + (f" (details: {audit_command(data, label_from_name)})" if audit.findings else ""))
     earlier = _earlier_outputs(out)
     if is_main():  # under torchrun, the other processes train but write nothing
         if not cfg.resume:
@@ -177,7 +183,15 @@ def train(
             write_split(index.records, pending / "split.csv")
     if backend:
         ui.log(f"Data-parallel training over {world_size()} processes ({backend})")
-    result = run_training(index, cfg, ui, on_epoch=on_epoch)
+    # This call's seconds join the earlier sessions' (a resumed run's): metrics.json and the card give the total.
+    sessions = Sessions(recorded_sessions(out) if cfg.resume else [], started=t0)
+    try:
+        result = run_training(index, cfg, ui, on_epoch=on_epoch, sessions=sessions)
+    except BaseException:
+        if is_main():  # a crash, or Ctrl-C outside the epochs: the session counts until now for --resume
+            with contextlib.suppress(OSError):  # e.g. a full disk: the error to show is the one raised
+                record_sessions(out, sessions)
+        raise
     if backend:
         result.notes.append(f"data-parallel fine-tuning over {world_size()} processes ({backend})")
     if added_note:
@@ -198,11 +212,20 @@ def train(
         # A resumed run records the budget that planned its epochs (the one given now only stopped them,
         # as the notes say): train_config.yaml then repeats the run, its header names the right budget.
         record = cfg if result.planned_by_budget == cfg.time_budget else replace(cfg, time_budget=result.planned_by_budget)
-        _write_run(out, index, record, result, metrics, time.perf_counter() - t0)
+        _write_run(out, index, record, result, metrics, sessions)
         audit.save(out / "audit.json")
-        if not (result.finetune and result.finetune.interrupted):
-            remove_checkpoint(out)  # finished: the run folder holds the result; keep it for --resume otherwise
+        if result.finetune and result.finetune.interrupted:
+            record_sessions(out, sessions)  # kept for --resume, with this session's seconds to the end
+        else:
+            remove_checkpoint(out)  # finished: the run folder holds the result
     return Run(out, predictor, metrics, result, seconds=time.perf_counter() - t0)
+
+
+def audit_command(data: str | Path, label_from_name: str | None) -> str:
+    """The ``vistrain audit`` that reads ``data`` as training did, to paste into a shell: without its
+    --label-from-name, a flat folder reads as class folders and the audit finds nothing at all."""
+    return f"vistrain audit {shlex.quote(str(data))}" + (
+        f" --label-from-name {shlex.quote(label_from_name)}" if label_from_name else "")
 
 
 def _earlier_outputs(out: Path) -> list[tuple[str, str]]:
@@ -271,9 +294,9 @@ def _resume_settings(data: Path, out: Path, options: dict, label_from_name: str 
 
 def _match_resumed_data(index: DatasetIndex, out: Path, ui: Reporter) -> str | None:
     """Hold a resumed run to the images it started with (its split.csv): new or missing classes, and
-    missing or relabelled images, are refused by name, since the checkpoint's network has one output
-    per class and its epochs, schedule and class balance were set by those images. Images added since
-    are left out of this run (returned: a note saying so); the next run can use them."""
+    missing, relabelled or edited images, are refused by name, since the checkpoint's network has one
+    output per class and its epochs, schedule and class balance were set by those images. Images added
+    since are left out of this run (returned: a note saying so); the next run can use them."""
     split_file = in_progress_file(out, "split.csv")
     if not split_file.exists():
         return None
@@ -291,12 +314,15 @@ def _match_resumed_data(index: DatasetIndex, out: Path, ui: Reporter) -> str | N
     now = {r.path: r for r in index.records}
     missing = [p for p in saved if p not in now]
     relabelled = [p for p in saved if p in now and now[p].label != saved[p]]
-    if missing or relabelled:
+    edited = _edited(split_file, now)
+    if missing or relabelled or edited:
         what = "; ".join(part for part in (
             f"{len(missing)} of its {len(saved)} images are missing or no longer usable (e.g. {missing[0]})"
             if missing else "",
             f"{len(relabelled)} changed class (e.g. {relabelled[0]}, was {saved[relabelled[0]]!r})"
-            if relabelled else "") if part)
+            if relabelled else "",
+            f"{len(edited)} changed content since the run started (same path, other bytes: {_some(edited)})"
+            if edited else "") if part)
         raise TrainError(f"{out}: cannot resume on {root}: {what}. The epochs so far trained on the split in "
                          f"{split_file}, which sets the rest of the schedule and the class balance: restore those "
                          f"images, or train again into a new --out")
@@ -308,6 +334,23 @@ def _match_resumed_data(index: DatasetIndex, out: Path, ui: Reporter) -> str | N
             f"a resumed run finishes on the split it started with; train again to use them")
     ui.log(f"  note: {note}")
     return note
+
+
+def _edited(split_file: Path, now: dict) -> list[str]:
+    """The images of ``split_file`` whose bytes differ from the content hash recorded there at training
+    time: the scan hashes every file anyway (its cache is keyed by size and mtime, so an edit is read
+    again). A split.csv from before the hashes were kept has none: its images go unchecked."""
+    try:
+        hashes = read_split(split_file, "sha1")
+    except KeyError:  # no sha1 column
+        return []
+    return [p for p, sha1 in hashes.items() if sha1 and p in now and now[p].sha1 != sha1]
+
+
+def _some(paths: list[str], n: int = 3) -> str:
+    """The first ``n`` of ``paths``, and how many more."""
+    more = len(paths) - n
+    return ", ".join(paths[:n]) + (f" and {more} more" if more > 0 else "")
 
 
 OPTIMISTIC = "a slightly optimistic estimate"  # ends metrics["valid"]["note"] when validation chose something
@@ -340,7 +383,19 @@ def _final_metrics(index: DatasetIndex, result: TrainResult, predictor: Predicto
     return metrics
 
 
-def _write_run(out: Path, index: DatasetIndex, cfg: TrainConfig, result: TrainResult, metrics: dict, seconds: float) -> None:
+def _timing(sessions: Sessions) -> dict:
+    """metrics.json's times: ``seconds``, this ``train`` call's, as ever; for a resumed run also each
+    session's (``session_seconds``, this one last) and their sum (``total_seconds``), unless its
+    checkpoint was from before they were recorded."""
+    now = round(sessions.now(), 1)
+    every = sessions.seconds(now)
+    if every is None or len(every) == 1:  # never resumed: this call is the whole run
+        return {"seconds": now}
+    return {"seconds": now, "total_seconds": round(sum(every), 1), "session_seconds": every}
+
+
+def _write_run(out: Path, index: DatasetIndex, cfg: TrainConfig, result: TrainResult, metrics: dict,
+               sessions: Sessions) -> None:
     import torch
 
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("data", "out")}
@@ -376,7 +431,7 @@ def _write_run(out: Path, index: DatasetIndex, cfg: TrainConfig, result: TrainRe
         "stage": result.stage,
         "probe_valid_accuracy": result.probe_accuracy,
         "finetune_best_valid_accuracy": result.finetune.best_accuracy if result.finetune and result.finetune.history else None,
-        "seconds": round(seconds, 1),
+        **_timing(sessions),
         "device": result.device,
         "amp": result.amp,
         "notes": result.notes,
@@ -396,7 +451,8 @@ def _write_run(out: Path, index: DatasetIndex, cfg: TrainConfig, result: TrainRe
 def evaluate(run: str | Path | Run, data: str | Path, label_from_name: str | None = None,
              reporter: Reporter | None = None, cache_dir: Path | str | bool | None = None, tta: bool = False,
              device: str = "auto") -> dict:
-    """Metrics of a saved model on a labelled folder (class folders, flat with a regex, or CSV).
+    """Metrics of a saved model on a labelled folder (class folders, flat with file names that start
+    with a class name or with a regex, or CSV).
 
     ``tta``: average each image with its mirror image; ``metrics["tta"]`` gives the gain.
     ``device``: where a run given as a folder is loaded (a :class:`Run` stays where it is)."""

@@ -31,7 +31,8 @@ FLAGS_DEFAULTS = "_flag_defaults"
 
 # What each setting must be, said in every type error. Only types are checked here: a wrong type
 # would reach a comparison in TrainConfig and crash there; ranges and choices stay TrainConfig's
-# (and DataConfig's) to check, with one rule in one place.
+# (and the split's) to check, with one rule in one place: check_ranges runs their check early, to
+# name the file.
 EXPECTED = {
     "lr": "a number between 0 and 1, or auto",
     "label_smoothing": "a number from 0 up to 1",
@@ -201,6 +202,27 @@ def _value(key: str, value, source: str):
     return value
 
 
+def check_ranges(settings: dict, origin: dict) -> None:
+    """Refuse a value of the right type that its checker does not accept, naming the file it came
+    from (``origin``: key -> file). The checker is TrainConfig's (for ``valid_fraction``, DataConfig's)
+    run on that value alone, every other setting at its default: the rule stays in one place, and its
+    message, which names the setting but not the file, gets the file in front. Settings that hold
+    only together (an ensemble backbone with mode finetune) are still TrainConfig's to refuse."""
+    from vistrain.data.dataset import DataConfig
+    from vistrain.training.settings import TrainConfig
+
+    checked = {f.name for f in fields(TrainConfig)} - {"data", "out", "resume"}
+    for key, value in settings.items():
+        try:
+            if key == "valid_fraction":
+                DataConfig(Path("."), valid_fraction=value)
+            elif key in checked and not (key == "lr" and value == "auto"):  # auto: the range test picks it
+                # out unlike data: TrainConfig refuses an --out that is the data folder itself
+                TrainConfig(data=DataConfig(Path(".")), out=Path(CONFIG_NAME), **{key: value})
+        except ValueError as exc:  # TrainError, DataError, BackboneError
+            raise ConfigError(f"{origin[key]}: {key}: {exc}") from None
+
+
 def normalise(mapping: dict, source: str) -> dict:
     """Checked keys and values with the types TrainConfig expects (paths, floats, AugmentConfig);
     ConfigError, naming ``source``, the key and the value, for an unknown key or a value of the wrong type."""
@@ -312,6 +334,10 @@ def resolve_train_args(args: argparse.Namespace) -> tuple[argparse.Namespace, di
         file_cfg.pop("time_budget")
         if "time_budget" not in given:  # a typed --time-budget beats the file's "no limit"
             file_cfg["no_time_budget"] = True
+    # A typed flag's value is the flag's to answer for: TrainConfig's message then, without a file name.
+    # (A typed --no-time-budget replaces the file's time_budget as a typed --time-budget would.)
+    typed = given | ({"time_budget"} if "no_time_budget" in given else set())
+    check_ranges({k: v for k, v in file_cfg.items() if k not in typed}, origin)
     for dest, default in defaults.items():
         if dest not in given:
             setattr(args, dest, file_cfg.get(dest, default))

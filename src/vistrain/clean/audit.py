@@ -36,6 +36,13 @@ SEVERITY = {"conflict": "error", "leak": "error", "exact_duplicate": "warning", 
             "unreadable": "warning", "shortcut": "warning", "label_error": "warning", "outlier": "info"}
 
 
+# The start of data.images' reason for a file Pillow does not recognise at all (notes.txt, Thumbs.db).
+NOT_AN_IMAGE = "not an image"
+# A count of skipped files that are no image at all, apart from "unreadable" (damaged or unopenable
+# photos): "2 unreadable files" read as two broken photos. A key of counts, not a kind of finding.
+NON_IMAGE = "non_image"
+
+
 @dataclass
 class Finding:
     kind: str
@@ -78,6 +85,10 @@ class AuditResult:
     def summary(self) -> dict[str, int]:
         return dict(Counter(f.kind for f in self.findings))
 
+    def counts(self) -> dict[str, int]:
+        """:meth:`summary` with the skipped files that are not images counted apart (``NON_IMAGE``)."""
+        return counts_apart((f.kind, f.message) for f in self.findings)
+
     def to_dict(self) -> dict:
         return {"version": AUDIT_VERSION, "data": str(self.data), "summary": self.summary(),
                 "findings": [f.to_dict() for f in self.findings], "notes": self.notes}
@@ -86,6 +97,13 @@ class AuditResult:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
+
+
+def counts_apart(findings) -> dict[str, int]:
+    """Findings counted by kind from ``(kind, message)`` pairs, those of an ``unreadable`` file that
+    is not an image at all (its message says so: ``skipped: not an image ...``) as ``NON_IMAGE``."""
+    return dict(Counter(NON_IMAGE if kind == "unreadable" and message.startswith(f"skipped: {NOT_AN_IMAGE}")
+                        else kind for kind, message in findings))
 
 
 def _rel(root: Path, path: str) -> str:
@@ -122,7 +140,7 @@ def hash_findings(root: Path, records: list[Record], skipped: list[Record], near
         members = [records[i] for i in group]
         files = [_rel(root, r.path) for r in members]
         # The file to keep comes first (the review page offers the others); the message says why.
-        order, why = keep_order(files, [_mtime(r.path) for r in members])
+        order, why = keep_order(files, [_mtime(r.path) for r in members], [r.split for r in members])
         members, files = [members[i] for i in order], [files[i] for i in order]
         exact = len({r.sha1 for r in members}) == 1
         kind = "exact_duplicate" if exact else "near_duplicate"

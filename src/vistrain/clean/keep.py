@@ -4,6 +4,8 @@ The review page proposes to quarantine every copy but one. Sorting by name alone
 ``img_5 copy.png`` and offered ``img_5.png`` (a space sorts before a dot), so the choice follows
 what a person would pick: the name that is not a copy's, then the shallower and shorter path, then
 the older file, and the name only when all of these tie (so the choice never depends on scan order).
+Before all of these, a group whose copies straddle the splits keeps its training copy: the copy in
+valid/ or test/ is the leak (the model is scored on a photo it trained on), so it is the one to move out.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ _COPY_PREFIX = re.compile(r"^copy(?:\s*\(\d+\))?[\s_-]of[\s_-]", re.IGNORECASE)
 _NUMBERED = re.compile(r"^(.+?)[_-]\d+$")
 
 WHY = ("not named like a copy", "shallowest path", "shortest path", "oldest", "first by name")
+TRAIN = "train"
+# How the reason names the splits a training photo leaked into, in this order.
+HELD_OUT = {"valid": "validation", "test": "test"}
 
 
 def _stem(path: str) -> str:
@@ -65,31 +70,45 @@ def _is_copy(stem: str, bases: set[str]) -> bool:
     return False
 
 
-def _keys(paths: Sequence[str], mtimes: Sequence[float | None]) -> list[tuple]:
+def _keys(paths: Sequence[str], mtimes: Sequence[float | None], splits: Sequence[str | None]) -> list[tuple]:
     bases = _bases(paths)  # once for the group: thousands of copies of one placeholder happen
     keys = []
-    for p, t in zip(paths, mtimes, strict=True):
+    for p, t, split in zip(paths, mtimes, splits, strict=True):
         # A file that could not be looked at is taken as the newest: no reason to prefer it.
         age = t if t is not None else float("inf")
-        keys.append((_is_copy(_stem(p), bases), len(PurePosixPath(p).parts), len(p), age, p))
+        # Ties (all False or all True) unless the group has a training copy and another one.
+        held_out = split != TRAIN
+        keys.append((held_out, _is_copy(_stem(p), bases), len(PurePosixPath(p).parts), len(p), age, p))
     return keys
 
 
-def keep_order(paths: Sequence[str], mtimes: Sequence[float | None] | None = None) -> tuple[list[int], str]:
+def _leak_reason(splits: Sequence[str | None]) -> str:
+    """Why the training copy is kept, naming the splits its other copies are in."""
+    others = [s for s in splits if s != TRAIN]
+    names = [HELD_OUT[s] for s in HELD_OUT if s in others]
+    names += sorted(str(s) for s in set(others) - set(HELD_OUT))  # no split a layout gives today
+    copies = "copy leaks" if len(others) == 1 else "copies leak"
+    return f"the training copy: the {' and '.join(names)} {copies} a training image"
+
+
+def keep_order(paths: Sequence[str], mtimes: Sequence[float | None] | None = None,
+               splits: Sequence[str | None] | None = None) -> tuple[list[int], str]:
     """Indices of ``paths`` (relative to the data folder), the one to keep first; and why it is kept,
     in a few words (each rule that set it apart from the others still tied, e.g. "not named like a
-    copy; oldest"). ``mtimes``: modification times, None where unknown."""
+    copy; oldest"). ``mtimes``: modification times, None where unknown; ``splits``: each file's split
+    ("train", "valid", "test", or None where the layout has none)."""
     if not paths:
         raise ValueError("keep_order needs at least one path")
-    keys = _keys(paths, mtimes if mtimes is not None else [None] * len(paths))
+    splits = splits if splits is not None else [None] * len(paths)
+    keys = _keys(paths, mtimes if mtimes is not None else [None] * len(paths), splits)
     order = sorted(range(len(paths)), key=lambda i: keys[i])
     # Eliminate rule by rule, as the sort does, naming each rule that removed someone.
     why, tied = [], list(range(len(paths)))
-    for rule in range(len(WHY)):
+    for rule in range(len(WHY) + 1):
         best = min(keys[i][rule] for i in tied)
         left = [i for i in tied if keys[i][rule] == best]
         if len(left) < len(tied):
-            why.append(WHY[rule])
+            why.append(_leak_reason(splits) if rule == 0 else WHY[rule - 1])
         tied = left
         if len(tied) == 1:
             break

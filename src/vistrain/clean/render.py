@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from vistrain.clean.audit import AuditResult
+from vistrain.clean.audit import NON_IMAGE, AuditResult
+
+# Also still importable from here, for code written before NAMES moved to data.findings.
+from vistrain.data.findings import NAMES
 
 ORDER = ["conflict", "leak", "exact_duplicate", "near_duplicate", "unreadable", "shortcut", "label_error", "outlier"]
+# The counts of a summary: the skipped files that are not images next to the unreadable ones.
+COUNT_ORDER = ORDER[:5] + [NON_IMAGE] + ORDER[5:]
+COUNT_NAMES = {**NAMES, NON_IMAGE: ("file that is not an image", "files that are not images")}
 COLOURS = {"error": "red", "warning": "yellow", "info": "cyan"}
 
 
@@ -29,26 +35,18 @@ def audit_table(result: AuditResult, rows_per_kind: int = 8):
     return table
 
 
-# Each finding of these kinds is a group of files, not one file: "3 near duplicate" read as 3 files.
-NAMES = {
-    "conflict": ("conflict", "conflicts"),
-    "leak": ("leak across splits", "leaks across splits"),
-    "exact_duplicate": ("group of exact copies", "groups of exact copies"),
-    "near_duplicate": ("group of near duplicates", "groups of near duplicates"),
-    "unreadable": ("unreadable file", "unreadable files"),
-    "shortcut": ("shortcut", "shortcuts"),
-    "label_error": ("likely label error", "likely label errors"),
-    "outlier": ("outlier", "outliers"),
-}
-
-
 def summary_line(result: AuditResult) -> str:
-    s = result.summary()
+    s = result.counts()
     if not s:
         return "audit: nothing found"
+    return "audit: " + ", ".join(counts_in_words(s))
+
+
+def counts_in_words(counts: dict[str, int]) -> list[str]:
+    """``["1 conflict", "2 files that are not images"]``: :meth:`AuditResult.counts` in the audit's order."""
     parts = []
-    for k in ORDER + sorted(set(s) - set(ORDER)):
-        if k in s:
-            one, many = NAMES.get(k, (k.replace("_", " "),) * 2)
-            parts.append(f"{s[k]} {one if s[k] == 1 else many}")
-    return "audit: " + ", ".join(parts)
+    for k in COUNT_ORDER + sorted(set(counts) - set(COUNT_ORDER)):
+        if k in counts:
+            one, many = COUNT_NAMES.get(k, (k.replace("_", " "),) * 2)
+            parts.append(f"{counts[k]} {one if counts[k] == 1 else many}")
+    return parts

@@ -10,6 +10,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# What evaluate and report read as labelled images. A flat folder needs --label-from-name only when
+# its file names do not start with the model's class names (circles_1.jpg needs none).
+LABELLED = ("class folders, a flat folder whose file names start with a class name (else --label-from-name), "
+            "or a CSV of path,label")
+
 
 def add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-from-name", metavar="REGEX",

@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from vistrain.commands import (
+    LABELLED,
     add_data_flags,
     add_device_flag,
     add_variant_flag,
@@ -22,7 +23,7 @@ ORDER = 20
 def register(sub) -> None:
     e = sub.add_parser(NAME, help="metrics of a trained model on a labelled folder")
     e.add_argument("run", type=Path, help="run folder, or an export folder (ONNX Runtime, no PyTorch needed)")
-    e.add_argument("data", type=Path, help="labelled images: class folders, flat folder with --label-from-name, or CSV")
+    e.add_argument("data", type=Path, help=f"labelled images: {LABELLED}")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.add_argument("--tta", action="store_true", help="average each image with its mirror image; reports the gain")
     add_device_flag(e, "the model runs")

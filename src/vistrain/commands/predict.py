@@ -45,6 +45,7 @@ def run(args, console, reporter) -> int:
 
         rows = predict(args.run, args.inputs, top_k=args.top_k, unsure=args.unsure, csv_path=args.csv,
                        into=args.into, reporter=reporter, tta=args.tta, heatmap=args.heatmap, device=args.device)
+    classes, stored_threshold = _answered_by(args.run, export)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -57,7 +58,7 @@ def run(args, console, reporter) -> int:
             console.print(f"… {len(rows) - len(shown)} more row(s): all {len(rows)} are in "
                           + (f"{args.csv}" if args.csv else f"{args.into}/"), highlight=False, markup=False)
         if len(rows) > 1:
-            console.print(f"answers: {answer_counts(rows)}", highlight=False, markup=False)
+            console.print(f"answers: {answer_counts(rows, classes)}", highlight=False, markup=False)
     failed = sum(1 for r in rows if r["error"])
     unsure = sum(1 for r in rows if r["unsure"])
     unfamiliar = sum(1 for r in rows if r.get("familiar") is False)
@@ -66,10 +67,42 @@ def run(args, console, reporter) -> int:
                   + (f"; CSV written to {args.csv}" if args.csv else "")
                   + (f"; copies sorted into {args.into}/" if args.into else "")
                   + (f"; heat maps in {args.heatmap}/" if args.heatmap else ""), highlight=False, markup=False)
+    strict = mostly_unsure(rows, stored_threshold) if args.unsure is None else None  # a P typed is the user's own
+    if strict:
+        console.print(strict, highlight=False, markup=False)
     hint = faster_export(args.run) if export is None and not _on_gpu(args.device) else None
     if hint:
         console.print(hint, highlight=False, markup=False)
     return 1 if failed else 0  # as cp does (and predict_onnx.py): a script sees that a file was not answered
+
+
+def _answered_by(run: Path, export: Path | None) -> tuple[list[str], float | None]:
+    """The classes and the stored 'unsure' threshold of the model that answered, from its description
+    (config.json, or export.json): the predictor that read them is not the command's to keep."""
+    if export is not None:
+        from vistrain.runtime.bundle import EXPORT_FILE, ExportInfo, find_export
+
+        info = ExportInfo.from_dict(json.loads((find_export(export) / EXPORT_FILE).read_text()))
+        return info.classes, info.unsure_threshold
+    from vistrain.models.classifier import read_model_config
+
+    config = read_model_config(run)
+    return config.classes, config.unsure_threshold
+
+
+MOSTLY_UNSURE_FROM = 5  # fewer answers say little about a threshold
+
+
+def mostly_unsure(rows: list[dict], threshold: float | None) -> str | None:
+    """A line when the run's own threshold leaves more than half of the answers 'unsure', and how to
+    change it: set on a small validation set, it can climb so high (0.9868 on 30 digits) that every
+    answer is 'unsure'. None otherwise."""
+    answered = [r for r in rows if r["label"] is not None]
+    unsure = sum(1 for r in answered if r["unsure"])
+    if threshold is None or len(answered) < MOSTLY_UNSURE_FROM or unsure * 2 <= len(answered):
+        return None
+    return (f"{unsure} of the {len(answered)} answers are 'unsure': below the run's threshold {threshold:g}, set on its "
+            f"validation images; --unsure P takes another (lower: more answers, less precise), --unsure 0 turns it off")
 
 
 def _on_gpu(device: str) -> bool:
@@ -100,10 +133,11 @@ def faster_export(run: Path) -> str | None:
 TABLE_ROWS = 20  # rows shown when the answers also go to --csv or --into
 
 
-def answer_counts(rows: list[dict], most: int = 10) -> str:
+def answer_counts(rows: list[dict], classes: list[str], most: int = 10) -> str:
     """``dress 120, hat 64, …, unfamiliar 2, unsure 7, failed 1``: classes by count (the ``most``
-    largest), then the flags, each image counted once where ``--into`` would copy it."""
-    from vistrain.prediction import answer_kind
+    largest), then the flags, each image counted once where ``--into`` would copy it. A flag that is
+    also the name of one of ``classes`` is named as ``--into`` names its folder, ``unsure (vistrain)``."""
+    from vistrain.prediction import answer_kind, flag_folder
 
     counts: dict[str, int] = {}
     flags = {"unfamiliar": 0, "unsure": 0, "failed": 0}
@@ -117,4 +151,4 @@ def answer_counts(rows: list[dict], most: int = 10) -> str:
     parts = [f"{c} {n}" for c, n in ranked[:most]]
     if len(ranked) > most:
         parts.append(f"{len(ranked) - most} more classes {sum(n for _, n in ranked[most:])}")
-    return ", ".join(parts + [f"{flag} {n}" for flag, n in flags.items() if n])
+    return ", ".join(parts + [f"{flag_folder(flag, classes)} {n}" for flag, n in flags.items() if n])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from vistrain.commands import add_data_flags, add_device_flag, cache_dir
+from vistrain.commands import LABELLED, add_data_flags, add_device_flag, cache_dir
 
 NAME = "report"
 ORDER = 25
@@ -16,8 +16,8 @@ def register(sub) -> None:
     r = sub.add_parser(NAME, help="write RUN/report.html: errors, heat maps, calibration, abstention")
     r.add_argument("run", type=Path, help="run folder")
     r.add_argument("data", type=Path, nargs="?",
-                   help="labelled images to report on (default: the run's validation split, where the "
-                        "temperature and the 'unsure' threshold are refitted and stored)")
+                   help=f"labelled images to report on: {LABELLED} (default: the run's validation split, "
+                        "where the temperature and the 'unsure' threshold are refitted and stored)")
     r.add_argument("--target-precision", type=float, default=None, metavar="P",
                    help="precision the 'unsure' threshold must reach (default: the run's, else 0.95)")
     r.add_argument("--top-losses", type=int, default=16, metavar="N", help="worst errors to show (default 16)")
@@ -28,9 +28,23 @@ def register(sub) -> None:
     add_data_flags(r)
 
 
-def run(args, console, reporter) -> int:
+def calibration_line(c: dict, temperature: float, fitted_here: bool) -> str:
+    """What the temperature does on these images. A temperature fitted here but set aside is said
+    apart from the one kept (1): "with temperature 1.00 (fitted here ...)" claimed the wrong one."""
     from vistrain.evaluation.calibration import set_aside
+
+    if set_aside(c):
+        why = ("it did not lower the held-out log-loss" if c.get("heldout_nll_raw") is not None
+               else "too few images (fewer than 10) to check it on held-out ones")
+        return (f"calibration error {c['ece_before']:.1%}; temperature kept at {temperature:.2f} (stored in the run); "
+                f"{c['fitted_temperature']:.2f} fitted here, not applied: {why}")
+    return (f"calibration error {c['ece_before']:.1%} -> {c['ece_after']:.1%} with temperature {temperature:.2f}"
+            + (" (fitted here and stored in the run)" if fitted_here else " (the run's, fitted on validation)"))
+
+
+def run(args, console, reporter) -> int:
     from vistrain.evaluation.labelled import describe_unknown
+    from vistrain.evaluation.render import ci_text
     from vistrain.evaluation.report import write_report
     from vistrain.evaluation.seen import describe_overlap
     from vistrain.familiarity import describe_unfamiliar
@@ -39,7 +53,7 @@ def run(args, console, reporter) -> int:
                            args.top_losses, args.per_class, reporter, cache_dir(args), args.device)
     m, c, s = a.metrics, a.calibration, a.abstention
     console.print(f"[bold]Report written:[/] {escape(str(path))}")
-    console.print(f"  {escape(str(a.source))}: accuracy {m['accuracy']:.1%} (95% CI {m['accuracy_ci'][0]:.1%}–{m['accuracy_ci'][1]:.1%}), "
+    console.print(f"  {escape(str(a.source))}: accuracy {m['accuracy']:.1%} ({ci_text(m).removeprefix('; ')}), "
                   f"{m['errors']} error(s) copied into {escape(str(Path(args.run) / 'errors'))}/")
     if a.overlap:
         console.print(f"  [yellow]{escape(describe_overlap(a.overlap, m['n'], f'{args.run}/split.csv'))}[/]")
@@ -49,12 +63,7 @@ def run(args, console, reporter) -> int:
     odd = describe_unfamiliar(a.unfamiliar, m["n"])
     if odd:
         console.print(f"  [magenta]{escape(odd)}[/]")
-    console.print(f"  calibration error {c['ece_before']:.1%} -> {c['ece_after']:.1%} with temperature {a.temperature:.2f}"
-                  + (" (fitted here and stored in the run)" if a.fitted_here else " (the run's, fitted on validation)")
-                  + (f"; {c['fitted_temperature']:.2f} fitted, not applied: "
-                     + ("it did not lower the held-out log-loss" if c.get("heldout_nll_raw") is not None
-                        else "too few images (fewer than 10) to check it on held-out ones")
-                     if set_aside(c) else ""))
+    console.print(f"  {calibration_line(c, a.temperature, a.fitted_here)}")
     if s["threshold"] is None:
         console.print(f"  no 'unsure' threshold reaches {s['target_precision']:.0%} precision on these images")
     else:

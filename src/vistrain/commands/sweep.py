@@ -59,6 +59,7 @@ def run(args, console, reporter) -> int:
         storage=args.storage, sampler=args.sampler, pruner=args.pruner, study=study, metric=args.metric,
         seed=args.seed, base=base, label_from_name=args.label_from_name or base.get("label_from_name"),
         cache_dir=cache_dir(args) if (args.cache_dir or args.no_cache) else base.get("cache_dir"),
+        space_file=args.space,
     )
     try:
         st, stopped = run_sweep(cfg, reporter), False

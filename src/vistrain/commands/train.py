@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import time
 from pathlib import Path
 
 from rich.markup import escape
@@ -75,9 +76,18 @@ def _command(console, command: str) -> None:
     console.print(f"  {command}", markup=False, highlight=False, soft_wrap=True)
 
 
+def written(folder: Path, since: float) -> list[str]:
+    """The files this run wrote in ``folder`` (modified since ``since``, a time.time()), the model
+    first: the folder may also hold an earlier run's report.html or export/, which are not this run's.
+    A second of slack covers file systems that keep coarse modification times."""
+    names = [p.name for p in folder.iterdir()
+             if p.is_file() and not p.name.startswith(".") and p.stat().st_mtime >= since - 1]
+    return sorted(names, key=lambda name: (name != "model.safetensors", name))
+
+
 def run(args, console, reporter) -> int:
     from vistrain.api import OPTIMISTIC, train
-    from vistrain.evaluation.confidence import describe
+    from vistrain.evaluation.confidence import describe, low_coverage_note
     from vistrain.evaluation.render import (
         ci_text,
         confusion_table,
@@ -92,6 +102,7 @@ def run(args, console, reporter) -> int:
         from vistrain.tracking import require_mlflow
 
         require_mlflow()
+    started = time.time()
     resume_hint = f"vistrain train {shlex.quote(str(args.data))} --out {shlex.quote(str(args.out))} --resume"
     try:
         trained = train(
@@ -132,12 +143,15 @@ def run(args, console, reporter) -> int:
             else f"ensemble of linear probes ({', '.join(members)})")
     ft = res.finetune
     interrupted = bool(ft and ft.interrupted)
+    # A resumed run's earlier sessions too (metrics.json has them unless its checkpoint was older)
+    in_all = (f" ({m['total_seconds']:.0f} s in all, over {len(m['session_seconds'])} sessions)"
+              if m.get("total_seconds") is not None else "")
     if interrupted:
-        console.print(f"\n[bold yellow]Interrupted[/] (Ctrl-C) after {trained.seconds:.0f} s on {res.device}, with "
-                      f"{len(ft.history)} of {ft.planned_epochs} fine-tuning epochs done. Saved for now: the best "
+        console.print(f"\n[bold yellow]Interrupted[/] (Ctrl-C) after {trained.seconds:.0f} s{in_all} on {res.device}, "
+                      f"with {len(ft.history)} of {ft.planned_epochs} fine-tuning epochs done. Saved for now: the best "
                       f"model so far ({kept}).")
     else:
-        console.print(f"\n[bold green]Done[/] in {trained.seconds:.0f} s on {res.device}"
+        console.print(f"\n[bold green]Done[/] in {trained.seconds:.0f} s{in_all} on {res.device}"
                       + (" (mixed precision)" if res.amp else "") + f". Kept: {kept}.")
     console.print(f"  validation accuracy {m['valid']['accuracy']:.1%} ({m['valid']['errors']} of {m['valid']['n']} wrong"
                   f"{ci_text(m['valid'])}); linear probe alone {res.probe_accuracy:.1%}")
@@ -149,6 +163,9 @@ def run(args, console, reporter) -> int:
         console.print(f"  test accuracy {m['test']['accuracy']:.1%} ({m['test']['n'] - m['test']['errors']} of "
                       f"{m['test']['n']} right{ci_text(m['test'])})")
     console.print(f"  confidence: {describe(trained.predictor.config)}")
+    strict = low_coverage_note(trained.predictor.config, shlex.quote(str(trained.path)))
+    if strict:
+        console.print(f"  note: {strict}", markup=False)
     if res.familiarity is not None:
         console.print(f"  familiarity: {res.familiarity.describe()}", markup=False)
     for note in res.notes:
@@ -158,7 +175,7 @@ def run(args, console, reporter) -> int:
         console.print(f"  weakest classes: {', '.join(weak)}", markup=False)
     for a, b, n in top_confusions(m["valid"]):
         console.print(f"  {n} × actual {a} predicted as {b}", markup=False)
-    console.print(f"  run saved in {trained.path}/ (model.safetensors, config.json, metrics.json, history.csv, split.csv)", markup=False)
+    console.print(f"  run saved in {trained.path}/ ({', '.join(written(trained.path, started))})", markup=False)
     if not interrupted:
         console.print(f"  repeat it on any machine: vistrain train --config {trained.path}/train_config.yaml --out NEW_RUN", markup=False)
     console.print(f"  next: vistrain predict {trained.path} NEW_PHOTOS/ --csv predictions.csv", markup=False)

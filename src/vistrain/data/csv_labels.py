@@ -1,7 +1,7 @@
 """Layout (d): a CSV file of path,label (and an optional split column), read for :mod:`.layout`.
 
-Builds on :mod:`.layout`'s entries, errors and label checks; :func:`.layout.discover` imports
-this module only when it is given a CSV file, so neither needs the other at import time.
+Builds on :mod:`.entries` (entries, errors, label checks), as :mod:`.layout` does; :func:`.layout.discover`
+hands a CSV file here, so this module never imports the layout module.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from vistrain.data.layout import (
+from vistrain.data.entries import (
     TEST_NAMES,
     TRAIN_NAMES,
     VALID_NAMES,

@@ -10,7 +10,7 @@ from pathlib import Path
 from vistrain.data.images import DEFAULT_MAX_PIXELS
 from vistrain.data.layout import DataError, Layout, discover, label_folder
 from vistrain.data.scan import Record, scan
-from vistrain.data.split import stratified_split
+from vistrain.data.split import check_valid_fraction, stratified_split
 from vistrain.progress import Reporter, SilentReporter
 
 
@@ -34,7 +34,8 @@ def resolve_cache_dir(cache_dir: Path | str | bool | None) -> Path | None:
 
 @dataclass
 class DataConfig:
-    """How to read a dataset; validated when an index is built."""
+    """How to read a dataset. The fraction is checked here, before any photo is scanned; the folder
+    and the labels when an index is built."""
 
     root: Path
     label_from_name: str | None = None
@@ -42,6 +43,9 @@ class DataConfig:
     seed: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
     cache_dir: Path | None = None  # None: no scan cache
+
+    def __post_init__(self) -> None:
+        check_valid_fraction(self.valid_fraction)
 
 
 @dataclass

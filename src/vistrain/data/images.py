@@ -9,14 +9,26 @@ from __future__ import annotations
 import functools
 import io
 import re
+import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin, UnidentifiedImageError
+
+from vistrain.data.heif_items import heif_retyped, heif_types_as_text
 
 # Pillow's own default (about 89 Mpx); larger files are treated as decompression bombs.
 DEFAULT_MAX_PIXELS = 89_478_485
+
+# What Pillow's plugins let slip on malformed headers besides OSError and friends; Image.open itself
+# catches the same ones while identifying a file, but not later, in load().
+_DECODER_SLIPS = (struct.error, IndexError, KeyError, TypeError, ZeroDivisionError)
+
+# EXIF orientation -> the transpose that makes the photo upright (as ImageOps.exif_transpose does).
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
 
 # HEIF "brands" (bytes 8-12 of the file): an iPhone's photos (heic), other HEIF stills (mif1, heix).
 _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1")
@@ -86,18 +98,22 @@ def decode_with_header(
         # Names from old Windows zips or cameras: the CSV and JSON files vistrain writes are UTF-8,
         # so such a file could be trained on but never named in them.
         raise ImageError(path, "file name is not valid UTF-8 (rename the file)") from exc
-    try:
-        size = len(data) if data is not None else path.stat().st_size
-    except OSError as exc:
-        raise ImageError(path, f"cannot read file ({exc.strerror or exc})") from exc
-    if size == 0:
+    if data is None:
+        # Decoded from memory, as the scan decodes it: a file then decodes the same in every stage. From
+        # a file, Pillow reads the rest of a chunk whose length is corrupt in one read() sized by that
+        # length: a PNG claiming a 4 GB IDAT (its pixels complete) raised MemoryError on a small machine.
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    if not data:
         raise ImageError(path, "empty file (0 bytes)")
     heif_support()
     try:
         with warnings.catch_warnings():
             # Pillow warns (not raises) between 1x and 2x its limit; we enforce our own limit below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data) if data is not None else path) as img:
+            with _open(data) as img:
                 width, height = img.size
                 header = {"format": img.format, "mode": img.mode, "width": width, "height": height}
                 if width * height > max_pixels:
@@ -109,6 +125,11 @@ def decode_with_header(
                 if min_side and img.format == "JPEG":
                     # draft() keeps both sides >= the requested size, so the shorter side stays >= min_side.
                     img.draft("RGB", (min_side, min_side))
+                xmp = img.info.get("xmp")
+                if xmp is not None and not isinstance(xmp, (bytes, str)):
+                    # A TIFF's XMP tag holding numbers (a malformed tag): Pillow's load() looks in it for an
+                    # orientation once the pixels are decoded, and failed with TypeError. It is no XMP.
+                    del img.info["xmp"]
                 img.load()
                 return _to_upright_rgb(img), header
     except ImageError:
@@ -120,15 +141,69 @@ def decode_with_header(
         raise ImageError(path, f"decompression bomb: {size_said} exceeds the limit of {max_pixels:,}") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(path, heif_reason(path, data) or "not an image (unrecognised format)") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        text = str(exc)
+    except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as exc:
+        # RuntimeError: what the AVIF plugin and pi-heif raise when their codec cannot decode a file.
+        text = str(exc).strip()
         if "truncated" in text.lower():
             raise ImageError(path, "truncated file (image data ends early)") from exc
         raise ImageError(path, f"corrupt image ({text or type(exc).__name__})") from exc
+    except _DECODER_SLIPS as exc:
+        raise ImageError(path, f"corrupt image ({error_kind(exc)}: {str(exc)[:200]})") from exc
+
+
+def _open(data: bytes) -> Image.Image:
+    """Image.open on ``data``; where Pillow fails on a photo's metadata while opening it, the photo opened
+    again past that metadata (its pixels are fine). Where that fails too, its error says what is wrong."""
+    data = heif_types_as_text(data)
+    try:
+        return Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, AttributeError) + _DECODER_SLIPS:
+        # (Image.open catches struct.error, IndexError, ... from a plugin, and says "cannot identify".)
+        if data[:3] == b"\xff\xd8\xff":
+            return _JpegSkippingExifDpi(io.BytesIO(data))
+        # Pillow's AVIF plugin reads the EXIF while opening, and writes it back when the file's rotation
+        # (irot/imir) differs from the EXIF orientation: one malformed tag made that fail (struct.error,
+        # or AttributeError). With its EXIF item hidden, the photo turns by its irot/imir, as Pillow turns it.
+        bare = heif_retyped(data, b"Exif", b"Exi_") if data[4:8] == b"ftyp" else None
+        if bare is None:
+            raise
+        return Image.open(io.BytesIO(bare))
+
+
+class _JpegSkippingExifDpi(JpegImagePlugin.JpegImageFile):
+    """A JPEG opened as Pillow opens it, less the resolution Pillow reads from its EXIF while opening
+    (for info["dpi"], unused here): an XResolution of text shorter than two characters (a camera's
+    text where a number belongs) raised IndexError there, so Image.open called the photo no image."""
+
+    def _read_dpi_from_exif(self) -> None:
+        pass
+
+
+def error_kind(exc: BaseException) -> str:
+    """An exception's type as a reader can look it up: ``struct.error``, not a bare ``error``."""
+    kind = type(exc)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The photo as a viewer shows it. Only the orientation tag is read: ImageOps.exif_transpose also
+    writes the other EXIF tags back, and one malformed tag (a camera's text where a number belongs)
+    made it raise on a photo whose pixels are fine. The result carries no EXIF, so nothing can turn
+    it a second time."""
+    try:
+        orientation = img.getexif().get(0x0112)
+    except _DECODER_SLIPS + (OSError, SyntaxError, ValueError, EOFError):
+        return img  # EXIF too damaged to read: the pixels as stored
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    if method is None:
+        return img
+    out = img.transpose(method)
+    out.info.pop("exif", None)
+    return out
 
 
 def _to_upright_rgb(img: Image.Image) -> Image.Image:
-    img = ImageOps.exif_transpose(img)
+    img = _upright(img)
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16-bit (or 32-bit int) grey: scale the full range to 8 bits instead of clipping at 255.

@@ -4,72 +4,28 @@ from __future__ import annotations
 
 import os
 import re
-import unicodedata
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
+# csv_labels and this module both build on entries (imports go one way); the rest of vistrain
+# imports entries' names from here.
+from vistrain.data.csv_labels import from_csv
+from vistrain.data.entries import (
+    TEST_NAMES,
+    TRAIN_NAMES,
+    VALID_NAMES,
+    DataError,
+    Entry,
+    Layout,
+    check_label,
+    nfc,
+)
 from vistrain.data.images import heif_reason, heif_support, is_candidate
-
-TRAIN_NAMES = ("train", "training")
-VALID_NAMES = ("valid", "val", "validation")
-TEST_NAMES = ("test", "testing")
-
-
-class DataError(ValueError):
-    """The data cannot be used as given; the message names the path and what to do."""
-
-
-@dataclass(frozen=True)
-class Entry:
-    path: Path
-    label: str | None
-    split: str | None  # "train", "valid", "test" or None (vistrain splits it)
-
-
-@dataclass
-class Layout:
-    kind: str  # "split-folders", "class-folders", "flat", "csv"
-    root: Path
-    entries: list[Entry]
-    notes: list[str] = field(default_factory=list)
-
-    def describe(self) -> str:
-        names = {
-            "split-folders": "train/valid(/test) folders with one sub-folder per class",
-            "class-folders": "one folder per class (vistrain makes the train/valid split)",
-            "flat": "one flat folder, labels taken from file names",
-            "csv": "a CSV file of path,label",
-        }
-        return names[self.kind]
-
 
 # Folders that hold no one's photos: macOS archive metadata (``._name.jpg`` files, left by unzipping
 # elsewhere). Hidden folders (vistrain's own quarantine among them) are skipped too.
 IGNORED_DIRS = ("__MACOSX",)
-
-
-def nfc(text: str) -> str:
-    """``text`` in Unicode NFC. macOS and many zip tools write names decomposed (NFD: "e" + a combining
-    accent), most other sources composed: without this, one class "café" would be two, or unknown to a model."""
-    return unicodedata.normalize("NFC", text)
-
-
-def check_label(label: str) -> str | None:
-    """Why ``label`` cannot be a class name, or None. Labels become folder names (``predict --into
-    DIR/<label>/``, the report's ``errors/<actual>/<predicted>/``), so a label must be one safe folder name."""
-    if not label:
-        return "is empty"
-    if label in (".", ".."):
-        return "is '.' or '..', a path rather than a name"
-    if "/" in label or "\\" in label:
-        return "contains a path separator ('/' or '\\')"
-    if any(unicodedata.category(ch) == "Cc" for ch in label):
-        return "contains a control character"
-    if label.startswith("."):
-        return "starts with '.': it would be a hidden folder, which vistrain's own scans skip"
-    return None
 
 
 def label_as_name(label: str) -> str:
@@ -304,9 +260,6 @@ def discover(root: Path | str, label_pattern: str | None = None, classes: list[s
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise DataError(f"{root}: expected a folder of images or a CSV file of path,label")
-        # Imported here, not at the top: csv_labels builds on this module's entries and errors.
-        from vistrain.data.csv_labels import from_csv
-
         return from_csv(root)
     root = root.resolve()
     if vistrain_output(root) == "a vistrain run":

@@ -14,6 +14,12 @@ from vistrain.data.phash import duplicate_groups
 from vistrain.data.scan import Record
 
 
+def check_valid_fraction(valid_fraction: float) -> None:
+    """The share of each class that goes to validation must leave some on each side."""
+    if isinstance(valid_fraction, bool) or not isinstance(valid_fraction, (int, float)) or not 0.0 < valid_fraction < 1.0:
+        raise DataError(f"validation fraction {valid_fraction!r} must be between 0 and 1")
+
+
 def stratified_split(records: list[Record], valid_fraction: float, seed: int) -> None:
     """Assign ``split`` to records that have none: per class, ``valid_fraction`` goes to valid.
 
@@ -23,8 +29,7 @@ def stratified_split(records: list[Record], valid_fraction: float, seed: int) ->
     score.
     The order of files on disk does not matter: they are sorted by path before shuffling.
     """
-    if not 0.0 < valid_fraction < 1.0:
-        raise DataError(f"validation fraction {valid_fraction} must be between 0 and 1")
+    check_valid_fraction(valid_fraction)
     todo = sorted((r for r in records if r.split is None), key=lambda r: r.path)
     by_class: dict[str, list[Record]] = defaultdict(list)
     for r in todo:

@@ -7,14 +7,13 @@ the run's stored settings are applied and judged on images they never saw.
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from vistrain.data.dataset import DataConfig, build_eval_index
+from vistrain.data.split import split_rows
 from vistrain.evaluation.abstention import (
     CoverageCurve,
     apply_threshold,
@@ -34,7 +33,10 @@ from vistrain.evaluation.confidence import (
 from vistrain.evaluation.intervals import metrics_with_intervals
 from vistrain.evaluation.labelled import (
     known_and_unknown,
+    labelled_index,
     no_known_label,
+    predict_labelled,
+    predict_paths,
     unknown_labels,
 )
 from vistrain.evaluation.metrics import classification_metrics
@@ -82,63 +84,88 @@ class Analysis:
         return -np.log(np.maximum(p, 1e-12))
 
 
-def validation_records(run_dir: Path) -> list[tuple[str, str]]:
+def validation_records(run_dir: Path, extra: dict) -> list[tuple[str, str]]:
+    """``split.csv``'s validation rows as (path, label), read as export and ``evaluate`` read them:
+    a relative path is found under the training folder named in the run's config (``extra``), not
+    only under the current directory. A file that is gone keeps the path the row names."""
     split = run_dir / "split.csv"
     if not split.exists():
         raise ReportError(f"{split}: missing; give a labelled DATA folder to report on instead")
-    with split.open(newline="") as f:
-        rows = [(r["path"], r["label"]) for r in csv.DictReader(f) if r["split"] == "valid"]
+    rows = [(str(r.found or r.listed), r.label) for r in split_rows(split, extra) if r.split == "valid"]
     if not rows:
         raise ReportError(f"{split}: no validation images listed")
     return rows
 
 
+@dataclass
+class _Scored:
+    """The images an analysis scores, their model outputs, and what it set apart."""
+
+    source: str  # Analysis.source
+    paths: list[str]
+    y: np.ndarray
+    views: np.ndarray  # N x views x K
+    similarity: np.ndarray | None
+    set_apart: dict  # unknown_labels(): images of a label the model does not know
+    skipped: list[dict]
+    content: dict[str, Look] = field(default_factory=dict)  # path -> what a given folder's image is
+
+
+def _source(where: str, n: int, n_unknown: int) -> str:
+    return f"{where} ({n} images" + (f"; {n_unknown} more with a label the model does not know, "
+                                     "not scored)" if n_unknown else ")")
+
+
+def _score_folder(predictor: Predictor, data: Path | str, label_from_name: str | None,
+                  cache_dir: Path | bool | None, ui: Reporter, tta: bool) -> _Scored:
+    """A labelled folder, scanned and predicted as ``evaluate`` does (a file failing after the scan
+    is an error naming it, see ``predict_labelled``)."""
+    classes = predictor.classes
+    index, y = labelled_index(data, label_from_name, cache_dir, classes, ui)
+    views, similarity, unknown_pred = predict_labelled(predictor.outputs_from_paths, index, ui, tta)
+    return _Scored(_source(str(data), len(index.records), len(index.unknown)), [r.path for r in index.records], y,
+                   views, similarity, unknown_labels([r.label for r in index.unknown], unknown_pred, classes),
+                   [{"path": r.path, "reason": r.reason} for r in index.skipped],
+                   {r.path: Look(r.sha1, r.phash, r.colour) for r in index.records})
+
+
+def _score_validation(run_dir: Path, predictor: Predictor, ui: Reporter, tta: bool) -> _Scored:
+    """The run's validation split, from ``split.csv``: a file gone since training is left out and listed."""
+    classes, split = predictor.classes, run_dir / "split.csv"
+    pairs = validation_records(run_dir, predictor.config.extra)
+    skipped = [{"path": p, "reason": "file no longer exists"} for p, _ in pairs if not Path(p).is_file()]
+    pairs = [(p, lab) for p, lab in pairs if Path(p).is_file()]
+    # split.csv's labels are spelt as the run spells its classes (training wrote both from one scan).
+    known, unknown, y = known_and_unknown([lab for _, lab in pairs], classes, split, verbatim=True)
+    if pairs and not known:
+        raise ReportError(no_known_label(split, [lab for _, lab in pairs], classes))
+    views, similarity, errors, unknown_pred = predict_paths(
+        predictor.outputs_from_paths, [pairs[i][0] for i in known], [pairs[i][0] for i in unknown], ui, tta)
+    # Unlike a scanned folder's (predict_labelled), these files are read here for the first time in
+    # this run: one that cannot be is left out and listed, as the scan does with a folder's and
+    # export's check does with the same split.csv, rather than stopping the report.
+    skipped += [{"path": pairs[i][0], "reason": why} for i, why in zip(known, errors) if why]
+    ok = [j for j, why in enumerate(errors) if not why]
+    return _Scored(_source(f"the validation split of {run_dir}", len(known), len(unknown)),
+                   [pairs[known[j]][0] for j in ok], y[ok], views[ok], None if similarity is None else similarity[ok],
+                   unknown_labels([pairs[i][1] for i in unknown], unknown_pred, classes), skipped)
+
+
 def analyse(run_dir: Path | str, predictor: Predictor, data: Path | str | None = None, label_from_name: str | None = None,
             target_precision: float | None = None, tta: bool = False, reporter: Reporter | None = None,
-            cache_dir: Path | None = None) -> Analysis:
+            cache_dir: Path | bool | None = None) -> Analysis:
+    """``cache_dir``: as ``evaluate``'s (False: none; None: the default)."""
     ui = reporter or SilentReporter()
     run_dir = Path(run_dir)
     classes = predictor.classes
-    skipped: list[dict] = []
-    content: dict[str, Look] = {}  # path -> what a given folder's image is (bytes and look)
-    if data is None:
-        pairs = validation_records(run_dir)
-        missing = [p for p, _ in pairs if not Path(p).is_file()]
-        skipped += [{"path": p, "reason": "file no longer exists"} for p in missing]
-        pairs = [(p, lab) for p, lab in pairs if Path(p).is_file()]
-        where = f"the validation split of {run_dir}"
-    else:
-        index = build_eval_index(DataConfig(Path(data), label_from_name, cache_dir=cache_dir), reporter=ui,
-                                 classes=list(classes))
-        pairs = [(r.path, r.label) for r in index.records]
-        content = {r.path: Look(r.sha1, r.phash, r.colour) for r in index.records}
-        skipped += [{"path": r.path, "reason": r.reason} for r in index.skipped]
-        where = str(data)
     # Images of a label the model does not know are predicted too (what it calls a class it never
     # saw is worth a line) but scored apart; only a folder with no known label at all is refused.
-    known, unknown, y_known = known_and_unknown([lab for _, lab in pairs], classes)
-    if pairs and not known:
-        raise ReportError(no_known_label(data if data is not None else run_dir / "split.csv",
-                                         [lab for _, lab in pairs], classes))
-    order = known + unknown
-    with ui.stage("predict", len(order)) as advance:
-        views, similarity, errors = predictor.outputs_from_paths([pairs[i][0] for i in order], advance,
-                                                                 views=2 if tta else 1)
-    n_known = len(known)
-    source = f"{where} ({n_known} images" + (f"; {len(unknown)} more with a label the model does not know, "
-                                              "not scored)" if unknown else ")")
-    set_apart = unknown_labels([pairs[i][1] for i in unknown],
-                               [None if e else int(np.argmax(v.mean(axis=0)))
-                                for v, e in zip(views[n_known:], errors[n_known:])], classes)
-    views, errors = views[:n_known], errors[:n_known]
-    similarity = None if similarity is None else similarity[:n_known]
-    skipped += [{"path": pairs[i][0], "reason": e} for i, e in zip(known, errors) if e]
-    ok = [j for j, e in enumerate(errors) if not e]
-    if not ok:
-        raise ReportError(f"{source}: no image could be classified")
-    views = views[ok].astype(np.float64)
-    paths = [pairs[known[j]][0] for j in ok]
-    y = y_known[ok]
+    scored = (_score_validation(run_dir, predictor, ui, tta) if data is None
+              else _score_folder(predictor, data, label_from_name, cache_dir, ui, tta))
+    if not scored.paths:
+        raise ReportError(f"{scored.source}: no image could be classified")
+    views = scored.views.astype(np.float64)
+    paths, y, skipped = scored.paths, scored.y, scored.skipped
     logits = views.mean(axis=1)
     tta_info = None
     if tta:
@@ -168,13 +195,13 @@ def analyse(run_dir: Path | str, predictor: Predictor, data: Path | str | None =
         abst = {"target_precision": target, "threshold": threshold, "coverage": cov, "precision": prec,
                 "threshold_here": here.threshold, "coverage_here": here.coverage}
     metrics = metrics_with_intervals(classification_metrics(y, logits.argmax(1), classes), y, logits.argmax(1))
-    metrics.update(set_apart)
+    metrics.update(scored.set_apart)
     overlap = None if data is None else overlap_with_run(run_dir, predictor.config.extra, paths, y, logits.argmax(1),
-                                                         [content.get(p) for p in paths])
+                                                         [scored.content.get(p) for p in paths])
     # On the run's validation photos the threshold was set (99% familiar by construction): only new data says anything.
-    unfamiliar = None if data is None or similarity is None else unfamiliar_summary(
-        predictor.familiarity, similarity[ok], y, logits.argmax(1))
-    return Analysis(source, data is None, classes, paths, y, logits, temperature, metrics, calibration, abst,
+    unfamiliar = None if data is None or scored.similarity is None else unfamiliar_summary(
+        predictor.familiarity, scored.similarity, y, logits.argmax(1))
+    return Analysis(scored.source, data is None, classes, paths, y, logits, temperature, metrics, calibration, abst,
                     coverage_curve(softmax(logits, temperature), y), skipped, tta_info, overlap, unfamiliar)
 
 

@@ -34,15 +34,52 @@ class LabelledIndex(DatasetIndex):
 
 def class_positions(classes: list[str]) -> dict[str, int]:
     """Each model class's index, keyed by its name in NFC: data labels are NFC (``layout.nfc``), and a
-    run trained before they were may spell its classes decomposed (NFD, as macOS names folders)."""
-    return {nfc(c): i for i, c in enumerate(classes)}
+    run trained before they were may spell its classes decomposed (NFD, as macOS names folders).
+    A name that two classes share in NFC (:func:`nfc_twins`) is left out: either would be a guess."""
+    twins = nfc_twins(classes)
+    return {nfc(c): i for i, c in enumerate(classes) if nfc(c) not in twins}
 
 
-def known_and_unknown(labels: list[str], classes: list[str]) -> tuple[list[int], list[int], np.ndarray]:
+def nfc_twins(classes: list[str]) -> dict[str, list[str]]:
+    """The model's classes that differ only in Unicode normalisation, by the NFC name they share. A run
+    trained before labels were normalised, on a filesystem that keeps both spellings of a folder apart
+    (Linux does), has two classes where vistrain now reads one."""
+    spellings: dict[str, list[str]] = {}
+    for c in classes:
+        spellings.setdefault(nfc(c), []).append(c)
+    return {name: found for name, found in spellings.items() if len(found) > 1}
+
+
+def twins_message(where: str | Path, label: str, twins: list[str]) -> str:
+    """The refusal of images labelled ``label``, which could be any of ``twins`` (shown by code point:
+    printed, the spellings look the same)."""
+    return (f"{where}: images labelled {label!r} could be any of the model's classes "
+            f"{' and '.join(ascii(c) for c in twins)}, which differ only in Unicode normalisation; labels "
+            f"are read in NFC, so either spelling of a folder gives the same label, and scoring it would merge "
+            f"the classes: leave those images out, or retrain (vistrain now reads both spellings as one class)")
+
+
+def known_and_unknown(labels: list[str], classes: list[str], where: str | Path, verbatim: bool = False
+                      ) -> tuple[list[int], list[int], np.ndarray]:
     """Positions in ``labels`` of those the model knows and of the others, and the class indices
-    of the known ones."""
-    positions = class_positions(classes)
-    found = [positions.get(nfc(label)) for label in labels]
+    of the known ones.
+
+    Classes that differ only in Unicode normalisation (:func:`nfc_twins`) are matched exactly when the
+    labels are ``verbatim``, spelt as the model spells its classes (the run's own ``split.csv``). Data
+    labels are NFC, so a folder of either spelling gives the NFC one: a label of such a name is refused
+    (ValueError naming ``where``), never scored against one of them, which would silently merge the two."""
+    positions, twins = class_positions(classes), nfc_twins(classes)
+    exact = {c: i for i, c in enumerate(classes)}
+
+    def position(label: str) -> int | None:
+        name = nfc(label)
+        if name not in twins:
+            return positions.get(name)
+        if verbatim and label in exact:
+            return exact[label]
+        raise ValueError(twins_message(where, label, twins[name]))
+
+    found = [position(label) for label in labels]
     known = [i for i, k in enumerate(found) if k is not None]
     return known, [i for i, k in enumerate(found) if k is None], np.array([found[i] for i in known], dtype=int)
 
@@ -60,7 +97,7 @@ def labelled_index(data: str | Path, label_from_name: str | None, cache_dir: Pat
     with one extra class still wants the others scored); an error only when every image has one."""
     index = build_eval_index(DataConfig(Path(data), label_from_name, cache_dir=resolve_cache_dir(cache_dir)),
                              reporter=ui, classes=classes)
-    known, unknown, y_true = known_and_unknown([r.label for r in index.records], classes)
+    known, unknown, y_true = known_and_unknown([r.label for r in index.records], classes, data)
     if not known:
         raise ValueError(no_known_label(data, [r.label for r in index.records], classes))
     same = {f.name: getattr(index, f.name) for f in fields(DatasetIndex)}
@@ -69,25 +106,39 @@ def labelled_index(data: str | Path, label_from_name: str | None, cache_dir: Pat
     return labelled, y_true
 
 
-def predict_labelled(outputs_from_paths: Callable, index: LabelledIndex, ui: Reporter, tta: bool
-                     ) -> tuple[np.ndarray, np.ndarray | None, list[int | None]]:
-    """The scored images' logits (``N x views x K``) and similarities, and the class predicted for
-    each image of an unknown label (None where it failed), from a predictor's ``outputs_from_paths``.
+def predict_paths(outputs_from_paths: Callable, scored: list[str], unknown: list[str], ui: Reporter, tta: bool
+                  ) -> tuple[np.ndarray, np.ndarray | None, list[str | None], list[int | None]]:
+    """The logits (``N x views x K``), similarities and errors (None where it was read) of the
+    ``scored`` images, and the class predicted for each of the ``unknown``-label ones (None where it
+    failed), from a predictor's ``outputs_from_paths``.
 
     The unknown-label images ride along after the scored ones: what the model calls a class it never
-    saw is worth a line, though it scores nothing. A scored image that fails here is an error naming
-    it, not a silent class 0: the scan decoded every one, so only a file changed since can fail."""
-    n = len(index.records)
-    paths = [r.path for r in index.records] + [r.path for r in index.unknown]
-    with ui.stage("predict", len(paths)) as advance:
-        views, similarity, errors = outputs_from_paths(paths, advance, views=2 if tta else 1)
-    failed = [(p, why) for p, why in zip(paths[:n], errors[:n]) if why]
+    saw is worth a line, though it scores nothing."""
+    n = len(scored)
+    with ui.stage("predict", n + len(unknown)) as advance:
+        views, similarity, errors = outputs_from_paths(scored + unknown, advance, views=2 if tta else 1)
+    unknown_pred = [None if why else int(np.argmax(v.mean(axis=0))) for v, why in zip(views[n:], errors[n:])]
+    return views[:n], None if similarity is None else similarity[:n], errors[:n], unknown_pred
+
+
+def predict_labelled(outputs_from_paths: Callable, index: LabelledIndex, ui: Reporter, tta: bool
+                     ) -> tuple[np.ndarray, np.ndarray | None, list[int | None]]:
+    """:func:`predict_paths` of a scanned folder's images (``evaluate`` of a run or an export, and
+    ``report`` on a folder): the scored images' logits and similarities, and the unknown-label
+    images' predicted classes.
+
+    A scored image that fails here is an error naming it, not a silent class 0 nor a silent gap: the
+    scan decoded every one (those it could not are skipped and listed before this), so only a file
+    changed or broken since can fail, and the metrics would be of other images than the ones listed."""
+    paths = [r.path for r in index.records]
+    views, similarity, errors, unknown_pred = predict_paths(outputs_from_paths, paths,
+                                                            [r.path for r in index.unknown], ui, tta)
+    failed = [(p, why) for p, why in zip(paths, errors) if why]
     if failed:
         path, why = failed[0]
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
         raise ValueError(f"{path}: {why}{more}; it changed since it was scanned")
-    unknown_pred = [None if why else int(np.argmax(v.mean(axis=0))) for v, why in zip(views[n:], errors[n:])]
-    return views[:n], None if similarity is None else similarity[:n], unknown_pred
+    return views, similarity, unknown_pred
 
 
 def unknown_labels(labels: list[str], predicted: list[int | None] | None, classes: list[str]) -> dict:

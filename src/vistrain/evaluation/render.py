@@ -8,6 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from vistrain.evaluation.intervals import accuracy_interval
 from vistrain.evaluation.metrics import f1_order
 
 
@@ -163,5 +164,5 @@ def top_confusions(metrics: dict, n: int = 3) -> list[tuple[str, str, int]]:
 
 def ci_text(metrics: dict) -> str:
     """``; 95% CI 87.3-96.9%`` for a metrics dict that has ``accuracy_ci`` (older runs' do not)."""
-    ci = metrics.get("accuracy_ci")
+    ci = accuracy_interval(metrics)
     return f"; 95% CI {ci[0]:.1%}–{ci[1]:.1%}" if ci else ""

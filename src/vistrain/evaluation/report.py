@@ -365,11 +365,13 @@ def render_report(run_dir: Path, a: Analysis, predictor: Predictor, top_n: int =
 
 def write_report(run_dir: Path | str, data: Path | str | None = None, label_from_name: str | None = None,
                  target_precision: float | None = None, tta: bool = False, top_n: int = 16, per_class: int | None = None,
-                 reporter: Reporter | None = None, cache_dir: Path | None = None,
+                 reporter: Reporter | None = None, cache_dir: Path | bool | None = None,
                  device: str = "auto") -> tuple[Path, Analysis]:
     """Analyse the run on ``data`` (default: its validation split) and write ``RUN/report.html``.
 
     ``per_class``: correct predictions shown per class (None: 2, or 1 above ``plots.MANY_CLASSES`` classes).
+
+    ``cache_dir``: where the scan of ``data`` is cached, as ``evaluate``'s (False: nowhere; None: the default).
 
     ``device``: where the model runs (auto|cpu|cuda, see :mod:`vistrain.training.device`)."""
     from vistrain.evaluation.analysis import analyse

@@ -12,7 +12,9 @@ import csv
 import json
 from pathlib import Path
 
+from vistrain.data.findings import NAMES
 from vistrain.evaluation.calibration import set_aside
+from vistrain.evaluation.intervals import accuracy_interval
 from vistrain.models.registry import BackboneError, ensemble_members, get_backbone
 from vistrain.runtime.bundle import ExportInfo, weights_digest
 
@@ -145,9 +147,7 @@ def _quality(info: ExportInfo, metrics: dict, config: dict) -> list[str]:
     for split, m, role in (("validation", valid, _valid_role(valid)),
                            ("test", test, "nothing else: never seen in training or in any choice")):
         if m:
-            lo, hi = m.get("accuracy_ci", (None, None))
-            ci = f"{_pct(lo)} – {_pct(hi)}" if lo is not None else ""
-            out.append(f"| {split}, {m['n']} | **{_pct(m['accuracy'])}** | {ci} | {role} |")
+            out.append(f"| {split}, {m['n']} | **{_pct(m['accuracy'])}** | {_interval(m)} | {role} |")
     out.append("")
     if valid:
         out.append(f"With {valid['n']} validation images, one image is {100 / valid['n']:.1f} points: read the interval, "
@@ -182,6 +182,12 @@ def _quality(info: ExportInfo, metrics: dict, config: dict) -> list[str]:
         out += ["", f"There is no int8 file: one was made and refused, because {refused[-1]}."]
     out += [""] + _honesty(info, config)
     return out
+
+
+def _interval(m: dict) -> str:
+    """The accuracy's 95% interval as the train summary and `vistrain report` print it ("" without one)."""
+    ci = accuracy_interval(m)
+    return f"{_pct(ci[0])} – {_pct(ci[1])}" if ci else ""
 
 
 def _valid_role(valid: dict | None) -> str:
@@ -276,8 +282,6 @@ def _data(data: dict, audit: dict, classes: list[str]) -> list[str]:
 
 def _finding(kind: str, n: int) -> str:
     """``n`` findings of ``kind`` as the audit itself names them: duplicates come in groups."""
-    from vistrain.clean.render import NAMES
-
     one, many = NAMES.get(kind, (kind.replace("_", " "),) * 2)
     return f"{n} {one if n == 1 else many}"
 
@@ -298,13 +302,26 @@ def _made(config: dict, metrics: dict, run_dir: Path) -> list[str]:
                    f"weight decay {t.get('weight_decay')}, label smoothing {t.get('label_smoothing')}, "
                    f"class balance {t.get('balance')}, seed {t.get('seed')}; `train_config.yaml` of the run repeats it.")
     if metrics.get("seconds") is not None:
-        s = metrics["seconds"]
-        device = "the CPU" if metrics.get("device") == "cpu" else metrics.get("device", "?")
-        # metrics.json times the last `train` call only: a resumed run's earlier sessions are not in it.
-        took = "The last session (a resumed run) took" if t.get("resume") else "The run took"
-        out.append(f"- {took} {s:.0f} s on {device}." if s >= 10 else f"- {took} {s:.1f} s on {device}.")
+        out.append(_took(metrics, t.get("resume", False)))
     out += [f"- {n}" for n in metrics.get("notes", [])]
     return out + [""]
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
+
+
+def _took(metrics: dict, resumed: bool) -> str:
+    """How long training took: a resumed run's every session (``total_seconds``) when metrics.json
+    has them, else its last one (``seconds``, runs from before they were recorded)."""
+    last = _seconds(metrics["seconds"])
+    device = "the CPU" if metrics.get("device") == "cpu" else metrics.get("device", "?")
+    if metrics.get("total_seconds") is not None:  # each session may have run on another device
+        n = len(metrics.get("session_seconds", [])) or "several"
+        return (f"- Training took {_seconds(metrics['total_seconds'])} in all, over {n} sessions (interrupted and "
+                f"resumed); the last session took {last} on {device}.")
+    took = "The last session (a resumed run) took" if resumed else "The run took"
+    return f"- {took} {last} on {device}."
 
 
 def _epochs(history: Path) -> int:

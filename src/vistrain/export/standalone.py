@@ -18,14 +18,32 @@ Written by `vistrain export`; it reads export.json, so it stays right for this f
 
 import json
 import os
+import struct
 import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image, ImageOps
+from PIL import Image
 
 RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+# EXIF orientation -> the transpose that makes the photo upright.
+UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+
+
+def upright(img):
+    """Turned as the orientation tag says. Only that tag is read (ImageOps.exif_transpose writes every
+    tag back, and one malformed tag makes it fail on a photo whose pixels are fine), as vistrain does."""
+    try:
+        method = UPRIGHT.get(img.getexif().get(0x0112))
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError):
+        # EXIF too damaged to read: the pixels as stored
+        return img
+    return img.transpose(method) if method is not None else img
 
 
 def load(path, size):
@@ -34,7 +52,7 @@ def load(path, size):
         if img.format == "JPEG":
             img.draft("RGB", (size, size))  # a big JPEG decodes at 1/2, 1/4 or 1/8 scale
         img.load()
-        img = ImageOps.exif_transpose(img)
+        img = upright(img)
     if img.mode == "I" or img.mode.startswith("I;16"):  # 16-bit grey: the full range onto 8 bits
         a = np.asarray(img, dtype=np.float64)
         top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0

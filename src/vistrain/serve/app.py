@@ -57,7 +57,9 @@ class ImageFailure(BaseModel):
 
     filename: str
     error: str  # names the file and the reason, as the single-file refusal's ``detail`` does
-    status: int  # the HTTP status the file would get alone: 400 unreadable, 413 too large, 415 not an image
+    # The HTTP status the file would get alone: 400 unreadable, 413 too large, 415 not an image, 422 the
+    # image decoder failed on it (damaged, or an unusual variant of its format), 500 a server-side error.
+    status: int
 
 
 class PredictResponse(BaseModel):
@@ -69,6 +71,21 @@ class PredictResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: str
+
+
+class FieldProblem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+    input: object = None
+    ctx: dict | None = None
+
+
+class ValidationErrorResponse(BaseModel):
+    """FastAPI's own 422 for a request whose fields do not validate; declaring 422 for an undecodable
+    image replaces the schema FastAPI would add for it, so it is described here instead."""
+
+    detail: list[FieldProblem]
 
 
 class BodyLimit:
@@ -167,7 +184,14 @@ def create_app(cfg: ServeConfig) -> FastAPI:
                 413: {"model": ErrorResponse, "description": "request too large or too many files; or the only "
                                                               "image (or every one) too large"},
                 415: {"model": ErrorResponse, "description": "not multipart/form-data; or the only part (or every "
-                                                              "one) not an image"}}
+                                                              "one) not an image"},
+                422: {"model": ErrorResponse | ValidationErrorResponse,
+                      "description": "the image decoder fails on the only image (or every one): damaged, or an "
+                                     "unusual variant of its format; or fields that do not validate (a list)"},
+                500: {"model": ErrorResponse, "content": {"text/plain": {"schema": {"type": "string"}}},
+                      "description": "a server-side error decoding the only image (or one of several none of "
+                                     "which could be read), logged by the server; or running the model (plain "
+                                     "text)"}}
 
     @app.exception_handler(UploadError)
     async def _upload_error(request: Request, exc: UploadError):

@@ -4,18 +4,25 @@ request's answers and per-file refusals together."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from vistrain.data.images import ImageError
+from vistrain.data.images import ImageError, error_kind
 from vistrain.heatmap import jpeg_data_url, overlay
 from vistrain.runtime import OnnxPredictor, softmax
 
 # Declared types we accept for an image part; anything else is refused before decoding.
 ACCEPTED_TYPES = ("image/", "application/octet-stream")
+
+# Packages that decode an upload's bytes: an exception raised while their code runs is about the file
+# (an odd one they choke on), not about the server.
+DECODERS = ("PIL", "pi_heif")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,13 +60,45 @@ def check_content_type(name: str, content_type: str | None) -> None:
 
 
 def decode_upload(predictor: OnnxPredictor, data: bytes, name: str, max_pixels: int) -> np.ndarray:
-    """Bytes -> model pixels, as training decodes a file; refusals say what is wrong with the file."""
+    """Bytes -> model pixels, as training decodes a file; refusals say what is wrong with the file.
+
+    Any failure is this file's refusal (an UploadError), never the whole request's: the reasons the
+    decoder knows (ImageError) as before, anything else by :func:`unexpected_decode_error`."""
     try:
         return predictor.pixels_from_bytes(data, name, max_pixels=max_pixels)
     except ImageError as exc:
         raise UploadError(413 if exc.reason.startswith("decompression bomb") else 400, f"{name}: {exc.reason}") from exc
     except (MemoryError, Image.DecompressionBombError) as exc:
         raise UploadError(413, f"{name}: image too large to decode") from exc
+    except Exception as exc:
+        raise unexpected_decode_error(name, exc) from exc
+
+
+def unexpected_decode_error(name: str, exc: Exception) -> UploadError:
+    """The refusal for an exception the decoder does not turn into a reason.
+
+    The decoder maps the errors Pillow is known to raise on damaged files; anything else raised while
+    Pillow (or pi_heif) ran is still the file's content failing, in a way no one foresaw: 422. Raised by our own code, it is a server-side bug the client
+    cannot fix: 500, and the traceback goes to the log, since the client is told only its kind."""
+    kind = error_kind(exc)
+    if raised_while_decoding(exc):
+        log.debug("%s: the image decoder failed on it", name, exc_info=exc)
+        said = f"{kind}: {str(exc)[:200]}" if str(exc) else kind  # Pillow's words, kept short
+        return UploadError(422, f"{name}: the image decoder cannot read this file ({said}); it may be damaged "
+                                "or an unusual variant of its format")
+    log.error("%s: server-side error while decoding the upload", name, exc_info=exc)
+    return UploadError(500, f"{name}: server-side error while decoding the image ({kind}); the server logged "
+                            "the details")
+
+
+def raised_while_decoding(exc: BaseException) -> bool:
+    """Whether a decoder (``DECODERS``) was on the stack where ``exc`` was raised."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0] in DECODERS:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def refusal_of_all(failures: list[tuple[str, UploadError]]) -> UploadError:
@@ -68,11 +107,12 @@ def refusal_of_all(failures: list[tuple[str, UploadError]]) -> UploadError:
     One file: its own refusal, unchanged. Several: one message naming every file and its reason, so
     a client fixes them all in one go instead of learning of them one resubmission at a time. The
     status is theirs when they share it; mixed reasons get a plain 400, since a 413 or 415 for the
-    whole request would send a client after the wrong cause (shrinking it, or changing its type)."""
+    whole request would send a client after the wrong cause (shrinking it, or changing its type),
+    unless one is the server's own failure (500): a 4xx would blame the client for that file too."""
     if len(failures) == 1:
         return failures[0][1]
     statuses = {exc.status for _, exc in failures}
-    status = statuses.pop() if len(statuses) == 1 else 400
+    status = statuses.pop() if len(statuses) == 1 else 500 if max(statuses) >= 500 else 400
     return UploadError(status, f"none of the {len(failures)} files could be read: "
                                + "; ".join(exc.message for _, exc in failures))
 

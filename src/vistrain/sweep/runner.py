@@ -15,9 +15,10 @@ import socket
 import time
 import warnings
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-from vistrain.config_file import ConfigError
+from vistrain.config_file import ConfigError, yaml_scalar
 from vistrain.extras import EXTRA_HINT
 from vistrain.progress import Reporter, SilentReporter
 from vistrain.sweep.space import Param, check_against_base, grid, suggest, to_options
@@ -42,6 +43,7 @@ class SweepConfig:
     base: dict = field(default_factory=dict)  # settings every trial shares (a --config file)
     label_from_name: str | None = None
     cache_dir: Path | str | bool | None = None
+    space_file: Path | None = None  # where the space came from, for the errors about its values
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -57,6 +59,9 @@ class SweepConfig:
             if importlib.util.find_spec(module) is None:
                 raise ConfigError(f"vistrain sweep needs {what} which is not installed: {EXTRA_HINT.format('sweep')}")
         check_against_base(self.space, self.base)
+        if self.sampler == "grid":  # now, not once the study has been created in the storage
+            grid(self.space)
+        check_values(self)
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -71,6 +76,90 @@ class SweepInterrupted(KeyboardInterrupt):
 class _TrialInterrupted(Exception):
     """Raised out of a trial that Ctrl-C cut short: Optuna records it failed (never complete, never
     scored as the probe it fell back to) and samplers ignore it."""
+
+
+def trial_base(cfg: SweepConfig) -> dict:
+    """The settings every trial shares: the --config file's, less where the data is and where runs go,
+    and ``resume`` (a run's train_config.yaml given as --config may say it: each trial is a new run)."""
+    return {k: v for k, v in cfg.base.items() if k not in ("data", "out", "label_from_name", "cache_dir", "resume")}
+
+
+def trial_options(values: dict, base: dict, source: str) -> dict:
+    """``train``'s keyword arguments for a trial drawing ``values`` (``valid_fraction`` among them)."""
+    options = to_options(values, base, source)
+    # A trial is scored, not shipped (best.yaml retrains the winner, with the check): on climbing the
+    # fine-tuned network's familiarity pass took ~29 s of each trial.
+    options.setdefault("familiarity", False)
+    return options
+
+
+def _train_config(cfg: SweepConfig, options: dict):
+    """The TrainConfig that ``train`` builds from a trial's options, built as it builds it: constructing
+    it is what checks every setting, so a value refused here is one every trial drawing it would fail on."""
+    from vistrain.data.dataset import DataConfig
+    from vistrain.training.settings import TrainConfig
+
+    options = dict(options)
+    valid_fraction = options.pop("valid_fraction", None)
+    data = DataConfig(Path(cfg.data), cfg.label_from_name,
+                      DataConfig.valid_fraction if valid_fraction is None else valid_fraction, options.get("seed", 0))
+    if options.get("lr") == "auto":  # train runs the range test and replaces it
+        options["lr"] = TrainConfig.lr
+    return TrainConfig(data=data, out=cfg.out / "trials" / "0000", **options)
+
+
+def _shown(value) -> str:
+    return yaml_scalar(value) if value is None or isinstance(value, bool) else repr(value)
+
+
+def check_values(cfg: SweepConfig) -> None:
+    """Refuse, all at once and before the study starts, each value of the space that every trial drawing
+    it would fail on: a choice, a fixed value, either end of a range.
+
+    Each is tried in the TrainConfig a trial would build, beside the fixed values and the shared settings,
+    the other swept settings at their defaults. A value that fails only beside some value of another swept
+    setting (an ensemble backbone beside mode finetune) is left to fail those trials alone: the others work.
+    """
+    source = str(cfg.space_file or "the search space")
+    # A setting the space sets is every trial's own: the --config file's value never reaches a trial.
+    shared = {k: v for k, v in trial_base(cfg).items() if k not in cfg.space}
+
+    def failure(values: dict) -> str | None:
+        try:
+            _train_config(cfg, trial_options(values, shared, source))
+        except ValueError as exc:  # TrainError, BackboneError, DataError, ConfigError: each names the value
+            return str(exc)
+        return None
+
+    said = failure({})
+    if said:
+        raise ConfigError(f"every trial would fail on the settings they share (--config): {said}")
+    bad, context = [], {}
+    fixed = {n: p.value for n, p in cfg.space.items() if p.kind == "fixed"}
+    for name, value in fixed.items():
+        said = failure({name: value})
+        if said:
+            bad.append(f"{name}: {_shown(value)}: {said}")
+        else:
+            context[name] = value
+    said = failure(context)
+    if said:  # each fixed value works alone, not with the others: no trial can run
+        bad.append(f"{', '.join(context)} together: {said}")
+        context = {}
+    for name, p in cfg.space.items():
+        if p.kind == "choice":
+            tried = [(value, "") for value in p.choices]
+        elif p.kind in ("int", "float"):
+            tried = [(p.low, " (the range's low end)"), (p.high, " (the range's high end)")]
+        else:
+            continue
+        for value, what in tried:
+            said = failure({**context, name: value})
+            if said:
+                bad.append(f"{name}: {_shown(value)}{what}: {said}")
+    if bad:
+        raise ConfigError(f"{source}: {len(bad)} value(s) that every trial drawing them would fail on "
+                          f"(correct or remove them):\n" + "\n".join(f"  {line}" for line in bad))
 
 
 def uncounted(trial) -> bool:
@@ -119,8 +208,36 @@ def _pruner(name: str):
     return optuna.pruners.NopPruner()
 
 
-def open_study(cfg: SweepConfig):
-    """Create the study, or join it when another worker did; returns (study, created)."""
+def _storage(url: str, worker: str):
+    """An RDBStorage whose new trials name ``worker`` from the moment they exist.
+
+    Optuna creates a trial (RUNNING) in ``ask``, before the objective runs; a Ctrl-C in between would
+    leave a trial that no attribute of ours names, counted as running until the heartbeat's grace period
+    ends. Written in the same transaction as the trial, the name lets the interrupted worker find it
+    (:func:`_give_back_cut_short`). Optuna has no public hook there: the override is of the method both
+    RDBStorage and Optuna's caching wrapper around it create trials with; the sweep's Ctrl-C tests fail
+    if that changes.
+    """
+    import optuna
+    from optuna.trial import FrozenTrial, TrialState
+
+    class Storage(optuna.storages.RDBStorage):
+        def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+            if template_trial is None:  # a waiting (enqueued) trial brings its own: the objective names it
+                template_trial = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None,
+                                             datetime_start=datetime.now(), datetime_complete=None, params={},
+                                             distributions={}, user_attrs={"worker": worker}, system_attrs={},
+                                             intermediate_values={}, trial_id=-1)
+            return super()._create_new_trial(study_id, template_trial)
+
+    # A worker that dies mid-trial stops beating; its trial is marked failed instead of running forever.
+    return Storage(url, heartbeat_interval=60, grace_period=180)
+
+
+def open_study(cfg: SweepConfig, worker: str | None = None):
+    """Create the study, or join it when another worker did; returns (study, created).
+
+    ``worker``: the name the trials this process creates carry (default :func:`worker_id`)."""
     import optuna
 
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -129,8 +246,7 @@ def open_study(cfg: SweepConfig):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                # A worker that dies mid-trial stops beating; its trial is marked failed instead of running forever.
-                storage = optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+                storage = _storage(url, worker or worker_id())
             break
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors vary by backend; say which URL failed and why
             # Workers started together race to create the schema; the loser finds it made on a retry.
@@ -169,6 +285,30 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _give_back_cut_short(study, worker: str) -> None:
+    """Fail ``worker``'s trials that Ctrl-C left RUNNING, marked interrupted: not counted against ``--trials``.
+
+    Ctrl-C in Optuna's own code, after it created a trial and before the objective's handler could
+    mark it, or after the objective returned and before Optuna recorded the result, leaves the trial
+    RUNNING; running, it would count as another worker's trial in progress until the heartbeat's grace
+    period (180 s) ended, and the same command run again meanwhile would run one trial too few.
+    Other workers' RUNNING trials are theirs, in progress, and still count.
+    """
+    import optuna
+
+    states = optuna.trial.TrialState
+    for t in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
+        if t.user_attrs.get("worker") != worker:
+            continue
+        try:
+            # Optuna lends no Trial for a trial whose ask() was cut short: its attributes go through the storage.
+            study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+            study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted (Ctrl-C)")
+            study.tell(t.number, state=states.FAIL, skip_if_finished=True)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # Optuna recorded its end after all (Ctrl-C came after the write): it stands as recorded
+
+
 def run_sweep(cfg: SweepConfig, reporter: Reporter | None = None):
     """Run trials until the study holds ``cfg.trials``; returns the study.
 
@@ -179,14 +319,14 @@ def run_sweep(cfg: SweepConfig, reporter: Reporter | None = None):
 
     ui = reporter or SilentReporter()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study, created = open_study(cfg)
     me = worker_id()
+    study, created = open_study(cfg, me)
     ui.log(f"Study {cfg.study!r} in {cfg.storage or storage_url(None, cfg.out)} "
            f"({'created' if created else 'joined'}; worker {me}), {cfg.trials} trial(s) in all")
-    base = {k: v for k, v in cfg.base.items() if k not in ("data", "out", "label_from_name", "cache_dir")}
+    base = trial_base(cfg)
     interrupted: list[int] = []
 
-    def objective(trial) -> float:
+    def run_trial(trial) -> float:
         # The study's place of this trial, not counting trials that gave theirs back: a trial cut short by
         # Ctrl-C leaves its place to the next run of the same command.
         given_back = sum(1 for t in study.get_trials(deepcopy=False) if t.number < trial.number and uncounted(t))
@@ -196,37 +336,26 @@ def run_sweep(cfg: SweepConfig, reporter: Reporter | None = None):
             study.stop()
             raise optuna.TrialPruned("surplus trial: the study already holds its trials")
         run_dir = cfg.out / "trials" / f"{trial.number:04d}"
-        trial.set_user_attr("worker", me)
+        trial.set_user_attr("worker", me)  # named at creation (_storage), unless it was an enqueued trial
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         t0 = time.perf_counter()
         try:
             values = suggest(trial, cfg.space)
             shown = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items() if cfg.space[k].kind != "fixed")
             ui.log(f"trial {trial.number}: {shown}")
-            options = to_options(values, base, f"trial {trial.number}")
-            valid_fraction = options.pop("valid_fraction", None)  # a data setting: train takes it apart
-            # A trial is scored, not shipped (best.yaml retrains the winner, with the check): on climbing the
-            # fine-tuned network's familiarity pass took ~29 s of each trial.
-            options.setdefault("familiarity", False)
+            options = trial_options(values, base, f"trial {trial.number}")
 
             def report(epoch: int, score: float) -> None:
                 trial.report(score, epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
-            run = train(cfg.data, out=run_dir, label_from_name=cfg.label_from_name,
-                        valid_fraction=0.2 if valid_fraction is None else valid_fraction,
-                        cache_dir=cfg.cache_dir, on_epoch=report, **options)
+            run = train(cfg.data, out=run_dir, label_from_name=cfg.label_from_name, cache_dir=cfg.cache_dir,
+                        on_epoch=report, **options)
             # Fine-tuning takes Ctrl-C as "keep the best so far" and returns: for a trial that is a score of
             # settings never trained to the end (often the probe's), not a result.
             if run.result.finetune and run.result.finetune.interrupted:
                 raise KeyboardInterrupt
-        except KeyboardInterrupt:
-            interrupted.append(trial.number)
-            trial.set_user_attr("interrupted", True)
-            trial.set_user_attr("error", "interrupted (Ctrl-C)")
-            study.stop()
-            raise _TrialInterrupted("interrupted (Ctrl-C)") from None
         except ValueError as exc:  # settings that cannot work together: a failed trial, the sweep goes on
             trial.set_user_attr("error", str(exc))
             ui.log(f"  trial {trial.number} failed: {exc}")
@@ -245,6 +374,18 @@ def run_sweep(cfg: SweepConfig, reporter: Reporter | None = None):
                f"({time.perf_counter() - t0:.0f} s)")
         return value
 
+    def objective(trial) -> float:
+        # The whole trial under the handler, its first steps too: wherever in it Ctrl-C lands, the
+        # trial is marked and gives its place back.
+        try:
+            return run_trial(trial)
+        except KeyboardInterrupt:
+            interrupted.append(trial.number)
+            trial.set_user_attr("interrupted", True)
+            trial.set_user_attr("error", "interrupted (Ctrl-C)")
+            study.stop()
+            raise _TrialInterrupted("interrupted (Ctrl-C)") from None
+
     def stop_when_full(study, trial) -> None:
         # Counting RUNNING trials too: with several workers, the study stops at exactly cfg.trials.
         if len(counted_trials(study)) >= cfg.trials:
@@ -262,7 +403,8 @@ def run_sweep(cfg: SweepConfig, reporter: Reporter | None = None):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.optimize(objective, n_trials=cfg.trials, callbacks=[stop_when_full],
                            catch=(ValueError, _TrialInterrupted))
-    except KeyboardInterrupt:  # between trials, in Optuna's own code: no trial of ours to mark
+    except KeyboardInterrupt:  # in Optuna's own code: between trials, or about one it just made or ended
+        _give_back_cut_short(study, me)
         raise SweepInterrupted(study) from None
     finally:
         optuna.logging.set_verbosity(verbosity)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from vistrain.training.finetune import EpochResult, FinetuneState
 
 CHECKPOINT_DIR = "checkpoint"
+SESSIONS_KEY = "session_seconds"  # state.json: each session's seconds, the latest last
 
 
 def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -136,6 +138,58 @@ def load_checkpoint(run_dir: Path) -> Resumable | None:
         planned_by_known="planned_by_budget" in info,
         epoch_seconds=info.get("epoch_seconds"),
     )
+
+
+@dataclass
+class Sessions:
+    """The wall time of each ``train`` call of one run, as metrics.json times it (scan to last write):
+    a run interrupted and resumed twice has three. Each checkpoint records them, this session's
+    seconds so far included, so that a crash loses at most the time since the last epoch."""
+
+    # The sessions before this one, as the checkpoint recorded them; None when it recorded none (one
+    # from before vistrain kept them): the total is unknown then, and stays so.
+    earlier: list[float] | None = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)  # this session's start
+
+    def now(self) -> float:
+        """This session's seconds so far."""
+        return time.perf_counter() - self.started
+
+    def seconds(self, now: float | None = None) -> list[float] | None:
+        """Each session's seconds, this one's (``now``, or so far) last; None when the earlier are unknown."""
+        if self.earlier is None:
+            return None
+        return [*self.earlier, round(self.now() if now is None else now, 1)]
+
+    def record(self) -> dict:
+        """What a checkpoint's state.json keeps of them: nothing when unknown."""
+        seconds = self.seconds()
+        return {} if seconds is None else {SESSIONS_KEY: seconds}
+
+
+def recorded_sessions(run_dir: Path) -> list[float] | None:
+    """The seconds of each session so far of the interrupted run in ``run_dir``, as its checkpoint
+    recorded them; None when it recorded none (older checkpoints did not) or there is none."""
+    try:
+        info = json.loads((run_dir / CHECKPOINT_DIR / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    seconds = info.get(SESSIONS_KEY)
+    return [float(s) for s in seconds] if isinstance(seconds, list) else None
+
+
+def record_sessions(run_dir: Path, sessions: Sessions) -> None:
+    """This session's seconds until now into the checkpoint (when there is one): the last epoch's
+    checkpoint does not count what came after it (the interrupted epoch, the familiarity pass, the
+    run's files), which the session took all the same."""
+    d, record = run_dir / CHECKPOINT_DIR, sessions.record()
+    if not record:
+        return
+    try:
+        info = json.loads((d / "state.json").read_text())
+    except (OSError, ValueError):
+        return  # stopped before its plan was saved: nothing to resume, nothing to add to
+    _write_state(d, {**info, **record})
 
 
 def in_progress_file(run_dir: Path, name: str) -> Path:

@@ -11,7 +11,7 @@ import torch
 from vistrain.data.pixel_cache import PixelCache
 from vistrain.data.transforms import Preprocessing
 from vistrain.progress import Reporter
-from vistrain.training.checkpoint import Resumable
+from vistrain.training.checkpoint import Resumable, Sessions
 from vistrain.training.finetune import FinetuneState
 from vistrain.training.grow import Probe
 from vistrain.training.settings import TrainConfig
@@ -38,6 +38,7 @@ class RunState:
     device: torch.device
     pixel_cache: PixelCache | None
     notes: list[str] = field(default_factory=list)  # for the summary and metrics.json
+    sessions: Sessions = field(default_factory=Sessions)  # the run's training time, which checkpoints keep
 
     @property
     def train(self) -> list:

@@ -40,8 +40,10 @@ from vistrain.training.balance import (
 from vistrain.training.checkpoint import (
     CHECKPOINT_DIR,
     Resumable,
+    Sessions,
     in_progress_file,
     load_checkpoint,
+    recorded_sessions,
     save_checkpoint,
     save_plan,
     save_probe_head,
@@ -119,17 +121,22 @@ def choose_image_size(index: DatasetIndex, backbone: str) -> int:
 
 
 def run_training(index: DatasetIndex, cfg: TrainConfig, reporter: Reporter | None = None,
-                 on_epoch: Callable[[int, float], None] | None = None) -> TrainResult:
-    """``on_epoch(epoch, validation score)`` after each fine-tuning epoch (a sweep prunes by raising)."""
+                 on_epoch: Callable[[int, float], None] | None = None, sessions: Sessions | None = None
+                 ) -> TrainResult:
+    """``on_epoch(epoch, validation score)`` after each fine-tuning epoch (a sweep prunes by raising).
+    ``sessions``: the run's training time so far, which each checkpoint records (api.train's, timed from
+    its start; by default the checkpoint's, timed from now)."""
     ui = reporter or SilentReporter()
     t_start = time.perf_counter()
+    if sessions is None:
+        sessions = Sessions(recorded_sessions(cfg.out) if cfg.resume else [], t_start)
     torch.manual_seed(cfg.seed)
     resumed = load_checkpoint(cfg.out) if cfg.resume else None
     if cfg.resume and resumed is None:
         raise TrainError(nothing_to_resume(cfg.out))
     if resumed is not None:
         _restore_split(index, cfg.out)
-    run = _start(index, cfg, ui, resumed, t_start)
+    run = _start(index, cfg, ui, resumed, t_start, sessions)
 
     # Pixel-cache entries touched from now on are this run's: never trimmed. (2 s early: some file
     # systems keep modification times to the second or two.)
@@ -206,7 +213,8 @@ def _restore_split(index: DatasetIndex, run_dir: Path) -> None:
             r.split = saved[r.path]
 
 
-def _start(index: DatasetIndex, cfg: TrainConfig, ui: Reporter, resumed: Resumable | None, t_start: float) -> RunState:
+def _start(index: DatasetIndex, cfg: TrainConfig, ui: Reporter, resumed: Resumable | None, t_start: float,
+           sessions: Sessions) -> RunState:
     """Input size, labels, class balance and device for this run, printed."""
     size = resumed.image_size if resumed else (cfg.image_size or choose_image_size(index, cfg.backbone))
     prep: Preprocessing = get_backbone(cfg.backbone).preprocessing(size, cfg.resize)
@@ -229,7 +237,8 @@ def _start(index: DatasetIndex, cfg: TrainConfig, ui: Reporter, resumed: Resumab
     return RunState(cfg, ui, t_start, resumed, prep, classes, splits, y_train, y_valid, members,
                     want_finetune=cfg.mode in ("auto", "finetune") and len(members) == 1, ratio=ratio,
                     balance=balance, select_by=select_by, device=device,
-                    pixel_cache=PixelCache(cfg.data.cache_dir, prep) if cfg.data.cache_dir else None)
+                    pixel_cache=PixelCache(cfg.data.cache_dir, prep) if cfg.data.cache_dir else None,
+                    sessions=sessions)
 
 
 def _decode(run: RunState) -> tuple[np.ndarray | None, list | None, np.ndarray | None]:
@@ -310,12 +319,12 @@ def _finetune_stage(run: RunState, model: ImageClassifier, probe: ProbeState, ca
                  "planned_by_budget": (resumed.planned_by_budget if resumed is not None and resumed.planned_by_known
                                        else cfg.time_budget)}
         if resumed is None and is_main():
-            save_plan(cfg.out, ft_state, extra)
+            save_plan(cfg.out, ft_state, {**extra, **run.sessions.record()})
         with ui.stage("fine-tune", (ft_state.planned_epochs - len(ft_state.history)) * len(canvases)) as advance:
             ft_state = finetune(
                 model, canvases, run.y_train, valid_pixels, run.y_valid, run.prep, ft_cfg, ft_state,
                 optimizer_state=resumed.optimizer_state if resumed else None,
-                on_epoch=_epoch_logger(ui, model, cfg.out, extra, on_epoch), progress=advance,
+                on_epoch=_epoch_logger(ui, model, cfg.out, extra, run.sessions, on_epoch), progress=advance,
             )
     if ft_state.stop_reason:
         run.notes.append(ft_state.stop_reason)
@@ -414,10 +423,11 @@ def _decide_flips(run: RunState, model: ImageClassifier, valid_pixels: np.ndarra
     return check, replace(ft_cfg, augment=replace(ft_cfg.augment, flip=check.keep_flips))
 
 
-def _epoch_logger(ui: Reporter, model, out: Path, extra: dict, then: Callable[[int, float], None] | None = None):
+def _epoch_logger(ui: Reporter, model, out: Path, extra: dict, sessions: Sessions,
+                  then: Callable[[int, float], None] | None = None):
     def on_epoch(st: FinetuneState, opt) -> None:
         if is_main():  # first: an interruption while printing loses nothing
-            save_checkpoint(out, model, opt, st, extra)
+            save_checkpoint(out, model, opt, st, {**extra, **sessions.record()})
         h = st.history[-1]
         ui.log(f"  epoch {h.epoch}/{st.planned_epochs}: train loss {h.train_loss:.3f}, "
                f"valid loss {h.valid_loss:.3f}, valid accuracy {h.valid_accuracy:.1%} "
