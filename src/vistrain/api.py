@@ -136,14 +136,9 @@ def train(
                                                                     valid_fraction)
         if not (out / CHECKPOINT_DIR / "state.json").exists():  # said before anything is written there
             raise TrainError(nothing_to_resume(out))
-    if valid_fraction is None:
-        valid_fraction = DataConfig.valid_fraction
-    data_cfg = DataConfig(Path(data), label_from_name, valid_fraction, options.get("seed", 0),
-                          cache_dir=resolve_cache_dir(cache_dir))
     auto_lr = options.get("lr") == "auto"
-    if auto_lr:
-        options = {**options, "lr": TrainConfig.lr}  # replaced by the range test's suggestion below
-    cfg = TrainConfig(data=data_cfg, out=out, **options)  # checks every setting, the device included
+    cfg = train_config(data, out, options, label_from_name, valid_fraction, cache_dir)
+    data_cfg = cfg.data
     # Under torchrun: join the other processes (NCCL on GPUs, gloo on CPUs); only rank 0 reports and writes.
     backend = init_from_env(resolve_device(cfg.device))
     ui = (reporter or SilentReporter()) if is_main() else SilentReporter()
@@ -228,6 +223,19 @@ def audit_command(data: str | Path, label_from_name: str | None) -> str:
         f" --label-from-name {shlex.quote(label_from_name)}" if label_from_name else "")
 
 
+def train_config(data: str | Path, out: str | Path, options: dict, label_from_name: str | None = None,
+                 valid_fraction: float | None = None, cache_dir: Path | str | bool | None = None) -> TrainConfig:
+    """The TrainConfig ``train`` runs with, from its arguments. Constructing it checks every setting
+    (the device included), so callers that only want the check (sweep's space) build it too.
+    ``lr="auto"`` stands in as the default rate: ``train`` replaces it with the range test's suggestion."""
+    data_cfg = DataConfig(Path(data), label_from_name,
+                          DataConfig.valid_fraction if valid_fraction is None else valid_fraction,
+                          options.get("seed", 0), cache_dir=resolve_cache_dir(cache_dir))
+    if options.get("lr") == "auto":
+        options = {**options, "lr": TrainConfig.lr}
+    return TrainConfig(data=data_cfg, out=Path(out), **options)
+
+
 def _earlier_outputs(out: Path) -> list[tuple[str, str]]:
     """What an earlier run in ``out`` made from its model, which training again does not rewrite:
     (name, the command that renews it)."""
@@ -244,10 +252,8 @@ def find_lr(data: str | Path, reporter: Reporter | None = None, label_from_name:
     from vistrain.training.lr_find import lr_range_test
 
     ui = reporter or SilentReporter()
-    data_cfg = DataConfig(Path(data), label_from_name, valid_fraction, options.get("seed", 0),
-                          cache_dir=resolve_cache_dir(cache_dir))
-    cfg = TrainConfig(data=data_cfg, out=Path("."), **options)
-    return lr_range_test(build_index(data_cfg, reporter=ui), cfg, ui, steps, start, end)
+    cfg = train_config(data, Path("."), options, label_from_name, valid_fraction, cache_dir)
+    return lr_range_test(build_index(cfg.data, reporter=ui), cfg, ui, steps, start, end)
 
 
 # What a resumed run may change: its limits and where it runs, not how it trains.

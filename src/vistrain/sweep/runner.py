@@ -96,16 +96,12 @@ def trial_options(values: dict, base: dict, source: str) -> dict:
 def _train_config(cfg: SweepConfig, options: dict):
     """The TrainConfig that ``train`` builds from a trial's options, built as it builds it: constructing
     it is what checks every setting, so a value refused here is one every trial drawing it would fail on."""
-    from vistrain.data.dataset import DataConfig
-    from vistrain.training.settings import TrainConfig
+    from vistrain.api import train_config
 
     options = dict(options)
     valid_fraction = options.pop("valid_fraction", None)
-    data = DataConfig(Path(cfg.data), cfg.label_from_name,
-                      DataConfig.valid_fraction if valid_fraction is None else valid_fraction, options.get("seed", 0))
-    if options.get("lr") == "auto":  # train runs the range test and replaces it
-        options["lr"] = TrainConfig.lr
-    return TrainConfig(data=data, out=cfg.out / "trials" / "0000", **options)
+    return train_config(cfg.data, cfg.out / "trials" / "0000", options, cfg.label_from_name, valid_fraction,
+                        cache_dir=False)  # no cache is opened: only the settings are built
 
 
 def _shown(value) -> str:
